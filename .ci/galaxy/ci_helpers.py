@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Small helpers for run_tool_tests.sh (standard library only, any Python >= 3.9).
+
+Subcommands::
+
+    free-port                          print a free TCP port on 127.0.0.1
+    wait-up URL PID TIMEOUT            wait until Galaxy answers URL/api/version (fails early if PID died)
+    create-user URL ADMIN_KEY EMAIL    create a user, print a new API key for it
+    break-xml SRC DST                  copy SRC to DST with the first test's first has_h5_keys broken
+                                       and every other test removed (for --expect-failure-check)
+    summarize JSON                     print a per-test summary of planemo's --test_output_json;
+                                       exit 1 when a test failed or none ran
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+
+
+def free_port() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        print(sock.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_up(url: str, pid: str, timeout: str) -> None:
+    deadline = time.monotonic() + float(timeout)
+    while time.monotonic() < deadline:
+        if not _pid_alive(int(pid)):
+            sys.exit(f"Galaxy (pid {pid}) exited before it answered on {url}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=5) as response:
+                version = json.load(response)
+            print(f"Galaxy {version.get('version_major')}.{version.get('version_minor')} is up at {url}")
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            time.sleep(1)
+    sys.exit(f"Galaxy did not answer on {url} within {timeout} s")
+
+
+def _request(url: str, key: str, payload: dict | None = None):
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, method="POST")
+    request.add_header("x-api-key", key)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as error:
+        sys.exit(f"POST {url} failed: {error.code} {error.read().decode(errors='replace')}")
+
+
+def create_user(url: str, admin_key: str, email: str) -> None:
+    user = _request(
+        f"{url}/api/users",
+        admin_key,
+        {"username": email.split("@")[0], "email": email, "password": secrets.token_hex(16)},
+    )
+    key = _request(f"{url}/api/users/{user['id']}/api_key", admin_key)
+    print(key if isinstance(key, str) else key["key"])
+
+
+def break_xml(src: str, dst: str) -> None:
+    """Change one asserted key of the first test so that it cannot be satisfied."""
+    tree = ET.parse(src)
+    tests = tree.getroot().find("tests")
+    if tests is None or not len(tests):
+        sys.exit(f"{src} has no tests")
+    first = tests[0]
+    for extra in list(tests)[1:]:
+        tests.remove(extra)
+    assertion = first.find(".//has_h5_keys")
+    if assertion is None:
+        sys.exit(f"the first test of {src} has no has_h5_keys assertion")
+    keys = assertion.get("keys").split(",")
+    keys[0] = keys[0] + "_BROKEN_ON_PURPOSE"
+    assertion.set("keys", ",".join(keys))
+    tree.write(dst, encoding="unicode")
+    print(f"wrote {dst}: first test now asserts {keys[0]!r}")
+
+
+def summarize(path: str) -> None:
+    with open(path) as handle:
+        report = json.load(handle)
+    passed = failed = 0
+    for test in report.get("tests", []):
+        data = test.get("data", {})
+        status = data.get("status", "unknown")
+        name = test.get("id", "?")
+        seconds = data.get("time_seconds")
+        timing = f" ({seconds:.1f} s)" if isinstance(seconds, (int, float)) else ""
+        print(f"  {status:8s} {name}{timing}")
+        if status == "success":
+            passed += 1
+        else:
+            failed += 1
+            problems = data.get("job", {}) or {}
+            for line in (data.get("output_problems") or [])[:5]:
+                print(f"           output problem: {str(line)[:500]}")
+            if data.get("execution_problem"):
+                print(f"           execution problem: {str(data['execution_problem'])[:500]}")
+            stderr = (problems.get("stderr") or "").strip().splitlines()[-10:]
+            for line in stderr:
+                print(f"           stderr: {line}")
+    print(f"Galaxy tool tests summary - passed {passed}, failed {failed}")
+    if failed or not passed:
+        sys.exit(1)
+
+
+def main() -> None:
+    commands = {
+        "free-port": free_port,
+        "wait-up": wait_up,
+        "create-user": create_user,
+        "break-xml": break_xml,
+        "summarize": summarize,
+    }
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(__doc__)
+    commands[sys.argv[1]](*sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Shared CLI plumbing: options, one-line errors, atomic outputs, the metrics table."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+
+from ..errors import AnnDataRNNError, InputError
+from ..io import check_output_path, write_table
+
+log = logging.getLogger("anndata_rnn")
+
+EXIT_INPUT = 2
+EXIT_RUNTIME = 1
+EXIT_INTERRUPTED = 130
+
+
+def common_options(func):
+    """``--quiet``, ``--debug``, ``--threads``, ``--overwrite`` and error handling."""
+
+    @click.option("--quiet", is_flag=True, help="No progress bar or log; only the results.")
+    @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+    @click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="CPU threads for torch (Galaxy passes GALAXY_SLOTS). Default: torch's choice.",
+    )
+    @click.option(
+        "--overwrite", is_flag=True, help="Replace output keys that already exist in the AnnData."
+    )
+    @functools.wraps(func)
+    def wrapper(*args, quiet, debug, threads, **kwargs):
+        _setup_logging(quiet)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        try:
+            return func(*args, quiet=quiet, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: no output was written.", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except AnnDataRNNError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except MemoryError:
+            click.echo("Error: out of memory: use a smaller --batch-size or fewer genes", err=True)
+            sys.exit(EXIT_RUNTIME)
+        except OSError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"Error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+            sys.exit(EXIT_RUNTIME)
+        except Exception as exc:  # unexpected: still one line unless --debug
+            if debug:
+                raise
+            click.echo(
+                f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug and report it)",
+                err=True,
+            )
+            sys.exit(EXIT_RUNTIME)
+
+    return wrapper
+
+
+def device_options(func):
+    """``--seed`` and ``--device`` for commands that train or apply a network."""
+    func = click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="auto = CUDA when available, else CPU.",
+    )(func)
+    func = click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seed (runs are reproducible)."
+    )(func)
+    return func
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("anndata_rnn")
+    logger.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+class Outputs:
+    """Output files written under temporary names and renamed together at the end.
+
+    A failure (or Ctrl-C) before :meth:`commit` removes every temporary file, so no partial
+    output is ever left behind.
+    """
+
+    def __init__(self, inputs: tuple = (), overwrite_files: bool = True):
+        self.inputs = inputs
+        self.pending: list[tuple[Path, Path]] = []
+
+    def add(self, final) -> Path | None:
+        if final is None:
+            return None
+        final = Path(final)
+        check_output_path(final, inputs=self.inputs)
+        if any(final.resolve() == f.resolve() for _, f in self.pending):
+            raise InputError(f"output path {str(final)!r} is given twice: use distinct file names")
+        tmp = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")  # keep the suffix
+        self.pending.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        for tmp, final in self.pending:
+            os.replace(tmp, final)
+        self.pending = []
+
+    def discard(self) -> None:
+        for tmp, _ in self.pending:
+            if tmp.exists():
+                tmp.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.discard()
+        return False
+
+
+def metrics_frame(metrics: dict) -> pd.DataFrame:
+    """One row per scalar metric, one column per model (rnn, baseline, ...)."""
+    models = [m for m, v in metrics.items() if isinstance(v, dict)]
+    names: list[str] = []
+    for m in models:
+        for k, v in metrics[m].items():
+            if np.ndim(v) == 0 and not isinstance(v, str) and k not in names:
+                names.append(k)
+    rows = []
+    for name in names:
+        row = {"metric": name}
+        for m in models:
+            value = metrics[m].get(name, np.nan)
+            row[m] = float(value) if np.ndim(value) == 0 and not isinstance(value, str) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["metric", *models])
+
+
+def print_metrics(metrics: dict, title: str = "test split") -> None:
+    frame = metrics_frame(metrics)
+    if frame.empty:
+        click.echo("no metrics (no test split)")
+        return
+    headers = ["metric", *[c.upper() if c == "rnn" else c for c in frame.columns[1:]]]
+    widths = [max(len(h), 18) if i == 0 else max(len(h), 10) for i, h in enumerate(headers)]
+    click.echo(f"\nMetrics on the {title}:")
+    click.echo(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    click.echo("-+-".join("-" * w for w in widths))
+    for _, row in frame.iterrows():
+        cells = [str(row["metric"]).ljust(widths[0])]
+        for c, w in zip(frame.columns[1:], widths[1:], strict=True):
+            value = row[c]
+            cells.append(("n/a" if pd.isna(value) else f"{value:.4g}").ljust(w))
+        click.echo(" | ".join(cells))
+
+
+def write_metrics_table(metrics: dict, path) -> None:
+    write_table(metrics_frame(metrics), path)
+
+
+def echo_written(written, output, model_out=None) -> None:
+    click.echo(f"wrote {output}")
+    for item in written:
+        click.echo(f"  {item}")
+    if model_out:
+        click.echo(f"wrote model {model_out}")

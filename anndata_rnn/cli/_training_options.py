@@ -1,0 +1,136 @@
+"""Options shared by the commands that build sequences and train a network."""
+
+from __future__ import annotations
+
+import click
+
+
+def sequence_options(func):
+    """How the AnnData becomes sequences (layout and keys) and which matrix is read."""
+    options = [
+        click.option(
+            "--layout",
+            type=click.Choice(["obs-series", "var-series", "profile"]),
+            default="obs-series",
+            show_default=True,
+            help="obs-series: observations of a series over time; var-series: each gene's "
+            "profile over time; profile: each observation read across its genes.",
+        ),
+        click.option("--series-key", help="obs column naming the series (subject, trajectory)."),
+        click.option("--time-key", help="obs column with numeric time points."),
+        click.option("--series-subset", help="Only these series, comma separated (e.g. cdc15)."),
+        click.option("--order-key", help="profile: var column giving the gene order."),
+        click.option(
+            "--chunk-size",
+            type=click.IntRange(min=1),
+            default=32,
+            show_default=True,
+            help="profile: genes per step.",
+        ),
+        click.option("--layer", help="Read this layer instead of X."),
+        click.option("--use-rep", help="Read this obsm representation (e.g. X_pca) instead of X."),
+        click.option(
+            "--normalize",
+            type=click.Choice(["auto", "always", "never"]),
+            default="auto",
+            show_default=True,
+            help="normalize_total + log1p: auto = only when the matrix looks like raw counts.",
+        ),
+        click.option(
+            "--n-top-genes", type=click.IntRange(min=1), help="Use the N most variable genes."
+        ),
+        click.option("--gene-subset", help="Boolean var column selecting the genes to use."),
+        click.option(
+            "--key-added", default="rnn", show_default=True, help="Prefix of the output keys."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def network_options(func):
+    """Architecture and optimisation."""
+    options = [
+        click.option(
+            "--hidden",
+            default="128,64",
+            show_default=True,
+            help="Sizes of the stacked recurrent layers, comma separated.",
+        ),
+        click.option(
+            "--cell", type=click.Choice(["lstm", "gru"]), default="lstm", show_default=True
+        ),
+        click.option("--bidirectional", is_flag=True, help="Bidirectional recurrent layers."),
+        click.option("--dropout", type=float, default=0.2, show_default=True),
+        click.option(
+            "--epochs",
+            type=click.IntRange(min=1),
+            default=100,
+            show_default=True,
+            help="Maximum number of epochs.",
+        ),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate."),
+        click.option(
+            "--patience",
+            type=click.IntRange(min=1),
+            default=10,
+            show_default=True,
+            help="Early stopping: epochs without validation improvement.",
+        ),
+        click.option("--val-fraction", type=float, default=0.15, show_default=True),
+        click.option("--test-fraction", type=float, default=0.15, show_default=True),
+        click.option("--split-key", help="Column (obs or var) holding train/val/test."),
+        click.option(
+            "--model-out",
+            required=True,
+            type=click.Path(dir_okay=False),
+            help="Where to write the model file (HDF5).",
+        ),
+        click.option(
+            "--metrics-table",
+            type=click.Path(dir_okay=False),
+            help="Also write the metrics as a TSV (metric, rnn, baseline...).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def sequence_kwargs(kw: dict) -> dict:
+    """CLI values -> keyword arguments of the tl functions (sequence part)."""
+    from ._common import split_list
+
+    return {
+        "layout": kw["layout"],
+        "series_key": kw["series_key"],
+        "time_key": kw["time_key"],
+        "series_subset": split_list(kw["series_subset"]),
+        "order_key": kw["order_key"],
+        "chunk_size": kw["chunk_size"],
+        "layer": kw["layer"],
+        "use_rep": kw["use_rep"],
+        "normalize": kw["normalize"],
+        "n_top_genes": kw["n_top_genes"],
+        "gene_subset": kw["gene_subset"],
+        "key_added": kw["key_added"],
+    }
+
+
+def network_kwargs(kw: dict) -> dict:
+    """CLI values -> keyword arguments of the tl functions (network/training part)."""
+    return {
+        "hidden": kw["hidden"],
+        "cell": kw["cell"],
+        "bidirectional": kw["bidirectional"],
+        "dropout": kw["dropout"],
+        "max_epochs": kw["epochs"],
+        "batch_size": kw["batch_size"],
+        "lr": kw["lr"],
+        "patience": kw["patience"],
+        "val_fraction": kw["val_fraction"],
+        "test_fraction": kw["test_fraction"],
+        "split_key": kw["split_key"],
+    }

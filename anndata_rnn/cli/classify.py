@@ -1,0 +1,90 @@
+"""``anndata-rnn classify``."""
+
+from __future__ import annotations
+
+import click
+
+from ..io import read_h5ad, write_h5ad
+from ._common import (
+    Outputs,
+    common_options,
+    device_options,
+    echo_written,
+    print_metrics,
+    write_metrics_table,
+)
+from ._training_options import network_kwargs, network_options, sequence_kwargs, sequence_options
+
+
+@click.command(
+    epilog="""Example (yeast genes' expression over the cdc15 time course; is the gene cell-cycle
+regulated?):
+
+\b
+  anndata-rnn classify spellman.h5ad --layout var-series --series-key series \\
+      --time-key time --series-subset cdc15 --label cell_cycle_800 \\
+      --output classified.h5ad --model-out model.h5
+"""
+)
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("--label", "label_key", required=True, help="Column (obs or var) with the classes.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
+@sequence_options
+@network_options
+@click.option("--class-weights", is_flag=True, help="Balanced class weights (imbalanced labels).")
+@click.option(
+    "--scale",
+    type=click.Choice(["feature", "sequence"]),
+    default="feature",
+    show_default=True,
+    help="feature: standardize with training statistics; sequence: z-score each sequence.",
+)
+@device_options
+@common_options
+def classify(
+    input,
+    output,
+    model_out,
+    metrics_table,
+    label_key,
+    class_weights,
+    scale,
+    seed,
+    device,
+    overwrite,
+    quiet,
+    **kw,
+):
+    """Train an LSTM/GRU classifier and write labels, probabilities and embeddings.
+
+    Results go to obs (var for --layout var-series): {key}_pred, {key}_conf, {key}_split;
+    obsm (varm): {key}_proba, X_{key}; uns[{key}]: parameters, classes, metrics of the RNN and
+    of a logistic-regression baseline on the same split, training history.
+    """
+    from .. import tl
+
+    with Outputs(inputs=(input,)) as outputs:
+        out_tmp = outputs.add(output)
+        model_tmp = outputs.add(model_out)
+        table_tmp = outputs.add(metrics_table)
+        adata = read_h5ad(input)
+        model = tl.classify(
+            adata,
+            label_key=label_key,
+            class_weights=class_weights,
+            scale=scale,
+            seed=seed,
+            device=device,
+            overwrite=overwrite,
+            quiet=quiet,
+            **sequence_kwargs(kw),
+            **network_kwargs(kw),
+        )
+        key = kw["key_added"]
+        model.save(model_tmp)
+        write_h5ad(adata, out_tmp)
+        if table_tmp:
+            write_metrics_table(adata.uns[key]["metrics"], table_tmp)
+        outputs.commit()
+    echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output, model_out)
+    print_metrics(adata.uns[key]["metrics"])

@@ -1,0 +1,81 @@
+"""``anndata-rnn predict``."""
+
+from __future__ import annotations
+
+import click
+
+from ..io import read_h5ad, write_h5ad
+from ._common import Outputs, common_options, device_options, echo_written, print_metrics
+
+
+@click.command(
+    epilog="""Example:
+
+\b
+  anndata-rnn predict new_data.h5ad --model model.h5 --output predicted.h5ad
+"""
+)
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Model file written by a training command (--model-out).",
+)
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
+@click.option("--key-added", default=None, help="Prefix of the output keys (default: the model's).")
+@click.option("--gene-symbols", help="var column with the gene identifiers to match.")
+@click.option(
+    "--min-gene-overlap",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="Stop when fewer of the model's genes are present.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@device_options
+@common_options
+def predict(
+    input,
+    model_path,
+    output,
+    key_added,
+    gene_symbols,
+    min_gene_overlap,
+    batch_size,
+    seed,
+    device,
+    overwrite,
+    quiet,
+):
+    """Apply a saved model (classifier, forecaster or embedding) to new data.
+
+    Genes are matched by var_names (or --gene-symbols), reordered, and missing genes are filled
+    with the training mean (with a warning); below --min-gene-overlap it stops.
+    """
+    from .. import tl
+    from ..model import Model
+
+    with Outputs(inputs=(input, model_path)) as outputs:
+        out_tmp = outputs.add(output)
+        model = Model.load(model_path)
+        adata = read_h5ad(input)
+        tl.predict(
+            adata,
+            model,
+            key_added=key_added,
+            gene_symbols=gene_symbols,
+            min_gene_overlap=min_gene_overlap,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            overwrite=overwrite,
+            quiet=quiet,
+        )
+        key = key_added or model.config["keys"].get("key_added", "rnn")
+        write_h5ad(adata, out_tmp)
+        outputs.commit()
+    echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output)
+    if "metrics" in adata.uns[key]:
+        print_metrics(adata.uns[key]["metrics"], title="labelled entries of this data")

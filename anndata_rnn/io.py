@@ -1,0 +1,121 @@
+"""Reading inputs with clear errors; writing outputs atomically (temporary name, then rename)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .errors import InputError
+
+
+def read_h5ad(path: str | os.PathLike, *, backed: bool = False) -> AnnData:
+    """Read an ``.h5ad`` file; a missing, non-HDF5 or damaged file is an :class:`InputError`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise InputError(f"input {str(path)!r} is a directory, not an .h5ad file")
+    try:
+        with h5py.File(path, "r") as f:
+            if "obs" not in f or "var" not in f:
+                raise InputError(
+                    f"{str(path)!r} is an HDF5 file but not an AnnData .h5ad (no obs/var): "
+                    "give an .h5ad written by anndata/scanpy"
+                )
+    except InputError:
+        raise
+    except Exception:
+        raise InputError(
+            f"{str(path)!r} is not an HDF5 file or is truncated: give a complete .h5ad file"
+        ) from None
+    try:
+        adata = ad.read_h5ad(path, backed="r" if backed else None)
+    except Exception as exc:
+        raise InputError(
+            f"{str(path)!r} could not be read as AnnData ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:150] if str(exc) else ''}): the file may be damaged or "
+            "written by an incompatible anndata"
+        ) from None
+    return adata
+
+
+def check_output_path(output: str | os.PathLike, *, inputs: tuple = (), overwrite: bool = True):
+    """Refuse output paths that equal an input, or whose directory is missing / not writable."""
+    output = Path(output)
+    for item in inputs:
+        if item is None:
+            continue
+        item = Path(item)
+        if output.resolve() == item.resolve() or (
+            output.exists() and item.exists() and os.path.samefile(output, item)
+        ):
+            raise InputError(
+                f"output path {str(output)!r} is the input file: write to a new file "
+                "(the input is never modified)"
+            )
+    parent = output.resolve().parent
+    if not parent.is_dir():
+        raise InputError(f"output directory {str(parent)!r} does not exist: create it first")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output directory {str(parent)!r} is not writable")
+    if output.is_dir():
+        raise InputError(f"output path {str(output)!r} is a directory: give a file name")
+
+
+def write_h5ad(adata: AnnData, path: str | os.PathLike) -> None:
+    """Write atomically: a temporary file in the same directory, renamed when complete."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a TSV atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        frame.to_csv(tmp, sep="\t", index=False)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def uns_safe(value):
+    """Make a value storable in ``uns`` and readable from R: no None/null, no bools, no pickles.
+
+    None -> "" , bool -> int, tuples -> lists/arrays, numpy scalars -> python scalars,
+    object arrays -> string arrays.
+    """
+    if isinstance(value, dict):
+        return {str(k): uns_safe(v) for k, v in value.items() if v is not None}
+    if value is None:
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        if value.dtype == bool:
+            return value.astype(np.int32)
+        if value.dtype == object:
+            return np.asarray([str(v) for v in value.ravel()], dtype=object).reshape(value.shape)
+        return value
+    if isinstance(value, list | tuple):
+        if all(isinstance(v, str) for v in value):
+            return np.asarray(value, dtype=object) if value else np.zeros(0, dtype=object)
+        if all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in value):
+            return np.asarray(value)
+        return {str(i): uns_safe(v) for i, v in enumerate(value)}
+    return value

@@ -1,0 +1,392 @@
+"""Reading features and the preprocessing that is fitted on the training split only.
+
+Order of operations (the same at training and at prediction time):
+
+1. read a block of obs rows from X, a layer or an obsm representation (:class:`FeatureSource`);
+2. raw counts -> ``normalize_total`` + ``log1p`` (scanpy), with the training median total;
+3. select / reorder the model's genes (highly variable genes or a var column at training time,
+   matching by name at prediction time; missing genes become NaN);
+4. assemble sequences (:mod:`.sequences`);
+5. impute NaN (linear interpolation along time within a sequence, then the training mean);
+6. standardize each feature with training statistics; append the standardized time gap.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import scanpy as sc
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .errors import InputError
+from .sequences import SequenceIndex, assemble
+
+log = logging.getLogger("anndata_rnn")
+
+NORMALIZE_CHOICES = ("auto", "always", "never")
+SCALE_CHOICES = ("feature", "sequence")
+
+
+def resolve_rep(adata: AnnData, use_rep: str) -> str:
+    """Accept both spellings of a representation (``X_pca`` / ``pca``)."""
+    for candidate in (use_rep, f"X_{use_rep}", use_rep.removeprefix("X_")):
+        if candidate in adata.obsm:
+            return candidate
+    available = ", ".join(adata.obsm.keys()) or "none"
+    raise InputError(f"obsm has no representation {use_rep!r}; available: {available}")
+
+
+class FeatureSource:
+    """The matrix a model reads: X, ``layers[layer]`` or ``obsm[use_rep]``, by row blocks.
+
+    Works on in-memory and backed AnnData; only the requested rows are read.
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = None,
+        use_rep: str | None = None,
+        gene_symbols: str | None = None,
+    ):
+        if layer is not None and use_rep is not None:
+            raise InputError("give either layer or use_rep, not both")
+        self.layer = layer
+        self.use_rep = None
+        if use_rep is not None:
+            self.use_rep = resolve_rep(adata, use_rep)
+            self.matrix = adata.obsm[self.use_rep]
+            self.feature_names = np.asarray(
+                [f"{self.use_rep}_{i}" for i in range(self.matrix.shape[1])], dtype=object
+            )
+            self.description = f"obsm[{self.use_rep!r}]"
+        else:
+            if layer is not None:
+                if layer not in adata.layers:
+                    available = ", ".join(adata.layers.keys()) or "none"
+                    raise InputError(f"no layer {layer!r}; available layers: {available}")
+                self.matrix = adata.layers[layer]
+                self.description = f"layers[{layer!r}]"
+            else:
+                if adata.X is None:
+                    raise InputError("the AnnData has no X: give --layer or --use-rep")
+                self.matrix = adata.X
+                self.description = "X"
+            if gene_symbols is not None:
+                if gene_symbols not in adata.var.columns:
+                    raise InputError(
+                        f"var has no column {gene_symbols!r} (gene_symbols); available: "
+                        + ", ".join(map(str, adata.var.columns))
+                    )
+                self.feature_names = adata.var[gene_symbols].astype(str).to_numpy(dtype=object)
+            else:
+                self.feature_names = np.asarray(adata.var_names, dtype=object)
+        self.n_rows = adata.n_obs
+        if adata.n_obs == 0 or len(self.feature_names) == 0:
+            raise InputError(
+                f"the AnnData is empty ({adata.n_obs} obs × {len(self.feature_names)} features): "
+                "give a file with observations and genes"
+            )
+
+    @property
+    def kind(self) -> str:
+        return "rep" if self.use_rep else ("layer" if self.layer else "X")
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Dense float32 block of the given (sorted, unique) rows; rejects ±inf."""
+        rows = np.asarray(rows, dtype=np.int64)
+        matrix = self.matrix
+        if hasattr(matrix, "iloc"):  # obsm may hold a DataFrame
+            block = matrix.iloc[rows].to_numpy()
+        elif len(rows) == self.n_rows and not _is_backed(matrix):
+            block = matrix
+        else:
+            block = matrix[rows]
+        if sp.issparse(block) or hasattr(block, "to_memory"):
+            block = block.to_memory() if hasattr(block, "to_memory") else block
+            block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        block = np.asarray(block, dtype=np.float32)
+        if np.isinf(block).any():
+            raise InputError(
+                f"{self.description} contains {int(np.isinf(block).sum())} infinite values: "
+                "replace them (e.g. with NaN, which is imputed) before training"
+            )
+        if self.use_rep is not None and np.isnan(block).any():
+            raise InputError(
+                f"{self.description} contains {int(np.isnan(block).sum())} NaN values: "
+                "recompute the representation on complete data"
+            )
+        return block
+
+
+def _is_backed(matrix) -> bool:
+    return not isinstance(matrix, np.ndarray | sp.spmatrix | sp.sparray)
+
+
+def looks_like_counts(block: np.ndarray) -> tuple[bool, str]:
+    """Whether a block looks like raw counts, and a phrase saying what was found."""
+    values = block[np.isfinite(block)]
+    if values.size == 0:
+        return False, "no finite values"
+    vmin, vmax = float(values.min()), float(values.max())
+    integer = bool(np.all(values == np.round(values)))
+    found = f"min {vmin:.3g}, max {vmax:.3g}, {'integers' if integer else 'non-integers'}"
+    return (vmin >= 0 and integer and vmax > 30), found
+
+
+@dataclass
+class Preprocessor:
+    """Preprocessing fitted on the training split; stored in the model file."""
+
+    layout: str
+    source_kind: str = "X"
+    source_name: str = ""
+    normalize: bool = False
+    target_sum: float = 0.0
+    features: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    std: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    use_time: bool = True
+    dt_mean: float = 0.0
+    dt_std: float = 1.0
+    scale: str = "feature"
+    # filled at transform time, for the log
+    last_imputed: int = 0
+
+    # -- configuration ----------------------------------------------------------------------
+    def config(self) -> dict:
+        return {
+            "layout": self.layout,
+            "source_kind": self.source_kind,
+            "source_name": self.source_name,
+            "normalize": self.normalize,
+            "target_sum": self.target_sum,
+            "use_time": self.use_time,
+            "dt_mean": self.dt_mean,
+            "dt_std": self.dt_std,
+            "scale": self.scale,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"features": self.features, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_stored(cls, config: dict, arrays: dict[str, np.ndarray]) -> Preprocessor:
+        return cls(
+            layout=config["layout"],
+            source_kind=config["source_kind"],
+            source_name=config["source_name"],
+            normalize=bool(config["normalize"]),
+            target_sum=float(config["target_sum"]),
+            features=np.asarray(arrays["features"], dtype=object),
+            mean=np.asarray(arrays["mean"], dtype=np.float64),
+            std=np.asarray(arrays["std"], dtype=np.float64),
+            use_time=bool(config["use_time"]),
+            dt_mean=float(config["dt_mean"]),
+            dt_std=float(config["dt_std"]),
+            scale=config["scale"],
+        )
+
+    def missing_features(self, data_features: np.ndarray) -> np.ndarray:
+        """Model features absent from the data."""
+        return np.setdiff1d(self.features, np.asarray(data_features, dtype=object))
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(
+        self,
+        source: FeatureSource,
+        index: SequenceIndex,
+        train_ids: np.ndarray,
+        *,
+        normalize: str = "auto",
+        n_top_genes: int | None = None,
+        gene_subset: np.ndarray | None = None,
+        gene_order: np.ndarray | None = None,
+    ) -> Preprocessor:
+        if normalize not in NORMALIZE_CHOICES:
+            raise InputError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
+        if self.scale not in SCALE_CHOICES:
+            raise InputError(f"scale must be one of {SCALE_CHOICES}, got {self.scale!r}")
+        self.source_kind = source.kind
+        self.source_name = source.use_rep or source.layer or ""
+        rows = index.obs_rows(train_ids)
+        block = source.read_rows(rows)
+        is_counts, found = looks_like_counts(block)
+        if source.kind == "rep":
+            self.normalize = False
+        elif normalize == "always":
+            if np.nanmin(block) < 0:
+                raise InputError(
+                    f"{source.description} has negative values ({found}) but normalize='always' "
+                    "expects raw counts: give the counts layer (--layer counts) or --normalize never"
+                )
+            self.normalize = True
+        else:
+            self.normalize = normalize == "auto" and is_counts
+        if source.kind != "rep":
+            action = (
+                "applying normalize_total + log1p (scanpy)"
+                if self.normalize
+                else "using the values as they are"
+            )
+            log.info(
+                "checked %s on %d training rows: %s -> %s",
+                source.description,
+                len(rows),
+                found,
+                action,
+            )
+        if self.normalize:
+            totals = np.nansum(block, axis=1)
+            self.target_sum = float(np.median(totals[totals > 0])) if (totals > 0).any() else 1.0
+            block = self._normalize(block)
+
+        names = source.feature_names
+        if self.layout != "var-series" and source.kind != "rep":
+            if gene_subset is not None:
+                keep = np.asarray(gene_subset, dtype=bool)
+            elif n_top_genes is not None:
+                if n_top_genes < 1:
+                    raise InputError(f"n_top_genes must be >= 1, got {n_top_genes}")
+                keep = _highly_variable(block, n_top_genes)
+            else:
+                keep = np.ones(len(names), dtype=bool)
+            if keep.sum() == 0:
+                raise InputError("gene selection kept no genes: check the gene subset column")
+            if keep.sum() < len(names):
+                log.info("selected %d of %d genes", int(keep.sum()), len(names))
+            columns = np.flatnonzero(keep)
+            if gene_order is not None:  # profile: genes read in the order of a var column
+                columns = columns[np.argsort(np.asarray(gene_order)[columns], kind="stable")]
+            self.features = np.asarray(names[columns], dtype=object)
+            block = block[:, columns]
+        else:
+            self.features = np.asarray(names, dtype=object)
+
+        if self.layout == "profile":
+            # a profile step mixes genes, so genes are standardized per row before chunking
+            self._fit_statistics(block[:, None, :], np.zeros((len(block), 1)))
+        else:
+            values = assemble(index, train_ids, rows, block)
+            self._fit_statistics(values, index.times[train_ids])
+        return self
+
+    def _fit_statistics(self, values: np.ndarray, times: np.ndarray) -> None:
+        flat = values.reshape(-1, values.shape[-1])
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(flat, axis=0)
+            std = np.nanstd(flat, axis=0)
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
+        self.mean, self.std = mean.astype(np.float64), std.astype(np.float64)
+        if self.use_time and self.layout != "profile":
+            dt = _time_gaps(times)
+            valid = np.isfinite(times)
+            self.dt_mean = float(dt[valid].mean())
+            sd = float(dt[valid].std())
+            self.dt_std = sd if sd > 1e-8 else 1.0
+
+    def _normalize(self, block: np.ndarray) -> np.ndarray:
+        if np.nanmin(block) < 0:
+            raise InputError(
+                "negative values in a matrix this model normalizes as raw counts: give the raw "
+                "counts (the same kind of matrix the model was trained on)"
+            )
+        tmp = AnnData(np.nan_to_num(block, nan=0.0))
+        sc.pp.normalize_total(tmp, target_sum=self.target_sum)
+        sc.pp.log1p(tmp)
+        out = np.asarray(tmp.X, dtype=np.float32)
+        out[np.isnan(block)] = np.nan
+        return out
+
+    # -- applying -------------------------------------------------------------------------------
+    def transform_rows(self, block: np.ndarray, data_features: np.ndarray) -> np.ndarray:
+        """Normalize a raw row block and put its columns in the model's feature order."""
+        if self.normalize:
+            block = self._normalize(block)
+        if self.layout == "var-series":
+            return block
+        if not (
+            len(data_features) == len(self.features)
+            and np.array_equal(data_features, self.features)
+        ):
+            lookup = {name: i for i, name in enumerate(data_features)}
+            out = np.full((block.shape[0], len(self.features)), np.nan, dtype=np.float32)
+            source_cols = np.array([lookup.get(f, -1) for f in self.features])
+            present = source_cols >= 0
+            out[:, present] = block[:, source_cols[present]]
+            block = out
+        if self.layout == "profile":
+            block = np.where(np.isnan(block), self.mean.astype(np.float32), block)
+            block = (block - self.mean.astype(np.float32)) / self.std.astype(np.float32)
+        return block
+
+    def transform_sequences(self, values: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Impute, standardize and add the time-gap channel; padding becomes 0."""
+        if self.layout == "profile":  # already imputed and standardized per row
+            return np.nan_to_num(values, nan=0.0).astype(np.float32)
+        valid = np.isfinite(times)
+        values = values.copy()
+        missing = np.isnan(values) & valid[..., None]
+        self.last_imputed = int(missing.sum())
+        if self.last_imputed and self.layout != "profile":
+            _interpolate_along_time(values, times, valid)
+        filled = np.isnan(values) & valid[..., None]
+        if filled.any():
+            values = np.where(filled, self.mean.astype(np.float32), values)
+        if self.scale == "sequence":
+            values = _zscore_within(values, valid)
+        else:
+            values = (values - self.mean.astype(np.float32)) / self.std.astype(np.float32)
+        values[~valid] = 0.0
+        if self.use_time and self.layout != "profile":
+            dt = (_time_gaps(times) - self.dt_mean) / self.dt_std
+            dt[~valid] = 0.0
+            values = np.concatenate([values, dt[..., None].astype(np.float32)], axis=-1)
+        return values.astype(np.float32)
+
+    def inverse_values(self, standardized: np.ndarray) -> np.ndarray:
+        """Standardized feature values -> the model's input units (forecasts)."""
+        return standardized * self.std + self.mean
+
+
+def _highly_variable(block: np.ndarray, n_top_genes: int) -> np.ndarray:
+    tmp = AnnData(np.nan_to_num(block, nan=0.0))
+    n = min(n_top_genes, block.shape[1])
+    sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat", inplace=True)
+    return tmp.var["highly_variable"].to_numpy(dtype=bool)
+
+
+def _time_gaps(times: np.ndarray) -> np.ndarray:
+    dt = np.zeros_like(times, dtype=np.float64)
+    dt[:, 1:] = np.diff(times, axis=1)
+    dt[~np.isfinite(dt)] = 0.0
+    return dt
+
+
+def _interpolate_along_time(values: np.ndarray, times: np.ndarray, valid: np.ndarray) -> None:
+    """Linear interpolation of NaN along time, in place; ends take the nearest value."""
+    seqs, feats = np.nonzero(np.isnan(values).any(axis=1) & valid.any(axis=1)[:, None])
+    for s, f in zip(seqs, feats, strict=True):
+        t = times[s, valid[s]]
+        v = values[s, valid[s], f]
+        known = ~np.isnan(v)
+        if known.sum() == 0:
+            continue  # left for the training mean
+        v[~known] = np.interp(t[~known], t[known], v[known])
+        values[s, valid[s], f] = v
+
+
+def _zscore_within(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    weights = valid[..., None].astype(np.float32)
+    count = np.maximum(weights.sum(axis=1, keepdims=True), 1.0)
+    vals = np.where(valid[..., None], values, 0.0)
+    mean = vals.sum(axis=1, keepdims=True) / count
+    var = (((vals - mean) * weights) ** 2).sum(axis=1, keepdims=True) / count
+    std = np.sqrt(var)
+    std = np.where(std > 1e-8, std, 1.0)
+    return ((vals - mean) / std).astype(np.float32)

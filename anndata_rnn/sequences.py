@@ -1,0 +1,461 @@
+"""AnnData <-> padded sequence tensors, masks and the index back to obs/var rows.
+
+This module is the only place that knows how an AnnData becomes sequences, and writing results
+back is its exact inverse. Array layout (as in sktime/tslearn, documented once here):
+
+``values``: ``(n_sequences, max_steps, n_features)`` float32, NaN where a value is missing or the
+step is padding; ``mask``: ``(n_sequences, max_steps)`` bool, True on real steps.
+
+Three layouts:
+
+``obs-series``
+    One sequence = the observations sharing ``series_key``, ordered by ``time_key``. Features of
+    a step = the genes of that observation (or ``use_rep`` columns). The *unit* (what is split and
+    labelled) is the series.
+``var-series``
+    One sequence = one gene over the observations of one series, ordered by time; one feature
+    (the gene's value). The unit is the gene (var row): with several series a gene has several
+    sequences and its outputs pool over them.
+``profile``
+    One sequence = one observation read across its genes, ``chunk_size`` genes per step, in var
+    order or ordered by ``order_key``. The unit is the observation.
+
+Sequences are assembled from a row block of the feature matrix, so a caller can stream rows of a
+backed file in chunks (:meth:`SequenceIndex.obs_rows`, :func:`assemble`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .errors import InputError
+
+LAYOUTS = ("obs-series", "var-series", "profile")
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    return layout
+
+
+def _column(frame: pd.DataFrame, key: str, where: str, other: pd.DataFrame | None = None):
+    if key not in frame.columns:
+        hint = ""
+        if other is not None and key in other.columns:
+            other_name = "var" if where == "obs" else "obs"
+            hint = f" (it is a column of {other_name}, not {where}: check --layout)"
+        available = ", ".join(map(str, frame.columns)) or "none"
+        raise InputError(f"{where} has no column {key!r}{hint}; available columns: {available}")
+    return frame[key]
+
+
+def numeric_times(adata: AnnData, time_key: str | None) -> np.ndarray:
+    """Numeric time of every observation (row order when no ``time_key``)."""
+    if time_key is None:
+        return np.arange(adata.n_obs, dtype=np.float64)
+    column = _column(adata.obs, time_key, "obs", adata.var)
+    try:
+        times = pd.to_numeric(column, errors="raise").to_numpy(dtype=np.float64)
+    except (ValueError, TypeError):
+        raise InputError(
+            f"obs[{time_key!r}] is not numeric (e.g. {column.iloc[0]!r}): give a column of numeric "
+            "time points (hours, minutes, pseudotime)"
+        ) from None
+    if np.isnan(times).any():
+        raise InputError(
+            f"obs[{time_key!r}] has {int(np.isnan(times).sum())} missing time points: fill or drop "
+            "those observations first"
+        )
+    if not np.isfinite(times).all():
+        raise InputError(f"obs[{time_key!r}] has infinite time points: fix them first")
+    return times
+
+
+def series_labels(adata: AnnData, series_key: str | None) -> np.ndarray:
+    if series_key is None:
+        return np.full(adata.n_obs, "all", dtype=object)
+    column = _column(adata.obs, series_key, "obs", adata.var)
+    if column.isna().any():
+        raise InputError(
+            f"obs[{series_key!r}] has {int(column.isna().sum())} missing values: every observation "
+            "needs a series"
+        )
+    return column.astype(str).to_numpy(dtype=object)
+
+
+@dataclass
+class SequenceIndex:
+    """Which rows form each sequence, in which order; everything needed to map results back.
+
+    Attributes
+    ----------
+    layout
+        One of :data:`LAYOUTS`.
+    unit
+        ``(n_sequences,)`` position of each sequence's unit in ``unit_names``.
+    unit_names
+        Names of the units: series (obs-series), var names (var-series), obs names (profile).
+    unit_rows
+        For var-series / profile: the var / obs row of each unit. For obs-series: ``None``.
+    sequence_series
+        ``(n_sequences,)`` series name of each sequence ("" for profile).
+    steps
+        ``(n_sequences, max_steps)`` obs rows of each step (obs-series, var-series) or chunk number
+        (profile); -1 on padding.
+    times
+        ``(n_sequences, max_steps)`` time of each step, NaN on padding.
+    """
+
+    layout: str
+    unit: np.ndarray
+    unit_names: np.ndarray
+    unit_rows: np.ndarray | None
+    sequence_series: np.ndarray
+    steps: np.ndarray
+    times: np.ndarray
+    n_obs: int
+    n_vars: int
+    chunk_size: int = 0
+    gene_order: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.unit)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.unit_names)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.steps >= 0
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.mask.sum(axis=1)
+
+    @property
+    def max_steps(self) -> int:
+        return self.steps.shape[1]
+
+    def sequences_of_units(self, units: np.ndarray) -> np.ndarray:
+        """Sequence ids whose unit is in ``units`` (a split is made of units, never of steps)."""
+        return np.flatnonzero(np.isin(self.unit, units))
+
+    def obs_rows(self, sequence_ids: np.ndarray) -> np.ndarray:
+        """Sorted obs rows needed to assemble these sequences (the read request for a chunk)."""
+        if self.layout == "profile":
+            return np.sort(self.unit_rows[self.unit[sequence_ids]])
+        rows = self.steps[sequence_ids]
+        return np.unique(rows[rows >= 0])
+
+    def subset(self, sequence_ids: np.ndarray) -> SequenceIndex:
+        """A view of some sequences (same units table)."""
+        return SequenceIndex(
+            layout=self.layout,
+            unit=self.unit[sequence_ids],
+            unit_names=self.unit_names,
+            unit_rows=self.unit_rows,
+            sequence_series=self.sequence_series[sequence_ids],
+            steps=self.steps[sequence_ids],
+            times=self.times[sequence_ids],
+            n_obs=self.n_obs,
+            n_vars=self.n_vars,
+            chunk_size=self.chunk_size,
+            gene_order=self.gene_order,
+        )
+
+
+def _ordered_groups(series: np.ndarray, times: np.ndarray, key_names: tuple[str, str]):
+    """Obs rows of each series ordered by time; drops series of length 1 (with a note)."""
+    groups: dict[str, np.ndarray] = {}
+    for name in pd.unique(series):
+        rows = np.flatnonzero(series == name)
+        rows = rows[np.argsort(times[rows], kind="stable")]
+        t = times[rows]
+        if len(t) > 1 and (np.diff(t) == 0).any():
+            dup = t[1:][np.diff(t) == 0][0]
+            raise InputError(
+                f"series {name!r} has duplicate time points (time {dup:g} appears twice in "
+                f"obs[{key_names[1]!r}]): average replicates or give each replicate its own "
+                f"series in obs[{key_names[0]!r}]"
+            )
+        groups[str(name)] = rows
+    return groups
+
+
+def build_index(
+    adata: AnnData,
+    *,
+    layout: str,
+    series_key: str | None = None,
+    time_key: str | None = None,
+    series_subset: list[str] | None = None,
+    chunk_size: int = 32,
+    n_features: int | None = None,
+    var_mask: np.ndarray | None = None,
+) -> SequenceIndex:
+    """Describe how ``adata`` splits into sequences (reads only obs/var, never X).
+
+    ``n_features`` is the width of the (selected, ordered) feature matrix for ``profile``
+    (defaults to ``n_vars``);
+    ``var_mask`` restricts which genes become sequences in ``var-series``.
+    """
+    check_layout(layout)
+    notes: list[str] = []
+    if layout == "profile":
+        if chunk_size < 1:
+            raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+        # genes arrive already selected and ordered (by order_key) from the preprocessing
+        width = adata.n_vars if n_features is None else n_features
+        gene_order = np.arange(width)
+        n_chunks = int(np.ceil(width / chunk_size))
+        n = adata.n_obs
+        steps = np.tile(np.arange(n_chunks), (n, 1))
+        return SequenceIndex(
+            layout=layout,
+            unit=np.arange(n),
+            unit_names=np.asarray(adata.obs_names, dtype=object),
+            unit_rows=np.arange(n),
+            sequence_series=np.full(n, "", dtype=object),
+            steps=steps,
+            times=steps.astype(np.float64),
+            n_obs=adata.n_obs,
+            n_vars=adata.n_vars,
+            chunk_size=chunk_size,
+            gene_order=gene_order,
+        )
+
+    series = series_labels(adata, series_key)
+    times = numeric_times(adata, time_key)
+    keep = np.ones(adata.n_obs, dtype=bool)
+    if series_subset:
+        keep = np.isin(series, list(series_subset))
+        missing = sorted(set(series_subset) - set(series[keep]))
+        if missing:
+            levels = ", ".join(sorted(set(series)))
+            raise InputError(
+                f"series {', '.join(missing)} not found in obs[{series_key!r}]; available: {levels}"
+            )
+    absolute = np.flatnonzero(keep)
+    groups = _ordered_groups(series[keep], times[keep], (series_key, time_key))
+    groups = {name: absolute[rows] for name, rows in groups.items()}
+    short = [name for name, rows in groups.items() if len(rows) < 2]
+    if short:
+        notes.append(f"skipped {len(short)} series with a single time point")
+        groups = {name: rows for name, rows in groups.items() if len(rows) >= 2}
+    if not groups:
+        raise InputError(
+            "no series with at least 2 time points: check --series-key / --time-key "
+            f"(series_key={series_key!r}, time_key={time_key!r})"
+        )
+    max_len = max(len(rows) for rows in groups.values())
+    names = list(groups)
+
+    def padded(rows_list):
+        steps = np.full((len(rows_list), max_len), -1, dtype=np.int64)
+        step_times = np.full((len(rows_list), max_len), np.nan)
+        for i, rows in enumerate(rows_list):
+            steps[i, : len(rows)] = rows
+            step_times[i, : len(rows)] = times[rows]
+        return steps, step_times
+
+    if layout == "obs-series":
+        steps, step_times = padded([groups[n] for n in names])
+        return SequenceIndex(
+            layout=layout,
+            unit=np.arange(len(names)),
+            unit_names=np.asarray(names, dtype=object),
+            unit_rows=None,
+            sequence_series=np.asarray(names, dtype=object),
+            steps=steps,
+            times=step_times,
+            n_obs=adata.n_obs,
+            n_vars=adata.n_vars,
+            notes=notes,
+        )
+
+    # var-series: one sequence per (gene, series)
+    genes = np.arange(adata.n_vars) if var_mask is None else np.flatnonzero(var_mask)
+    series_steps, series_times = padded([groups[n] for n in names])
+    n_series = len(names)
+    unit = np.repeat(np.arange(len(genes)), n_series)
+    return SequenceIndex(
+        layout=layout,
+        unit=unit,
+        unit_names=np.asarray(adata.var_names[genes], dtype=object),
+        unit_rows=genes,
+        sequence_series=np.tile(np.asarray(names, dtype=object), len(genes)),
+        steps=np.tile(series_steps, (len(genes), 1)),
+        times=np.tile(series_times, (len(genes), 1)),
+        n_obs=adata.n_obs,
+        n_vars=adata.n_vars,
+        notes=notes,
+    )
+
+
+def assemble(
+    index: SequenceIndex, sequence_ids: np.ndarray, rows: np.ndarray, block: np.ndarray
+) -> np.ndarray:
+    """Padded ``(n, max_steps, n_features)`` values of some sequences from a row block.
+
+    ``block`` holds the (already transformed) feature matrix for the obs ``rows`` (sorted, as
+    returned by :meth:`SequenceIndex.obs_rows`). Padding is NaN.
+    """
+    position = np.full(index.n_obs, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    if index.layout == "profile":
+        cs = index.chunk_size
+        n_chunks = index.max_steps
+        order = index.gene_order
+        local = position[index.unit_rows[index.unit[sequence_ids]]]
+        values = np.zeros((len(sequence_ids), n_chunks * cs), dtype=np.float32)
+        values[:, : len(order)] = block[local][:, order]
+        return values.reshape(len(sequence_ids), n_chunks, cs)
+
+    steps = index.steps[sequence_ids]
+    valid = steps >= 0
+    local = np.where(valid, position[np.where(valid, steps, 0)], 0)
+    if index.layout == "obs-series":
+        values = block[local].astype(np.float32, copy=False)
+    else:  # var-series: the gene's value at each step
+        genes = index.unit_rows[index.unit[sequence_ids]]
+        values = block[local, genes[:, None]][..., None].astype(np.float32, copy=False)
+    values = np.array(values, dtype=np.float32)
+    values[~valid] = np.nan
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# labels
+
+
+@dataclass
+class Labels:
+    """Integer-coded labels. ``level`` is "unit" (one per unit) or "step" (one per obs row)."""
+
+    key: str
+    level: str
+    classes: np.ndarray
+    codes: np.ndarray  # per unit (level "unit") or per obs row (level "step"); -1 = missing
+    notes: list[str] = field(default_factory=list)
+
+    def sequence_targets(self, index: SequenceIndex, sequence_ids: np.ndarray) -> np.ndarray:
+        """Targets for some sequences: ``(n,)`` for unit labels, ``(n, max_steps)`` for steps."""
+        if self.level == "unit":
+            return self.codes[index.unit[sequence_ids]]
+        steps = index.steps[sequence_ids]
+        return np.where(steps >= 0, self.codes[np.where(steps >= 0, steps, 0)], -1)
+
+
+def read_labels(
+    adata: AnnData, index: SequenceIndex, label_key: str, *, max_missing_fraction: float = 0.5
+) -> Labels:
+    """Read and validate labels for ``index``'s layout; decide unit vs step level."""
+    if index.layout == "var-series":
+        column = _column(adata.var, label_key, "var", adata.obs)
+        column = column.iloc[index.unit_rows]
+    else:
+        column = _column(adata.obs, label_key, "obs", adata.var)
+    if pd.api.types.is_float_dtype(column) and not _integer_like(column):
+        raise InputError(
+            f"label column {label_key!r} holds continuous values: classification needs classes "
+            "(a categorical, string, boolean or integer column)"
+        )
+    values = column.astype("object").where(column.notna(), None).to_numpy()
+    text = np.array([None if v is None else str(v) for v in values], dtype=object)
+    present = text != None  # noqa: E711
+    notes = []
+    n_missing = int((~present).sum())
+    if n_missing:
+        fraction = n_missing / len(text)
+        if fraction > max_missing_fraction:
+            raise InputError(
+                f"label column {label_key!r} is missing for {n_missing} of {len(text)} entries "
+                f"({fraction:.0%}): fill it or subset the data to the labelled entries"
+            )
+        notes.append(f"dropped {n_missing} entries with a missing label {label_key!r}")
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        classes = [str(c) for c in column.cat.categories if str(c) in set(text[present])]
+    else:
+        classes = sorted(set(text[present]))
+    classes = np.asarray(classes, dtype=object)
+    if len(classes) < 2:
+        raise InputError(
+            f"label column {label_key!r} has a single class ({classes[0] if len(classes) else 'none'}):"
+            " classification needs at least 2 classes"
+        )
+    lookup = {c: i for i, c in enumerate(classes)}
+    codes = np.array([lookup[t] if t is not None else -1 for t in text], dtype=np.int64)
+
+    if index.layout == "var-series" or index.layout == "profile":
+        return Labels(label_key, "unit", classes, codes, notes)
+    # obs-series: per-series labels when constant within every series, else per step
+    step_codes = index.steps
+    constant = True
+    unit_codes = np.full(index.n_units, -1, dtype=np.int64)
+    for s in range(index.n_sequences):
+        rows = step_codes[s][step_codes[s] >= 0]
+        c = codes[rows]
+        c = c[c >= 0]
+        if len(np.unique(c)) > 1:
+            constant = False
+            break
+        if len(c):
+            unit_codes[index.unit[s]] = c[0]
+    if constant:
+        return Labels(label_key, "unit", classes, unit_codes, notes)
+    return Labels(label_key, "step", classes, codes, notes)
+
+
+def _integer_like(column: pd.Series) -> bool:
+    values = column.dropna().to_numpy(dtype=np.float64)
+    return bool(np.all(values == np.round(values)))
+
+
+# ---------------------------------------------------------------------------------------------
+# writing back: the inverse of build_index
+
+
+def broadcast_to_rows(index: SequenceIndex, per_unit: np.ndarray) -> np.ndarray:
+    """Per-unit values -> one row per obs (obs-series, profile) or var (var-series).
+
+    Rows that belong to no sequence get NaN (floats) or None (objects).
+    """
+    n_rows = index.n_vars if index.layout == "var-series" else index.n_obs
+    fill = None if per_unit.dtype == object else np.nan
+    dtype = object if per_unit.dtype == object else np.float64
+    out = np.full((n_rows, *per_unit.shape[1:]), fill, dtype=dtype)
+    if index.layout == "obs-series":
+        for s in range(index.n_sequences):
+            rows = index.steps[s][index.steps[s] >= 0]
+            out[rows] = per_unit[index.unit[s]]
+    else:
+        out[index.unit_rows] = per_unit
+    return out
+
+
+def scatter_steps(index: SequenceIndex, per_step: np.ndarray) -> np.ndarray:
+    """Per-step values ``(n_sequences, max_steps, ...)`` -> one row per obs (obs-series)."""
+    fill = None if per_step.dtype == object else np.nan
+    dtype = object if per_step.dtype == object else np.float64
+    out = np.full((index.n_obs, *per_step.shape[2:]), fill, dtype=dtype)
+    valid = index.steps >= 0
+    out[index.steps[valid]] = per_step[valid]
+    return out
+
+
+def pool_units(index: SequenceIndex, per_sequence: np.ndarray) -> np.ndarray:
+    """Mean over the sequences of each unit (var-series genes seen in several series)."""
+    out = np.zeros((index.n_units, *per_sequence.shape[1:]), dtype=np.float64)
+    counts = np.bincount(index.unit, minlength=index.n_units).astype(np.float64)
+    np.add.at(out, index.unit, per_sequence)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out /= counts.reshape(-1, *([1] * (per_sequence.ndim - 1)))
+    return out

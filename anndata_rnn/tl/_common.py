@@ -1,0 +1,220 @@
+"""Pieces every task composes: splits, encoding sequences in chunks, writing results back."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import warnings
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from sklearn.model_selection import train_test_split
+
+from ..errors import InputError
+from ..io import uns_safe
+from ..preprocessing import FeatureSource, Preprocessor
+from ..sequences import SequenceIndex, assemble
+
+log = logging.getLogger("anndata_rnn")
+
+SPLIT_NAMES = ("train", "val", "test")
+CHUNK_SEQUENCES = 4096
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for package in ("anndata-rnn", "anndata", "scanpy", "torch", "numpy", "scikit-learn", "h5py"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise InputError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1:
+        raise InputError(
+            f"val_fraction + test_fraction = {val_fraction + test_fraction:g} leaves no training "
+            "data: make their sum < 1"
+        )
+
+
+def split_from_column(adata: AnnData, index: SequenceIndex, split_key: str) -> np.ndarray:
+    """Per-unit split names from a user column (train / val / test) in obs or var."""
+    frame = adata.var if index.layout == "var-series" else adata.obs
+    where = "var" if index.layout == "var-series" else "obs"
+    if split_key not in frame.columns:
+        raise InputError(
+            f"{where} has no split column {split_key!r}; available: {', '.join(frame.columns)}"
+        )
+    column = frame[split_key].astype(str).str.lower().replace({"validation": "val", "valid": "val"})
+    values = column.to_numpy(dtype=object)
+    bad = sorted(set(values) - set(SPLIT_NAMES))
+    if bad:
+        raise InputError(
+            f"{where}[{split_key!r}] has values {bad[:5]}: use only train, val and test"
+        )
+    if index.layout == "var-series":
+        return values[index.unit_rows]
+    if index.layout == "profile":
+        return values
+    out = np.empty(index.n_units, dtype=object)
+    for s in range(index.n_sequences):
+        rows = index.steps[s][index.steps[s] >= 0]
+        levels = set(values[rows])
+        if len(levels) > 1:
+            raise InputError(
+                f"series {index.unit_names[index.unit[s]]!r} has several split values "
+                f"{sorted(levels)} in obs[{split_key!r}]: a series must stay in one split"
+            )
+        out[index.unit[s]] = levels.pop()
+    return out
+
+
+def make_split(
+    n_units: int,
+    *,
+    usable: np.ndarray,
+    strata: np.ndarray | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> np.ndarray:
+    """Seeded split of units into train/val/test, stratified when the labels allow it."""
+    check_fractions(val_fraction, test_fraction)
+    units = np.flatnonzero(usable)
+    if len(units) < 2:
+        raise InputError(f"only {len(units)} usable sequence(s): need at least 2 to train")
+    split = np.full(n_units, "unused", dtype=object)
+
+    def cut(pool, fraction, rng_seed):
+        if fraction <= 0 or len(pool) < 2:
+            return pool, pool[:0]
+        size = max(1, int(round(fraction * len(pool))))
+        if size >= len(pool):
+            size = len(pool) - 1
+        stratify = None if strata is None else strata[pool]
+        try:
+            return train_test_split(pool, test_size=size, random_state=rng_seed, stratify=stratify)
+        except ValueError:  # a class too small to stratify: plain seeded split
+            return train_test_split(pool, test_size=size, random_state=rng_seed)
+
+    rest, test = cut(units, test_fraction, seed)
+    val_share = val_fraction / (1 - test_fraction) if test_fraction < 1 else 0
+    train, val = cut(rest, val_share, seed + 1)
+    split[train], split[val], split[test] = "train", "val", "test"
+    return split
+
+
+def iter_encoded(
+    index: SequenceIndex,
+    source: FeatureSource,
+    prep: Preprocessor,
+    sequence_ids: np.ndarray,
+    chunk: int = CHUNK_SEQUENCES,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(ids, values, lengths)`` chunk by chunk, reading only the rows each chunk needs."""
+    for start in range(0, len(sequence_ids), chunk):
+        ids = sequence_ids[start : start + chunk]
+        rows = index.obs_rows(ids)
+        block = prep.transform_rows(source.read_rows(rows), source.feature_names)
+        values = assemble(index, ids, rows, block)
+        values = prep.transform_sequences(values, index.times[ids])
+        yield ids, values, index.lengths[ids]
+
+
+def encode(index, source, prep, sequence_ids) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """All requested sequences as tensors ``(values, lengths)`` plus the number imputed."""
+    parts, lengths, imputed = [], [], 0
+    for _, values, length in iter_encoded(index, source, prep, sequence_ids):
+        parts.append(values)
+        lengths.append(length)
+        imputed += prep.last_imputed
+    values = np.concatenate(parts) if parts else np.zeros((0, index.max_steps, 1), np.float32)
+    length = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    return torch.from_numpy(values), torch.from_numpy(length.astype(np.int64)), imputed
+
+
+def check_gene_overlap(prep: Preprocessor, source: FeatureSource, min_gene_overlap: float) -> dict:
+    """Match the data's features to the model's; error below ``min_gene_overlap``, warn on gaps."""
+    if prep.layout == "var-series":
+        return {"n_model_features": 1, "n_missing": 0, "overlap": 1.0}
+    if prep.source_kind == "rep":
+        if len(source.feature_names) != len(prep.features):
+            raise InputError(
+                f"the model reads {len(prep.features)} columns of obsm[{prep.source_name!r}] but "
+                f"the data has {len(source.feature_names)}: compute the representation the same "
+                "way as for training"
+            )
+        return {"n_model_features": len(prep.features), "n_missing": 0, "overlap": 1.0}
+    missing = prep.missing_features(source.feature_names)
+    overlap = 1 - len(missing) / len(prep.features)
+    if overlap < min_gene_overlap:
+        raise InputError(
+            f"only {len(prep.features) - len(missing)} of the model's {len(prep.features)} genes "
+            f"({overlap:.0%}) are in the data, below min_gene_overlap={min_gene_overlap:g}: "
+            "check that var_names use the same gene identifiers as at training (or give "
+            "--gene-symbols COLUMN)"
+        )
+    if len(missing):
+        message = (
+            f"{len(missing)} of the model's {len(prep.features)} genes are missing from the data "
+            f"(overlap {overlap:.1%}); they are filled with the training mean"
+        )
+        warnings.warn(message, UserWarning, stacklevel=3)
+        log.warning(message)
+    else:
+        log.info("all %d model genes found in the data", len(prep.features))
+    return {
+        "n_model_features": len(prep.features),
+        "n_missing": len(missing),
+        "overlap": overlap,
+    }
+
+
+def check_keys_free(adata: AnnData, targets: list[tuple[str, str]], overwrite: bool) -> None:
+    """Refuse to overwrite existing result keys unless asked to."""
+    if overwrite:
+        return
+    taken = [f"{attr}[{key!r}]" for attr, key in targets if key in _mapping(adata, attr)]
+    if taken:
+        raise InputError(
+            f"the output keys {', '.join(taken)} already exist: choose another key_added "
+            "(--key-added) or pass --overwrite"
+        )
+
+
+def _mapping(adata: AnnData, attr: str):
+    if attr in ("obs", "var"):
+        return getattr(adata, attr).columns
+    return getattr(adata, attr).keys()
+
+
+def set_column(frame: pd.DataFrame, key: str, values: np.ndarray, categories=None) -> None:
+    """Write one result column; object values become a categorical with string categories."""
+    if categories is not None:
+        frame[key] = pd.Categorical(
+            [None if v is None else str(v) for v in values], categories=[str(c) for c in categories]
+        )
+    else:
+        frame[key] = np.asarray(values, dtype=np.float64)
+
+
+def store_uns(adata: AnnData, key: str, content: dict) -> None:
+    adata.uns[key] = uns_safe(content)
+
+
+def target_of(adata: AnnData, copy: bool) -> AnnData:
+    if adata.isbacked and not copy:
+        raise InputError(
+            "the AnnData is opened backed (read-only on disk): pass copy=True to get the results "
+            "in memory"
+        )
+    return adata.copy() if copy else adata

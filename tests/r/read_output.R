@@ -1,0 +1,649 @@
+#!/usr/bin/env Rscript
+# Read an .h5ad written by anndata-rnn into a Bioconductor SingleCellExperiment,
+# using only rhdf5 (+ hdf5r for enum attributes) and the anndata on-disk spec
+# (https://anndata.readthedocs.io/en/latest/fileformat-prose.html).
+#
+# Usage:
+#   Rscript tests/r/read_output.R FILE.h5ad [--key rnn] [--expected DIR]
+#                                 [--strict] [--tol 1e-5] [--save-rds OUT.rds]
+#                                 [--label NAME] [--then FILE2.h5ad [options]]...
+# "--then" starts another job in the same R process (loading
+# SingleCellExperiment takes seconds); each job ends with a line
+# "== RESULT <label>: OK" or "== RESULT <label>: FAILED (status N)", and the exit
+# status is the largest one of all jobs.
+#
+# Mapping (anndata -> SingleCellExperiment, genes x cells):
+#   X, layers/<k>     -> assays "X", "<k>"   (dense -> matrix, csr/csc -> dgCMatrix)
+#   obs               -> colData             (categoricals -> factor, codes -1 -> NA)
+#   var               -> rowData
+#   varm/<k>          -> rowData(sce)[[k]]   (a matrix column; "varm.<k>" if <k> is
+#                                             also a var column)
+#   obsm/<k>          -> reducedDims         (cells x k)
+#   obsp/<k>, varp/<k>-> colPairs, rowPairs
+#   uns               -> metadata(sce)       (groups -> nested lists)
+#
+# Check mode (--expected DIR): DIR holds CSV files exported by the Python side
+# (tests/test_r_interop.py), one per element, named "<slot>__<name>.csv":
+#   dims.csv                 columns n_obs,n_vars
+#   obs_names.csv, var_names.csv   column "name"
+#   obs__<col>.csv, var__<col>.csv columns name,value
+#   obsm__<k>.csv, varm__<k>.csv   first column = obs/var names, then the matrix
+#   layers__<k>.csv                n_obs x n_vars (first column = obs names)
+#   uns__<key>.csv           columns path,index,kind,value: every leaf of
+#                            uns/<key> flattened in C order
+# Every key-related element R finds (<key>_pred, <key>_conf, <key>_cluster,
+# <key>_split, <key>_proba, X_<key>, <key>_forecast) must have an expected file
+# and vice versa.  Any mismatch -> "MISMATCH: ..." lines and exit status 1.
+#
+# Encodings that trip R readers (bool HDF5 enums, uint8 -> raw, nullable-*
+# encodings, the null encoding, unsorted CSR/CSC indices, int64) are decoded
+# here but reported as "INTEROP:" lines naming the element; with --strict those
+# found in key-related elements (obs/<key>_*, obsm/X_<key>, uns/<key>/..., ...)
+# make the script exit with status 3.
+
+suppressPackageStartupMessages({
+    library(rhdf5)
+    library(Matrix)
+    library(S4Vectors)
+    library(SummarizedExperiment)
+    library(SingleCellExperiment)
+})
+
+# --------------------------------------------------------------------- args --
+usage <- function(msg = NULL) {
+    if (!is.null(msg)) cat("ERROR:", msg, "\n", file = stderr())
+    cat("usage: Rscript read_output.R FILE.h5ad [--key rnn] [--expected DIR]",
+        "[--strict] [--tol 1e-5] [--save-rds OUT.rds] [--label NAME] [--then FILE2.h5ad ...]\n",
+        file = stderr())
+    quit(status = 2)
+}
+
+parse_args <- function(argv) {
+    opt <- list(file = NULL, key = "rnn", expected = NULL, strict = FALSE,
+                tol = 1e-5, save_rds = NULL, label = NULL)
+    i <- 1
+    while (i <= length(argv)) {
+        a <- argv[[i]]
+        need <- function() {
+            if (i + 1 > length(argv)) usage(paste("missing value for", a))
+            argv[[i + 1]]
+        }
+        if (a == "--key") { opt$key <- need(); i <- i + 1 }
+        else if (a == "--expected") { opt$expected <- need(); i <- i + 1 }
+        else if (a == "--tol") { opt$tol <- as.numeric(need()); i <- i + 1 }
+        else if (a == "--save-rds") { opt$save_rds <- need(); i <- i + 1 }
+        else if (a == "--label") { opt$label <- need(); i <- i + 1 }
+        else if (a == "--strict") opt$strict <- TRUE
+        else if (a %in% c("-h", "--help")) usage()
+        else if (startsWith(a, "--")) usage(paste("unknown option", a))
+        else if (is.null(opt$file)) opt$file <- a
+        else usage(paste("unexpected argument", a))
+        i <- i + 1
+    }
+    if (is.null(opt$file)) usage("no input file")
+    if (!file.exists(opt$file)) usage(paste("no such file:", opt$file))
+    if (!is.null(opt$expected) && !dir.exists(opt$expected)) usage(paste("no such directory:", opt$expected))
+    if (is.null(opt$label)) opt$label <- basename(opt$file)
+    opt
+}
+
+# Per-job globals, set by run_job(): opt, FILE, KEY, LS, sce, failures, .issues
+.issues <- new.env()
+
+# ------------------------------------------------------ interop bookkeeping --
+interop <- function(path, problem, severity = "error") {
+    # severity "note": reported, but not a --strict failure
+    .issues$rows[[length(.issues$rows) + 1]] <- c(path = path, problem = problem, severity = severity)
+    invisible(NULL)
+}
+
+# key-related elements: obs/<key>_*, var/<key>_*, obsm/X_<key>, obsm/<key>_*,
+# layers/<key>_*, varm/..., uns/<key>(/...)
+key_related <- function(path) {
+    k <- gsub("([.|()\\^{}+$*?\\[\\]\\\\])", "\\\\\\1", KEY)
+    grepl(paste0("^/?(obs|var|obsm|varm|layers|obsp|varp|uns)/(X_)?", k,
+                 "(_[^/]*)?(/|$)"), path)
+}
+
+# ------------------------------------------------------------ low level I/O --
+list_h5 <- function(file) {
+    ls <- h5ls(file, all = TRUE, recursive = TRUE)
+    ls$path <- sub("^/+", "/", paste(ifelse(ls$group == "/", "", ls$group), ls$name, sep = "/"))
+    ls
+}
+norm <- function(path) sub("/+$", "", sub("^/*", "/", path))
+exists_h5 <- function(path) norm(path) %in% LS$path
+ls_row <- function(path) LS[match(norm(path), LS$path), , drop = FALSE]
+is_group <- function(path) identical(unname(LS_OTYPE[norm(path)]), "H5I_GROUP")
+children <- function(path) {
+    p <- norm(path)
+    LS$name[LS$group == p]
+}
+
+read_attrs <- function(path) {
+    a <- suppressWarnings(h5readAttributes(FILE, norm(path)))
+    # rhdf5 cannot read ENUM (numpy bool) attributes: it returns NA.  The only
+    # one the spec uses is categorical "ordered"; re-read it with hdf5r.
+    if ("ordered" %in% names(a)) a$ordered <- read_ordered(path)
+    lapply(a, function(v) if (is.array(v) && length(dim(v)) == 1) as.vector(v) else v)
+}
+
+# one hdf5r handle per job (hdf5r's close_all() runs gc(), which costs ~1 s)
+.h5r <- new.env()
+read_ordered <- function(path) {
+    if (is.null(.h5r$file)) .h5r$file <- hdf5r::H5File$new(FILE, mode = "r")
+    obj <- .h5r$file$open(sub("^/", "", norm(path)))
+    on.exit(obj$close())
+    a <- obj$attr_open("ordered")
+    on.exit(a$close(), add = TRUE)
+    isTRUE(as.logical(a$read()))
+}
+close_h5r <- function() {
+    if (!is.null(.h5r$file)) {
+        .h5r$file$close_all()
+        .h5r$file <- NULL
+    }
+}
+
+enc_type <- function(path) {
+    e <- read_attrs(path)[["encoding-type"]]
+    if (is.null(e)) "" else as.character(e)
+}
+
+# Read one dataset and return it in numpy (C) orientation.
+read_dataset <- function(path) {
+    row <- ls_row(path)
+    dtype <- row$dtype
+    if (identical(dtype, "H5T_STD_I64LE") || identical(dtype, "H5T_STD_U64LE") ||
+        identical(dtype, "H5T_STD_U32LE")) {
+        interop(path, sprintf("%s integer (rhdf5 returns R integer with NA past 2^31 unless bit64conversion='double')", dtype),
+                severity = "note")
+        x <- h5read(FILE, norm(path), bit64conversion = "double")
+    } else {
+        x <- h5read(FILE, norm(path))
+    }
+    if (identical(row$dclass, "ENUM")) {
+        interop(path, "numpy bool stored as HDF5 ENUM (rhdf5 returns a factor FALSE/TRUE, not logical)")
+        d <- dim(x)
+        x <- as.character(x) == "TRUE"
+        if (length(d) > 1) dim(x) <- d
+    } else if (identical(row$dclass, "COMPOUND")) {
+        interop(path, "HDF5 compound (numpy record array)")
+        return(as.data.frame(x))
+    }
+    if (is.raw(x)) {
+        interop(path, sprintf("%s integer comes back as R 'raw'", dtype))
+        d <- dim(x)
+        x <- as.integer(x)
+        if (identical(dtype, "H5T_STD_I8LE")) x <- ifelse(x > 127L, x - 256L, x)
+        if (length(d) > 1) dim(x) <- d
+    }
+    d <- dim(x)
+    if (length(d) > 1) {
+        x <- aperm(x, rev(seq_along(d)))           # back to numpy orientation
+    } else if (length(d) == 1) {
+        x <- as.vector(x)
+    }
+    x
+}
+
+# Recursive element reader following the anndata encoding-type attributes.
+read_elem <- function(path) {
+    path <- norm(path)
+    enc <- enc_type(path)
+    if (enc == "null") {
+        interop(path, "encoding-type 'null' (rhdf5/hdf5r cannot read the empty dataset)")
+        return(NULL)
+    }
+    if (!is_group(path)) {
+        x <- read_dataset(path)
+        if (enc %in% c("numeric-scalar", "string") && length(x) == 1) x <- x[[1]]
+        return(x)
+    }
+    switch(enc,
+        "dataframe" = read_dataframe(path),
+        "categorical" = read_categorical(path),
+        "csr_matrix" = read_sparse(path, "csr"),
+        "csc_matrix" = read_sparse(path, "csc"),
+        "nullable-integer" = read_nullable(path, enc),
+        "nullable-boolean" = read_nullable(path, enc),
+        "nullable-string-array" = read_nullable(path, enc),
+        "awkward-array" = { interop(path, "awkward-array is not readable from R"); NULL },
+        {
+            # "dict", "" (old files) and anything unknown: nested list
+            out <- list()
+            for (ch in children(path)) {
+                v <- tryCatch(read_elem(paste0(path, "/", ch)), error = function(e) {
+                    interop(paste0(path, "/", ch), paste("unreadable:", conditionMessage(e)))
+                    NULL
+                })
+                out[ch] <- list(v)
+            }
+            out
+        })
+}
+
+read_categorical <- function(path) {
+    a <- read_attrs(path)
+    codes <- read_dataset(paste0(path, "/codes"))
+    cats <- read_dataset(paste0(path, "/categories"))
+    codes[codes < 0] <- NA
+    lev <- as.character(cats)
+    f <- factor(lev[codes + 1L], levels = lev, ordered = isTRUE(a$ordered))
+    f
+}
+
+read_nullable <- function(path, enc) {
+    interop(path, sprintf("encoding-type '%s' (values+mask group; zellkonverter/anndataR readers drop or mangle it)", enc))
+    v <- read_dataset(paste0(path, "/values"))
+    if (exists_h5(paste0(path, "/mask"))) {
+        m <- read_dataset(paste0(path, "/mask"))
+        v[as.logical(m)] <- NA
+    }
+    if (enc == "nullable-boolean") v <- as.logical(v)
+    v
+}
+
+read_sparse <- function(path, fmt) {
+    a <- read_attrs(path)
+    shape <- as.integer(a$shape)
+    x <- as.numeric(read_dataset(paste0(path, "/data")))
+    idx <- as.integer(read_dataset(paste0(path, "/indices")))
+    ptr <- as.integer(read_dataset(paste0(path, "/indptr")))
+    # dgCMatrix needs strictly increasing indices inside each compressed slice.
+    lens <- diff(ptr)
+    slice <- rep.int(seq_along(lens), lens)
+    if (length(idx) > 1) {
+        same <- slice[-1] == slice[-length(slice)]
+        bad <- same & (idx[-1] <= idx[-length(idx)])
+        if (any(bad)) {
+            first <- which(bad)[1]
+            interop(path, sprintf(
+                "unsorted or duplicate %s indices inside %s %d (dgCMatrix rejects them; write with sort_indices())",
+                if (fmt == "csr") "column" else "row",
+                if (fmt == "csr") "row" else "column", slice[first] - 1L))
+        }
+    }
+    if (fmt == "csr") {
+        # numpy (n_row x n_col) CSR == (n_col x n_row) CSC: build the transpose
+        m <- sparseMatrix(i = idx + 1L, j = slice, x = x, dims = rev(shape))
+        t(m)
+    } else {
+        sparseMatrix(i = idx + 1L, j = slice, x = x, dims = shape)
+    }
+}
+
+read_dataframe <- function(path) {
+    a <- read_attrs(path)
+    idx_name <- if (is.null(a[["_index"]])) "_index" else as.character(a[["_index"]])
+    idx <- as.character(read_dataset(paste0(path, "/", idx_name)))
+    cols <- as.character(unlist(a[["column-order"]]))
+    df <- new("DFrame", nrows = length(idx), rownames = idx)
+    for (cn in cols) {
+        v <- tryCatch(read_elem(paste0(path, "/", cn)), error = function(e) {
+            interop(paste0(path, "/", cn), paste("unreadable:", conditionMessage(e)))
+            NULL
+        })
+        if (is.null(v)) next
+        if (is(v, "sparseMatrix")) v <- as.matrix(v)
+        df[[cn]] <- v
+    }
+    df
+}
+
+# ---------------------------------------------------------- build the SCE --
+build_sce <- function() {
+    obs <- read_dataframe("/obs")
+    var <- read_dataframe("/var")
+    n_obs <- nrow(obs); n_vars <- nrow(var)
+    cells <- rownames(obs); genes <- rownames(var)
+
+    to_gxc <- function(m, what) {
+        if (is.data.frame(m) || is(m, "DataFrame")) stop(what, " is a data frame")
+        if (!identical(as.integer(dim(m)), c(n_obs, n_vars)))
+            stop(sprintf("%s has shape %s, expected %d x %d", what,
+                         paste(dim(m), collapse = " x "), n_obs, n_vars))
+        m <- t(m)
+        if (is.logical(m) || is.integer(m)) storage.mode(m) <- "double"
+        dimnames(m) <- list(genes, cells)
+        m
+    }
+    assays <- list()
+    if (exists_h5("/X")) assays[["X"]] <- to_gxc(read_elem("/X"), "X")
+    if (exists_h5("/layers"))
+        for (k in children("/layers")) assays[[k]] <- to_gxc(read_elem(paste0("/layers/", k)), paste0("layers/", k))
+
+    rdims <- list()
+    if (exists_h5("/obsm")) for (k in children("/obsm")) {
+        m <- read_elem(paste0("/obsm/", k))
+        if (is(m, "DataFrame") || is.data.frame(m)) {
+            num <- vapply(as.list(m), is.numeric, logical(1))
+            if (!all(num)) { cat("note: obsm/", k, " is a non-numeric data frame; skipped\n", sep = ""); next }
+            m <- as.matrix(as.data.frame(m))
+        }
+        if (is.null(dim(m))) m <- matrix(m, ncol = 1)
+        rownames(m) <- cells
+        rdims[[k]] <- m
+    }
+
+    rd <- var
+    if (exists_h5("/varm")) for (k in children("/varm")) {
+        m <- read_elem(paste0("/varm/", k))
+        if (is.data.frame(m)) m <- DataFrame(m, check.names = FALSE)
+        if (is(m, "sparseMatrix")) m <- as.matrix(m)
+        if (is.null(dim(m))) m <- matrix(m, ncol = 1)
+        rownames(m) <- genes
+        nm <- if (k %in% colnames(rd)) paste0("varm.", k) else k
+        rd[[nm]] <- m
+    }
+
+    sce <- SingleCellExperiment(assays = assays, colData = obs, rowData = rd,
+                                reducedDims = rdims)
+    if (length(assays) == 0) {  # X=None and no layers: keep the dims
+        sce <- SingleCellExperiment(assays = list(), colData = obs, rowData = rd,
+                                    reducedDims = rdims)
+    }
+    if (exists_h5("/obsp")) for (k in children("/obsp")) colPair(sce, k) <- read_elem(paste0("/obsp/", k))
+    if (exists_h5("/varp")) for (k in children("/varp")) rowPair(sce, k) <- read_elem(paste0("/varp/", k))
+    if (exists_h5("/uns")) metadata(sce) <- read_elem("/uns")
+    sce
+}
+
+# ---------------------------------------------------------------- summary --
+print_summary <- function() {
+cat("== SingleCellExperiment from", basename(FILE), "==\n")
+print(sce)
+cat("assays:\n")
+for (a in assayNames(sce)) cat(sprintf("  %-20s %s %d x %d\n", a, class(assay(sce, a))[1],
+                                        nrow(sce), ncol(sce)))
+cat("colData:\n")
+for (cn in colnames(colData(sce))) {
+    v <- colData(sce)[[cn]]
+    extra <- if (is.factor(v)) sprintf(" (%d levels%s, %d NA)", nlevels(v),
+                                       if (is.ordered(v)) ", ordered" else "", sum(is.na(v))) else ""
+    cat(sprintf("  %-20s %s%s\n", cn, class(v)[1], extra))
+}
+cat("rowData:\n")
+for (cn in colnames(rowData(sce))) {
+    v <- rowData(sce)[[cn]]
+    cat(sprintf("  %-20s %s%s\n", cn, class(v)[1],
+                if (!is.null(dim(v))) paste0(" ", paste(dim(v), collapse = " x ")) else ""))
+}
+cat("reducedDims:\n")
+for (r in reducedDimNames(sce)) cat(sprintf("  %-20s %d x %d\n", r, nrow(reducedDim(sce, r)), ncol(reducedDim(sce, r))))
+if (!is.null(metadata(sce)[[KEY]])) {
+    cat(sprintf("metadata[['%s']]:\n", KEY))
+    str(metadata(sce)[[KEY]], max.level = 3, vec.len = 4, give.attr = FALSE)
+}
+}
+
+print_issues <- function(issues) {
+    if (is.null(issues)) return(invisible())
+    cat("interop notes (encodings that trip R readers):\n")
+    tag <- function(p) paste0(p, ifelse(vapply(p, key_related, logical(1)), " [anndata-rnn output]", ""))
+    err <- issues[issues[, "severity"] == "error", , drop = FALSE]
+    for (i in seq_len(nrow(err)))
+        cat(sprintf("INTEROP: %s: %s\n", tag(err[i, "path"]), err[i, "problem"]))
+    notes <- issues[issues[, "severity"] == "note", , drop = FALSE]
+    for (pr in unique(notes[, "problem"])) {   # notes grouped by problem
+        p <- notes[notes[, "problem"] == pr, "path"]
+        cat(sprintf("INTEROP (note): %s: %d element(s): %s\n", pr, length(p),
+                    paste(tag(p), collapse = ", ")))
+    }
+}
+
+# ------------------------------------------------------------- check mode --
+fail <- function(...) failures <<- c(failures, paste0(...))
+
+flatten_c <- function(x) {
+    # numpy orientation -> C order (row-major) vector
+    if (!is.null(dim(x)) && length(dim(x)) > 1) as.vector(aperm(x, rev(seq_along(dim(x))))) else as.vector(x)
+}
+
+cmp_values <- function(what, got, exp, tol = opt$tol, labels = NULL) {
+    if (length(got) != length(exp)) {
+        fail(what, ": length ", length(got), " in R, expected ", length(exp)); return()
+    }
+    if (is.factor(got) || is.character(got)) {
+        g <- as.character(got); e <- as.character(exp)
+        e[!is.na(e) & e == ""] <- NA
+        bad <- which(!((is.na(g) & is.na(e)) | (!is.na(g) & !is.na(e) & g == e)))
+    } else if (is.logical(got)) {
+        e <- toupper(as.character(exp)) == "TRUE"
+        bad <- which(!((is.na(got) & is.na(e)) | (!is.na(got) & !is.na(e) & got == e)))
+    } else {
+        g <- as.numeric(got); e <- suppressWarnings(as.numeric(exp))
+        ok <- (is.na(g) & is.na(e)) | (is.infinite(g) & is.infinite(e) & sign(g) == sign(e)) |
+            (!is.na(g) & !is.na(e) & abs(g - e) <= tol + tol * abs(e))
+        ok[is.na(ok)] <- FALSE
+        bad <- which(!ok)
+    }
+    if (length(bad)) {
+        i <- bad[1]
+        at <- if (is.null(labels)) as.character(i) else labels[i]
+        fail(sprintf("%s: %d of %d values differ (first at [%s]: R=%s expected=%s)", what,
+                     length(bad), length(got), at, format(got[i], digits = 15), format(exp[i])))
+    }
+}
+
+read_csv <- function(path) {
+    utils::read.csv(path, check.names = FALSE, stringsAsFactors = FALSE,
+                    colClasses = "character", na.strings = "")
+}
+
+check_names <- function(what, got, exp) {
+    if (!identical(as.character(got), as.character(exp))) {
+        i <- which(as.character(got) != as.character(exp))[1]
+        fail(sprintf("%s: names differ (R has %d, expected %d; first difference at %s: R=%s expected=%s)",
+                     what, length(got), length(exp), i, got[i], exp[i]))
+    }
+}
+
+# the key-related elements R sees in the SCE, as "<slot>__<name>"
+key_elements <- function() {
+    out <- character(0)
+    sfx <- c("pred", "conf", "cluster", "split")
+    for (cn in colnames(colData(sce))) if (cn %in% paste0(KEY, "_", sfx)) out <- c(out, paste0("obs__", cn))
+    for (cn in colnames(var_cols())) if (cn %in% paste0(KEY, "_", sfx)) out <- c(out, paste0("var__", cn))
+    for (r in reducedDimNames(sce))
+        if (r %in% c(paste0("X_", KEY), paste0(KEY, c("_proba", "_forecast")))) out <- c(out, paste0("obsm__", r))
+    for (r in varm_names())
+        if (r %in% c(paste0("X_", KEY), paste0(KEY, c("_proba", "_forecast")))) out <- c(out, paste0("varm__", r))
+    for (a in assayNames(sce)) if (a == paste0(KEY, "_forecast")) out <- c(out, paste0("layers__", a))
+    out
+}
+varm_names <- function() if (exists_h5("/varm")) children("/varm") else character(0)
+var_cols <- function() {
+    rd <- rowData(sce)
+    rd[, setdiff(colnames(rd), c(varm_names(), paste0("varm.", varm_names()))), drop = FALSE]
+}
+
+check_vector <- function(slot, name, file) {
+    exp <- read_csv(file)
+    got <- if (slot == "obs") colData(sce)[[name]] else var_cols()[[name]]
+    if (is.null(got)) { fail(slot, "/", name, ": missing in the SingleCellExperiment"); return() }
+    names_r <- if (slot == "obs") colnames(sce) else rownames(sce)
+    check_names(paste0(slot, "/", name), names_r, exp[[1]])
+    cmp_values(paste0(slot, "/", name), got, exp[[2]], labels = names_r)
+}
+
+check_matrix <- function(slot, name, file) {
+    exp <- read_csv(file)
+    if (slot == "obsm") {
+        got <- if (name %in% reducedDimNames(sce)) reducedDim(sce, name) else NULL
+        names_r <- colnames(sce)
+    } else if (slot == "varm") {
+        nm <- if (paste0("varm.", name) %in% colnames(rowData(sce))) paste0("varm.", name) else name
+        got <- if (name %in% varm_names()) rowData(sce)[[nm]] else NULL
+        names_r <- rownames(sce)
+    } else {  # layers (or X): assay is genes x cells, expected file is cells x genes
+        a <- if (slot == "X") "X" else name
+        got <- if (a %in% assayNames(sce)) t(as.matrix(assay(sce, a))) else NULL
+        names_r <- colnames(sce)
+        if (!is.null(got) && !identical(colnames(exp)[-1], rownames(sce)))
+            fail(slot, "/", name, ": gene names in the header differ from rownames(sce)")
+    }
+    what <- paste0(slot, "/", name)
+    if (is.null(got)) { fail(what, ": missing in the SingleCellExperiment"); return() }
+    got <- as.matrix(got)
+    if (is.null(dim(got))) got <- matrix(got, ncol = 1)
+    check_names(what, names_r, exp[[1]])
+    em <- as.matrix(exp[, -1, drop = FALSE])
+    if (!identical(dim(got), dim(em))) {
+        fail(sprintf("%s: shape %s in R, expected %s", what, paste(dim(got), collapse = " x "),
+                     paste(dim(em), collapse = " x ")))
+        return()
+    }
+    cols <- colnames(exp)[-1]
+    cmp_values(what, as.vector(got), as.vector(em),
+               labels = paste0(rep(exp[[1]], times = ncol(em)), ", ", rep(cols, each = nrow(em))))
+}
+
+flatten_uns <- function(x, prefix) {
+    rows <- list()
+    add <- function(path, vals, kind) {
+        if (!length(vals)) return()
+        rows[[length(rows) + 1]] <<- data.frame(path = path, index = seq_along(vals) - 1L, kind = kind,
+                                                value = vals, stringsAsFactors = FALSE)
+    }
+    walk <- function(v, path) {
+        if (is.null(v)) {
+            rows[[length(rows) + 1]] <<- data.frame(path = path, index = 0L, kind = "null", value = NA_character_)
+        } else if (is(v, "DataFrame") || is.data.frame(v)) {
+            for (cn in colnames(v)) walk(v[[cn]], paste0(path, "/", cn))
+        } else if (is.list(v)) {
+            for (n in names(v)) walk(v[[n]], if (nzchar(path)) paste0(path, "/", n) else n)
+        } else if (is.factor(v) || is.character(v)) {
+            add(path, as.character(flatten_c(v)), "str")
+        } else if (is.logical(v)) {
+            add(path, ifelse(flatten_c(v), "TRUE", "FALSE"), "bool")
+        } else if (is.numeric(v)) {
+            add(path, sprintf("%.17g", as.numeric(flatten_c(v))), "num")
+        } else if (is(v, "sparseMatrix")) {
+            add(path, sprintf("%.17g", as.numeric(flatten_c(as.matrix(v)))), "num")
+        } else {
+            rows[[length(rows) + 1]] <<- data.frame(path = path, index = 0L, kind = class(v)[1], value = NA_character_)
+        }
+    }
+    walk(x, prefix)
+    if (!length(rows)) return(data.frame(path = character(0), index = integer(0), kind = character(0), value = character(0)))
+    do.call(rbind, rows)
+}
+
+check_uns <- function(file) {
+    exp <- read_csv(file)
+    got <- flatten_uns(metadata(sce)[[KEY]], "")
+    if (is.null(metadata(sce)[[KEY]])) { fail("uns/", KEY, ": missing in metadata(sce)"); return() }
+    ek <- paste(exp$path, exp$index); gk <- paste(got$path, got$index)
+    miss <- setdiff(ek, gk); extra <- setdiff(gk, ek)
+    if (length(miss)) fail(sprintf("uns/%s: %d leaves missing in R, e.g. %s", KEY, length(miss), miss[1]))
+    if (length(extra)) fail(sprintf("uns/%s: %d unexpected leaves in R, e.g. %s", KEY, length(extra), extra[1]))
+    m <- match(ek, gk)
+    n_bad <- 0
+    for (i in which(!is.na(m))) {
+        e <- exp[i, ]; g <- got[m[i], ]
+        p <- sprintf("uns/%s/%s[%s]", KEY, e$path, e$index)
+        if (e$kind != g$kind) {
+            fail(sprintf("%s: kind %s in R, expected %s", p, g$kind, e$kind)); n_bad <- n_bad + 1
+        } else if (e$kind == "num") {
+            gv <- as.numeric(g$value); ev <- as.numeric(e$value)
+            ok <- (is.na(gv) && is.na(ev)) || (!is.na(gv) && !is.na(ev) &&
+                   (gv == ev || abs(gv - ev) <= opt$tol + opt$tol * abs(ev)))
+            if (!ok) { fail(sprintf("%s: R=%s expected=%s", p, g$value, e$value)); n_bad <- n_bad + 1 }
+        } else if (e$kind == "bool") {
+            if (toupper(g$value) != toupper(e$value)) { fail(sprintf("%s: R=%s expected=%s", p, g$value, e$value)); n_bad <- n_bad + 1 }
+        } else if (e$kind == "str") {
+            if (!identical(ifelse(is.na(g$value), "", g$value), ifelse(is.na(e$value), "", e$value))) {
+                fail(sprintf("%s: R=%s expected=%s", p, g$value, e$value)); n_bad <- n_bad + 1
+            }
+        }
+        if (n_bad > 20) { fail("uns: too many differences, stopping"); break }
+    }
+    cat(sprintf("checked uns/%s: %d leaves\n", KEY, nrow(exp)))
+}
+
+run_checks <- function() {
+    dir <- opt$expected
+    files <- list.files(dir, pattern = "\\.csv$")
+    checked <- character(0)
+    if ("dims.csv" %in% files) {
+        d <- read_csv(file.path(dir, "dims.csv"))
+        if (as.integer(d$n_obs) != ncol(sce) || as.integer(d$n_vars) != nrow(sce))
+            fail(sprintf("dims: R has %d genes x %d cells, expected n_vars=%s n_obs=%s",
+                         nrow(sce), ncol(sce), d$n_vars, d$n_obs))
+        checked <- c(checked, "dims")
+    }
+    if ("obs_names.csv" %in% files) { check_names("obs_names", colnames(sce), read_csv(file.path(dir, "obs_names.csv"))$name); checked <- c(checked, "obs_names") }
+    if ("var_names.csv" %in% files) { check_names("var_names", rownames(sce), read_csv(file.path(dir, "var_names.csv"))$name); checked <- c(checked, "var_names") }
+    elem_files <- grep("__", files, value = TRUE)
+    for (f in elem_files) {
+        base <- sub("\\.csv$", "", f)
+        slot <- sub("__.*$", "", base); name <- sub("^[^_]+__", "", base)
+        path <- file.path(dir, f)
+        if (slot %in% c("obs", "var")) check_vector(slot, name, path)
+        else if (slot %in% c("obsm", "varm", "layers", "X")) check_matrix(slot, name, path)
+        else if (slot == "uns") { if (name != KEY) fail("uns file for key ", name, " but --key is ", KEY) else check_uns(path) }
+        else fail("unknown expected file ", f)
+        checked <- c(checked, paste0(slot, "/", name))
+    }
+    # every key-related element present in R must have been exported by Python
+    for (el in key_elements()) if (!(paste0(el, ".csv") %in% files))
+        fail(sub("__", "/", el), ": present in the file but no expected values were exported")
+    cat(sprintf("checked %d elements: %s\n", length(checked), paste(checked, collapse = ", ")))
+}
+
+# ------------------------------------------------------------------- jobs --
+run_job <- function(o) {
+    opt <<- o
+    FILE <<- normalizePath(o$file)
+    KEY <<- o$key
+    failures <<- character(0)
+    .issues$rows <- list()
+    LS <<- list_h5(FILE)
+    LS_OTYPE <<- setNames(LS$otype, LS$path)
+    built <- tryCatch(build_sce(), finally = close_h5r(), error = function(e) {
+        cat("ERROR: could not build a SingleCellExperiment from", FILE, ":", conditionMessage(e), "\n",
+            file = stderr())
+        NULL
+    })
+    if (is.null(built)) return(2L)
+    sce <<- built
+    print_summary()
+    if (!is.null(o$save_rds)) saveRDS(sce, o$save_rds)
+    issues <- if (length(.issues$rows)) do.call(rbind, .issues$rows) else NULL
+    print_issues(issues)
+    if (!is.null(o$expected)) {
+        ok <- tryCatch({ run_checks(); TRUE }, error = function(e) {
+            fail("check mode crashed: ", conditionMessage(e)); FALSE
+        })
+    }
+    strict_bad <- if (!is.null(issues))
+        issues[vapply(issues[, "path"], key_related, logical(1)) & issues[, "severity"] == "error", ,
+               drop = FALSE] else NULL
+    if (length(failures)) {
+        for (f in failures) cat("MISMATCH:", f, "\n")
+        cat(sprintf("FAILED: %d mismatch(es) between R and Python\n", length(failures)))
+        return(1L)
+    }
+    if (o$strict && !is.null(strict_bad) && nrow(strict_bad)) {
+        for (i in seq_len(nrow(strict_bad)))
+            cat(sprintf("STRICT: %s uses an encoding that trips R readers: %s\n",
+                        strict_bad[i, "path"], strict_bad[i, "problem"]))
+        cat(sprintf("FAILED: %d anndata-rnn output element(s) with R-unfriendly encodings\n",
+                    nrow(strict_bad)))
+        return(3L)
+    }
+    0L
+}
+
+argv <- commandArgs(trailingOnly = TRUE)
+if (!length(argv)) usage("no input file")
+groups <- split(argv, cumsum(argv == "--then"))
+jobs <- lapply(groups, function(g) parse_args(g[g != "--then"]))
+status <- 0L
+for (o in jobs) {
+    st <- run_job(o)
+    cat(sprintf("== RESULT %s: %s\n", o$label, if (st == 0L) "OK" else sprintf("FAILED (status %d)", st)))
+    status <- max(status, st)
+}
+quit(status = status)
