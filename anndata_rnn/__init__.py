@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import pl, tl
+from . import datasets, pl, tl
 from .errors import AnnDataRNNError, InputError, ModelFileError, TrainingError
 from .model import Model
 
@@ -11,4 +11,4 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
 
-__all__ = ["Model", "tl", "pl", "AnnDataRNNError", "InputError", "ModelFileError", "TrainingError"]
+__all__ = ["Model", "tl", "pl", "datasets", "AnnDataRNNError", "InputError", "ModelFileError", "TrainingError"]

@@ -169,8 +169,10 @@ class Model:
         if not isinstance(config, dict) or "task" not in config or "preprocessing" not in config:
             raise ModelFileError(f"{where} has an incomplete config (task/preprocessing missing)")
         features = _read_strings(f, "features/names", where)
-        mean = _read_float(f, "preprocessing/mean", where, (len(features),))
-        std = _read_float(f, "preprocessing/std", where, (len(features),))
+        # var-series: every gene is one sequence of a single feature, so one mean/std
+        n_stats = 1 if config.get("layout") == "var-series" else len(features)
+        mean = _read_float(f, "preprocessing/mean", where, (n_stats,))
+        std = _read_float(f, "preprocessing/std", where, (n_stats,))
         if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
             raise ModelFileError(f"{where} has invalid preprocessing statistics")
         preprocessor = Preprocessor.from_stored(

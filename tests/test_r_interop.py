@@ -23,6 +23,7 @@ import json
 import math
 import shutil
 import subprocess
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -105,7 +106,12 @@ def flatten_uns(value, path: str = "") -> list[tuple[str, int, str, str]]:
             rows += [(path, i, "num", _num(v)) for i, v in enumerate(flat)]
         else:
             rows += [
-                (path, i, "str", "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+                (
+                    path,
+                    i,
+                    "str",
+                    "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v),
+                )
                 for i, v in enumerate(flat)
             ]
     return rows
@@ -114,8 +120,10 @@ def flatten_uns(value, path: str = "") -> list[tuple[str, int, str, str]]:
 def _vector_csv(names, values, path: Path) -> None:
     values = pd.Series(values)
     if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object:
-        out = values.astype(object).where(values.notna(), None).map(
-            lambda v: None if v is None else str(v)
+        out = (
+            values.astype(object)
+            .where(values.notna(), None)
+            .map(lambda v: None if v is None else str(v))
         )
     elif values.dtype == bool:
         out = values.map(lambda v: str(bool(v)).upper())
@@ -125,7 +133,9 @@ def _vector_csv(names, values, path: Path) -> None:
 
 
 def _matrix_csv(names, matrix, path: Path, columns=None) -> None:
-    matrix = np.asarray(matrix.toarray() if hasattr(matrix, "toarray") else matrix, dtype=np.float64)
+    matrix = np.asarray(
+        matrix.toarray() if hasattr(matrix, "toarray") else matrix, dtype=np.float64
+    )
     if matrix.ndim == 1:
         matrix = matrix[:, None]
     columns = list(columns) if columns is not None else [f"c{i}" for i in range(matrix.shape[1])]
@@ -144,24 +154,34 @@ def export_expected(
     """
     out.mkdir(parents=True, exist_ok=True)
     adata = ad.read_h5ad(h5ad)
-    pd.DataFrame({"n_obs": [adata.n_obs], "n_vars": [adata.n_vars]}).to_csv(out / "dims.csv", index=False)
+    pd.DataFrame({"n_obs": [adata.n_obs], "n_vars": [adata.n_vars]}).to_csv(
+        out / "dims.csv", index=False
+    )
     pd.DataFrame({"name": adata.obs_names}).to_csv(out / "obs_names.csv", index=False)
     pd.DataFrame({"name": adata.var_names}).to_csv(out / "var_names.csv", index=False)
     exported: dict[str, list[str]] = {}
     suffixes = ("pred", "conf", "cluster", "split")
-    for axis, frame, names in (("obs", adata.obs, adata.obs_names), ("var", adata.var, adata.var_names)):
+    for axis, frame, names in (
+        ("obs", adata.obs, adata.obs_names),
+        ("var", adata.var, adata.var_names),
+    ):
         for col in (f"{key}_{s}" for s in suffixes):
             if col in frame.columns:
                 _vector_csv(names, frame[col], out / f"{axis}__{col}.csv")
                 exported.setdefault(axis, []).append(col)
     wanted = {f"X_{key}", f"{key}_proba", f"{key}_forecast"}
-    for slot, mats, names in (("obsm", adata.obsm, adata.obs_names), ("varm", adata.varm, adata.var_names)):
+    for slot, mats, names in (
+        ("obsm", adata.obsm, adata.obs_names),
+        ("varm", adata.varm, adata.var_names),
+    ):
         for name in sorted(wanted & set(mats.keys())):
             _matrix_csv(names, mats[name], out / f"{slot}__{name}.csv")
             exported.setdefault(slot, []).append(name)
     if f"{key}_forecast" in adata.layers:
         _matrix_csv(
-            adata.obs_names, adata.layers[f"{key}_forecast"], out / f"layers__{key}_forecast.csv",
+            adata.obs_names,
+            adata.layers[f"{key}_forecast"],
+            out / f"layers__{key}_forecast.csv",
             columns=adata.var_names,
         )
         exported.setdefault("layers", []).append(f"{key}_forecast")
@@ -184,7 +204,9 @@ def krumsiek_series(n_series: int = 32):
     """krumsiek11 (640 x 11, bundled with scanpy) cut into time series along obs."""
     import scanpy as sc
 
-    adata = sc.datasets.krumsiek11()
+    with warnings.catch_warnings():  # its obs names repeat; made unique below
+        warnings.simplefilter("ignore", UserWarning)
+        adata = sc.datasets.krumsiek11()
     adata.uns.clear()  # uns["highlights"] has int keys, which .h5ad cannot store
     adata.obs_names_make_unique()
     steps = adata.n_obs // n_series
@@ -204,7 +226,9 @@ def gene_series(n_genes: int = 60, n_times: int = 24, seed: int = 0):
     adata = ad.AnnData(
         x.astype(np.float32),
         obs=pd.DataFrame({"series": "s1", "time": t}, index=[f"t{i}" for i in range(n_times)]),
-        var=pd.DataFrame({"phase": pd.Categorical(phase)}, index=[f"gene{i}" for i in range(n_genes)]),
+        var=pd.DataFrame(
+            {"phase": pd.Categorical(phase)}, index=[f"gene{i}" for i in range(n_genes)]
+        ),
     )
     return adata
 
@@ -231,8 +255,13 @@ def classifier_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("r_classify")
     adata = krumsiek_series()
     model = tl().classify(
-        adata, label_key="cell_type", layout="obs-series", series_key="series", time_key="time",
-        key_added=KEY, **FAST,
+        adata,
+        label_key="cell_type",
+        layout="obs-series",
+        series_key="series",
+        time_key="time",
+        key_added=KEY,
+        **FAST,
     )
     h5ad = tmp / "classify_obs_series.h5ad"
     adata.write_h5ad(h5ad)
@@ -250,8 +279,13 @@ def test_classifier_output_reads_in_r(classifier_run, tmp_path):
 
     genes = gene_series()
     tl().classify(
-        genes, label_key="phase", layout="var-series", series_key="series", time_key="time",
-        key_added=KEY, **FAST,
+        genes,
+        label_key="phase",
+        layout="var-series",
+        series_key="series",
+        time_key="time",
+        key_added=KEY,
+        **FAST,
     )
     var_h5ad = tmp_path / "classify_var_series.h5ad"
     genes.write_h5ad(var_h5ad)
@@ -268,12 +302,21 @@ def test_forecaster_output_reads_in_r(tmp_path):
     """(b) obs-series forecaster: layers/<key>_forecast becomes an assay."""
     forecast = tool_or_skip("forecast")
     adata = krumsiek_series()
-    forecast(adata, layout="obs-series", series_key="series", time_key="time", horizon=1,
-             key_added=KEY, **FAST)
+    forecast(
+        adata,
+        layout="obs-series",
+        series_key="series",
+        time_key="time",
+        horizon=1,
+        key_added=KEY,
+        **FAST,
+    )
     h5ad = tmp_path / "forecast.h5ad"
     adata.write_h5ad(h5ad)
     exported = export_expected(h5ad, tmp_path / "expected")
-    assert exported.get("layers") == [f"{KEY}_forecast"] or f"{KEY}_forecast" in exported.get("varm", [])
+    assert exported.get("layers") == [f"{KEY}_forecast"] or f"{KEY}_forecast" in exported.get(
+        "varm", []
+    )
     out = check_in_r([(h5ad, tmp_path / "expected")])
     assert f"{KEY}_forecast" in out
 
@@ -283,8 +326,15 @@ def test_embedding_output_reads_in_r(tmp_path):
     embed = tool_or_skip("embed")
     cluster = tool_or_skip("cluster")
     adata = krumsiek_series()
-    embed(adata, layout="obs-series", series_key="series", time_key="time", n_latent=4,
-          key_added=KEY, **FAST)
+    embed(
+        adata,
+        layout="obs-series",
+        series_key="series",
+        time_key="time",
+        n_latent=4,
+        key_added=KEY,
+        **FAST,
+    )
     cluster(adata, key_added=KEY)
     h5ad = tmp_path / "embed.h5ad"
     adata.write_h5ad(h5ad)
@@ -300,8 +350,14 @@ def test_model_file_reads_in_r(classifier_run, tmp_path):
     model = classifier_run["model"]
     features_out = tmp_path / "features.txt"
     summary_out = tmp_path / "summary.json"
-    proc = run_r("read_model.R", classifier_run["model_path"], "--features-out", features_out,
-                 "--summary-out", summary_out)
+    proc = run_r(
+        "read_model.R",
+        classifier_run["model_path"],
+        "--features-out",
+        features_out,
+        "--summary-out",
+        summary_out,
+    )
     assert proc.returncode == 0, r_output(proc)
     r_features = features_out.read_text(encoding="utf-8").splitlines()
     assert r_features == [str(f) for f in model.features]
@@ -340,8 +396,9 @@ def test_inputs_written_by_r(tmp_path, strings):
     assert list(adata.var_names) == [f"ENSG{i:05d}" for i in range(1, 25)]
     assert list(adata.obs["cell_type"].cat.categories) == ["alpha", "beta", "gamma"]
 
-    model = tl().classify(adata, label_key="cell_type", layout="profile", chunk_size=6,
-                          key_added=KEY, **FAST)
+    model = tl().classify(
+        adata, label_key="cell_type", layout="profile", chunk_size=6, key_added=KEY, **FAST
+    )
     assert list(model.classes) == ["alpha", "beta", "gamma"]
     assert [str(f) for f in model.features] == list(adata.var_names)
     out = tmp_path / "out.h5ad"
@@ -399,7 +456,7 @@ def test_r_checker_detects_mismatches_and_bad_encodings(tmp_path):
     pred.loc[0, "value"] = "c" if pred.loc[0, "value"] != "c" else "a"
     pred.to_csv(tampered / f"obs__{KEY}_pred.csv", index=False)
     proba = pd.read_csv(tampered / f"obsm__{KEY}_proba.csv")
-    proba.iloc[4, 2] += 0.01
+    proba.loc[4, "c1"] += 0.01
     proba.to_csv(tampered / f"obsm__{KEY}_proba.csv", index=False)
     uns = pd.read_csv(tampered / f"uns__{KEY}.csv", keep_default_na=False)
     uns.loc[uns["path"] == "history/train_loss", "value"] = "9.0"
@@ -422,20 +479,44 @@ def test_r_checker_detects_mismatches_and_bad_encodings(tmp_path):
         g["data"][lo:hi] = g["data"][lo:hi][::-1]
     assert ad.read_h5ad(bad).layers[f"{KEY}_forecast"].has_sorted_indices is False
 
-    args = [good, "--expected", tmp_path / "exp_good", "--strict", "--label", "good",
-            "--then", good, "--expected", tampered, "--label", "tampered",
-            "--then", bad, "--strict", "--label", "bad_encodings"]
+    args = [
+        good,
+        "--expected",
+        tmp_path / "exp_good",
+        "--strict",
+        "--label",
+        "good",
+        "--then",
+        good,
+        "--expected",
+        tampered,
+        "--label",
+        "tampered",
+        "--then",
+        bad,
+        "--strict",
+        "--label",
+        "bad_encodings",
+    ]
     proc = run_r("read_output.R", *args)
     out = proc.stdout
     assert proc.returncode == 3, r_output(proc)
     assert "== RESULT good: OK" in out, r_output(proc)
     assert "checked 11 elements" in out, r_output(proc)
     assert "== RESULT tampered: FAILED (status 1)" in out, r_output(proc)
-    assert f"MISMATCH: obs/{KEY}_pred: 1 of 30 values differ (first at [cell0]:" in out, r_output(proc)
-    assert f"MISMATCH: obsm/{KEY}_proba: 1 of 90 values differ (first at [cell4, c2]" in out, r_output(proc)
+    assert f"MISMATCH: obs/{KEY}_pred: 1 of 30 values differ (first at [cell0]:" in out, r_output(
+        proc
+    )
+    assert f"MISMATCH: obsm/{KEY}_proba: 1 of 90 values differ (first at [cell4, c1]" in out, (
+        r_output(proc)
+    )
     assert f"MISMATCH: uns/{KEY}/history/train_loss[0]" in out, r_output(proc)
     assert "== RESULT bad_encodings: FAILED (status 3)" in out, r_output(proc)
-    for element in (f"/obs/{KEY}_flag", f"/obs/{KEY}_code", f"/uns/{KEY}/params/quiet",
-                    f"/layers/{KEY}_forecast"):
+    for element in (
+        f"/obs/{KEY}_flag",
+        f"/obs/{KEY}_code",
+        f"/uns/{KEY}/params/quiet",
+        f"/layers/{KEY}_forecast",
+    ):
         assert f"STRICT: {element} uses an encoding" in out, r_output(proc)
     assert "unsorted or duplicate column indices inside row" in out, r_output(proc)

@@ -32,6 +32,8 @@ RENAMED = TEST_DATA / "galaxy_krumsiek11_renamed.h5ad"
 YEAST = TEST_DATA / "galaxy_yeast_spellman_small.h5ad"
 PBMC = TEST_DATA / "galaxy_pbmc_small.h5ad"
 MODEL = TEST_DATA / "galaxy_krumsiek11_model.h5"
+# the classify output that came with MODEL (already holds rnn_* keys: input of a predict --overwrite test)
+CLASSIFIED = TEST_DATA / "galaxy_krumsiek11_classified.h5ad"
 
 # the command that trains MODEL (kept in one place so the tests can reuse it)
 MODEL_ARGS = [
@@ -51,24 +53,29 @@ def _write(adata, path: Path) -> None:
 
 
 def make_krumsiek() -> None:
-    """krumsiek11 (640 x 11): 4 simulated series of 160 steps, per-step cell_type labels."""
+    """krumsiek11 (640 x 11): its 4 simulated trajectories cut into 32 series of 20 steps."""
     import scanpy as sc
 
     adata = sc.datasets.krumsiek11()
     adata.obs_names_make_unique()
-    adata.obs["series"] = np.repeat(np.arange(4), 160).astype(str)
-    adata.obs["time"] = np.tile(np.arange(160), 4).astype(float)
-    # a second copy of X as a layer to exercise --layer
-    adata.layers["counts"] = np.asarray(adata.X, dtype=np.float32).copy()
+    n_series, steps = 32, 20
+    adata.obs["series"] = np.repeat(np.arange(n_series), steps).astype(str)
+    adata.obs["time"] = np.tile(np.arange(steps), n_series).astype(float)
+    # predefined split by series: in every trajectory (8 series: 4 progenitor, 4 terminal)
+    # 2 + 2 series train, 1 + 1 val, 1 + 1 test, so each class is in every set
+    pattern = np.array(["train", "train", "val", "test"] * 2)
+    adata.obs["split"] = np.repeat(np.tile(pattern, n_series // 8), steps)
+    # integer pseudo-counts in a layer to exercise --layer (and --normalize always)
+    adata.layers["counts"] = np.rint(np.clip(np.asarray(adata.X), 0, None) * 100).astype(np.float32)
     adata.X = np.asarray(adata.X, dtype=np.float32)
-    # predefined split, by series: 0,1 -> train, 2 -> val, 3 -> test
-    adata.obs["split"] = np.repeat(np.array(["train", "train", "val", "test"]), 160)
+    # a boolean var column to exercise --gene-subset (all genes but two)
+    adata.var["selected"] = np.arange(adata.n_vars) >= 2
     adata.uns = {}
     _write(adata, KRUMSIEK)
 
-    # input of the predict tests: the last series, genes renamed gene0..gene10 with the
+    # input of the predict tests: the last trajectory (8 series), genes renamed gene0..gene10 with the
     # original names in var['symbol'] (--gene-symbols symbol matches them, var names do not)
-    renamed = adata[adata.obs["series"] == "3"].copy()
+    renamed = adata[adata.obs["series"].astype(int) >= 24].copy()
     del renamed.layers["counts"]
     renamed.var["symbol"] = renamed.var_names.astype(str)
     renamed.var_names = [f"gene{i}" for i in range(renamed.n_vars)]
@@ -124,6 +131,9 @@ def make_model() -> None:
         subprocess.run(cmd + MODEL_ARGS + ["--output", str(out), "--model-out", str(model)],
                        check=True)
         shutil.copyfile(model, MODEL)
+        import anndata as ad
+
+        _write(ad.read_h5ad(out), CLASSIFIED)
     print(f"wrote {MODEL.relative_to(ROOT)} ({MODEL.stat().st_size / 1024:.0f} KiB)")
     if MODEL.stat().st_size > 300 * 1024:
         raise SystemExit(f"{MODEL} is larger than 300 KiB")

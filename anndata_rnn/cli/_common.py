@@ -96,7 +96,6 @@ def _setup_logging(quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.propagate = False
 
 
 def split_list(value: str | None) -> list[str] | None:

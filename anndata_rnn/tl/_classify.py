@@ -467,6 +467,23 @@ def _check_training_classes(labels: Labels, index: SequenceIndex, split: np.ndar
             index, index.sequences_of_units(np.flatnonzero(split == "train"))
         ).ravel()
     counts = np.bincount(train_codes[train_codes >= 0], minlength=len(labels.classes))
+    if labels.level == "step":
+        # per-step labels: a split by series can hold a whole class out (e.g. each trajectory
+        # ends in its own fate); train anyway and let the held-out metrics show it
+        absent = [str(labels.classes[c]) for c in range(len(counts)) if counts[c] == 0]
+        if len(absent) == len(counts) - 1 or counts.sum() < 2:
+            raise InputError(
+                f"the training split holds fewer than 2 classes of {labels.key!r}: give more "
+                "series or an explicit split (--split-key)"
+            )
+        if absent:
+            log.warning(
+                "class(es) %s of %r never occur in the training series: the model cannot "
+                "predict them (the test metrics will show this)",
+                ", ".join(absent),
+                labels.key,
+            )
+        return
     small = [f"{labels.classes[c]!r} ({counts[c]})" for c in range(len(counts)) if counts[c] < 2]
     if small:
         raise InputError(

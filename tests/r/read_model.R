@@ -16,6 +16,7 @@
 # an "ERROR:" line when the file does not follow the layout.
 
 suppressPackageStartupMessages(library(rhdf5))
+options(width = 160)
 has_json <- requireNamespace("jsonlite", quietly = TRUE)
 
 args <- commandArgs(trailingOnly = TRUE)

@@ -1,0 +1,67 @@
+"""Shared fixtures. Small recurrent nets run fastest on one CPU thread (and deterministically)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import anndata as ad  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _sha256(path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def file_hash():
+    """sha256 of a file's bytes (to prove an input was not modified)."""
+    return _sha256
+
+
+@pytest.fixture
+def krumsiek():
+    """scanpy's bundled krumsiek11 (640 × 11) with the series and time columns it lacks."""
+    import scanpy as sc
+
+    adata = sc.datasets.krumsiek11()
+    adata.obs_names = [f"cell{i}" for i in range(adata.n_obs)]  # the bundled names repeat
+    adata.obs["series"] = pd.Categorical(np.repeat(np.arange(4), 160).astype(str))
+    adata.obs["time"] = np.tile(np.arange(160, dtype=float), 4)
+    # the bundled uns["highlights"] has integer keys, which h5ad cannot store
+    adata.uns["highlights"] = {str(k): v for k, v in adata.uns["highlights"].items()}
+    return adata
+
+
+@pytest.fixture(scope="session")
+def spellman():
+    from anndata_rnn.datasets import spellman1998
+
+    return spellman1998()
+
+
+@pytest.fixture
+def pbmc():
+    import scanpy as sc
+
+    return sc.datasets.pbmc68k_reduced()
+
+
+@pytest.fixture
+def write(tmp_path):
+    """Write an AnnData to tmp_path and return the path."""
+
+    def _write(adata: ad.AnnData, name: str = "input.h5ad"):
+        path = tmp_path / name
+        adata.write_h5ad(path)
+        return path
+
+    return _write
