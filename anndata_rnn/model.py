@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from .errors import ModelFileError
-from .networks import build_module
-from .preprocessing import Preprocessor
+from .networks import CELLS, TASK_MODULES, build_module
+from .preprocessing import SCALE_CHOICES, Preprocessor
+from .sequences import LAYOUTS
 
 FORMAT_NAME = "anndata-rnn-model"
 FORMAT_VERSION = 1
@@ -168,6 +169,7 @@ class Model:
         config = json.loads(_attr_str(f, "config", where))
         if not isinstance(config, dict) or "task" not in config or "preprocessing" not in config:
             raise ModelFileError(f"{where} has an incomplete config (task/preprocessing missing)")
+        _check_config(config, where)
         features = _read_strings(f, "features/names", where)
         # var-series: every gene is one sequence of a single feature, so one mean/std
         n_stats = 1 if config.get("layout") == "var-series" else len(features)
@@ -181,6 +183,12 @@ class Model:
         n_inputs = config.get("n_inputs")
         if not isinstance(n_inputs, int) or not 0 < n_inputs < 10_000_000:
             raise ModelFileError(f"{where} has an invalid n_inputs in its config")
+        # build the network first without memory ("meta" tensors): a config announcing a huge
+        # network is refused unless the file really holds weights of those shapes
+        with torch.device("meta"):
+            skeleton = build_module(config["task"], n_inputs, config)
+        for name, expected in skeleton.state_dict().items():
+            _numeric_dataset(f, f"weights/{name}", where, tuple(expected.shape))
         module = build_module(config["task"], n_inputs, config)
         state = {}
         for name, expected in module.state_dict().items():
@@ -201,6 +209,7 @@ class Model:
                 if item.dtype.kind in "OS":
                     arrays[name] = _read_strings(f, f"arrays/{name}", where)
                 elif item.dtype.kind in "fiub":
+                    _check_stored(item, f"arrays/{name}", where, item.size * item.dtype.itemsize)
                     arrays[name] = item[()]
                 else:
                     raise ModelFileError(
@@ -222,10 +231,20 @@ def _read_strings(f: h5py.File, name: str, where: str) -> np.ndarray:
     item = f.get(name)
     if not isinstance(item, h5py.Dataset) or item.dtype.kind not in "OS" or item.ndim != 1:
         raise ModelFileError(f"{where} lacks the string dataset {name!r}")
+    _check_stored(item, name, where, item.size)  # at least one byte per string
     return np.asarray(item.asstr()[()], dtype=object)
 
 
-def _read_float(f: h5py.File, name: str, where: str, shape: tuple) -> np.ndarray:
+def _check_stored(item: h5py.Dataset, name: str, where: str, needed: int) -> None:
+    """Refuse datasets whose declared size the file does not hold (no huge phantom arrays)."""
+    if needed and item.id.get_storage_size() < needed:
+        raise ModelFileError(
+            f"{where}: {name!r} is incomplete ({item.id.get_storage_size()} bytes stored for "
+            f"shape {tuple(item.shape)}): retrain or restore the file"
+        )
+
+
+def _numeric_dataset(f: h5py.File, name: str, where: str, shape: tuple) -> h5py.Dataset:
     item = f.get(name)
     if not isinstance(item, h5py.Dataset) or item.dtype.kind not in "fi":
         raise ModelFileError(f"{where} lacks the numeric dataset {name!r}")
@@ -233,7 +252,91 @@ def _read_float(f: h5py.File, name: str, where: str, shape: tuple) -> np.ndarray
         raise ModelFileError(
             f"{where}: {name!r} has shape {tuple(item.shape)}, expected {tuple(shape)}"
         )
-    return np.asarray(item[()], dtype=np.float64)
+    _check_stored(item, name, where, item.size * item.dtype.itemsize)
+    return item
+
+
+def _read_float(f: h5py.File, name: str, where: str, shape: tuple) -> np.ndarray:
+    return np.asarray(_numeric_dataset(f, name, where, shape)[()], dtype=np.float64)
+
+
+def _check_config(config: dict, where: str) -> None:
+    """Types and ranges of the config fields that loading and applying a model read."""
+
+    def refuse(field: str, expected: str):
+        raise ModelFileError(
+            f"{where} has an invalid config field {field!r} (expected {expected}): retrain or "
+            "restore the file"
+        )
+
+    def integer(value, low: int, high: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    def number(value) -> bool:
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+
+    def texts(value) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    if config["task"] not in TASK_MODULES:
+        refuse("task", f"one of {', '.join(TASK_MODULES)}")
+    if config.get("layout") not in LAYOUTS:
+        refuse("layout", f"one of {', '.join(LAYOUTS)}")
+    if not integer(config.get("n_inputs"), 1, 10_000_000):
+        refuse("n_inputs", "a positive integer")
+    keys = config.get("keys")
+    if not isinstance(keys, dict):
+        refuse("keys", "a mapping")
+    for name in ("label_key", "series_key", "time_key", "order_key", "layer", "use_rep"):
+        if not (keys.get(name) is None or isinstance(keys[name], str)):
+            refuse(f"keys/{name}", "a text or null")
+    if not (
+        keys.get("key_added") is None or (isinstance(keys["key_added"], str) and keys["key_added"])
+    ):
+        refuse("keys/key_added", "a non-empty text")
+    if keys.get("layout") not in (None, config["layout"]):
+        refuse("keys/layout", "the model's layout")
+    if not (keys.get("series_subset") is None or texts(keys["series_subset"])):
+        refuse("keys/series_subset", "a list of texts or null")
+    if not (keys.get("chunk_size") is None or integer(keys["chunk_size"], 1, 10_000_000)):
+        refuse("keys/chunk_size", "a positive integer")
+    arch = config.get("architecture")
+    if not isinstance(arch, dict):
+        refuse("architecture", "a mapping")
+    hidden = arch.get("hidden")
+    if not (isinstance(hidden, list) and 0 < len(hidden) <= 64):
+        refuse("architecture/hidden", "a list of layer sizes")
+    if not all(integer(h, 1, 1_000_000) for h in hidden):
+        refuse("architecture/hidden", "positive layer sizes")
+    if arch.get("cell") not in CELLS:
+        refuse("architecture/cell", f"one of {', '.join(CELLS)}")
+    if not (number(arch.get("dropout")) and 0 <= arch["dropout"] < 1):
+        refuse("architecture/dropout", "a number in [0, 1)")
+    if not isinstance(arch.get("bidirectional"), bool):
+        refuse("architecture/bidirectional", "true or false")
+    if "classes" in config and not texts(config["classes"]):
+        refuse("classes", "a list of texts")
+    if config.get("label_level", "unit") not in ("unit", "step"):
+        refuse("label_level", "unit or step")
+    prep = config["preprocessing"]
+    if not isinstance(prep, dict):
+        refuse("preprocessing", "a mapping")
+    checks = {
+        "layout": prep.get("layout") == config["layout"],
+        "source_kind": prep.get("source_kind") in ("X", "layer", "rep"),
+        "source_name": isinstance(prep.get("source_name"), str),
+        "normalize": isinstance(prep.get("normalize"), bool),
+        "target_sum": number(prep.get("target_sum")) and prep["target_sum"] >= 0,
+        "use_time": isinstance(prep.get("use_time"), bool),
+        "dt_mean": number(prep.get("dt_mean")),
+        "dt_std": number(prep.get("dt_std")) and prep["dt_std"] > 0,
+        "scale": prep.get("scale") in SCALE_CHOICES,
+    }
+    for name, ok in checks.items():
+        if not ok:
+            refuse(f"preprocessing/{name}", "the value anndata-rnn writes")
 
 
 def _plain(value):

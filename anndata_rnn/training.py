@@ -94,11 +94,13 @@ def fit(
     seed: int = 0,
     quiet: bool = False,
     description: str = "training",
+    val_metric: tuple[str, Callable] | None = None,
 ) -> dict:
     """Mini-batch Adam with early stopping on the validation loss (best weights restored).
 
     ``loss_fn(module, batch)`` returns the mean loss of a batch (tensors already on ``device``).
-    Returns the training history.
+    ``val_metric = (name, fn)`` with ``fn(module, batch) -> (total, count)`` adds a validation
+    metric to the progress bar and the history. Returns the training history.
     """
     config.validate()
     module.to(device)
@@ -134,9 +136,13 @@ def fit(
         train_loss = total / max(count, 1)
         history["train_loss"].append(train_loss)
         if has_val:
-            val_loss = evaluate_loss(module, loss_fn, val_loader, device)
+            val_loss, metric = evaluate_loss(module, loss_fn, val_loader, device, val_metric)
             history["val_loss"].append(val_loss)
-            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+            postfix = {"train": f"{train_loss:.4f}", "val": f"{val_loss:.4f}"}
+            if metric is not None:
+                history.setdefault(f"val_{val_metric[0]}", []).append(metric)
+                postfix[val_metric[0]] = f"{metric:.3f}"
+            bar.set_postfix(postfix)
             if val_loss < best_loss - 1e-6:
                 best_loss, best_epoch, waited = val_loss, epoch, 0
                 best_state = copy.deepcopy(module.state_dict())
@@ -165,11 +171,17 @@ def fit(
 
 
 @torch.no_grad()
-def evaluate_loss(module, loss_fn, loader, device) -> float:
+def evaluate_loss(module, loss_fn, loader, device, val_metric=None) -> tuple[float, float | None]:
+    """Mean validation loss (and metric, when asked) in eval mode."""
     module.eval()
-    total, count = 0.0, 0
+    total, count, metric_total, metric_count = 0.0, 0, 0.0, 0
     for batch in loader:
         batch = tuple(t.to(device) for t in batch)
         total += loss_fn(module, batch).item() * len(batch[0])
         count += len(batch[0])
-    return total / max(count, 1)
+        if val_metric is not None:
+            value, n = val_metric[1](module, batch)
+            metric_total += float(value)
+            metric_count += int(n)
+    metric = metric_total / metric_count if metric_count else None
+    return total / max(count, 1), metric

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("galaxy.tool_util.parser", reason="needs galaxy-tool-util (pip install galaxy-tool-util)")
+pytest.importorskip(
+    "galaxy.tool_util.parser", reason="needs galaxy-tool-util (pip install galaxy-tool-util)"
+)
 
 from galaxy.tool_util.lint import LintContext, lint_tool_source_with  # noqa: E402
 from galaxy.tool_util.parser import get_tool_source  # noqa: E402
@@ -116,13 +118,19 @@ class Sanitizer:
         for valid in elem.findall("valid"):
             self.valid = set(self._preset(valid.get("initial", "default")))
             for action in valid:
-                chars = set(self._preset(action.get("preset", "none"))) | set(action.get("value", ""))
+                chars = set(self._preset(action.get("preset", "none"))) | set(
+                    action.get("value", "")
+                )
                 if action.tag == "add":
                     self.valid |= chars
                 elif action.tag == "remove":
                     self.valid -= chars
         for mapping in elem.findall("mapping"):
-            self.mapping = dict(GALAXY_DEFAULT_MAPPING) if mapping.get("initial", "default") == "default" else {}
+            self.mapping = (
+                dict(GALAXY_DEFAULT_MAPPING)
+                if mapping.get("initial", "default") == "default"
+                else {}
+            )
             for action in mapping:
                 if action.tag == "add":
                     self.mapping[action.get("source")] = action.get("target")
@@ -135,7 +143,7 @@ class Sanitizer:
         for part in name.split(","):
             part = part.strip()
             if part.startswith("string."):
-                chars += getattr(string, part[len("string."):])
+                chars += getattr(string, part[len("string.") :])
             elif part == "default":
                 chars += GALAXY_DEFAULT_VALID
             elif part != "none":
@@ -159,7 +167,7 @@ def param_value(elem, raw, data_paths):
     kind = elem.get("type")
     optional = elem.get("optional", "false").lower() == "true"
     if kind == "data":
-        return str(data_paths[raw]) if raw is not None else "/galaxy/files/dataset_1.dat"
+        return str(data_paths.get(raw, f"/galaxy/files/{raw or 'dataset_1'}.dat"))
     if kind == "boolean":
         checked = elem.get("checked", "false") if raw is None else raw
         checked = str(checked).lower() in ("true", "yes", "on", "1")
@@ -186,7 +194,9 @@ def build_context(values: dict, data_paths: dict | None = None, container=None, 
     ctx = {}
     for child in container:
         if child.tag == "param":
-            ctx[param_name(child)] = param_value(child, values.get(prefix + param_name(child)), data_paths)
+            ctx[param_name(child)] = param_value(
+                child, values.get(prefix + param_name(child)), data_paths
+            )
         elif child.tag == "section":
             name = child.get("name")
             ctx[name] = build_context(values, data_paths, child, f"{prefix}{name}|")
@@ -195,13 +205,25 @@ def build_context(values: dict, data_paths: dict | None = None, container=None, 
             test_param = child.find("param")
             selected = values.get(cprefix + param_name(test_param), select_default(test_param))
             when = next(w for w in child.findall("when") if w.get("value") == selected)
-            ctx[child.get("name")] = {param_name(test_param): selected,
-                                     **build_context(values, data_paths, when, cprefix)}
+            ctx[child.get("name")] = {
+                param_name(test_param): selected,
+                **build_context(values, data_paths, when, cprefix),
+            }
     return ctx
 
 
 def render_command(values: dict, data_paths: dict | None = None) -> str:
-    return str(fill_template(tool_source().parse_command(), context=build_context(values, data_paths)))
+    """The command line Galaxy builds (galaxy.tools.evaluation.ToolEvaluator._build_command_line):
+    fill the Cheetah template, strip every line and join the lines with spaces."""
+    filled = str(
+        fill_template(tool_source().parse_command(), context=build_context(values, data_paths))
+    )
+    return (
+        "\n".join(line.strip() for line in filled.split("\n"))
+        .replace("\n", " ")
+        .replace("\r", " ")
+        .strip()
+    )
 
 
 def xml_tests() -> list[dict]:
@@ -259,8 +281,11 @@ def run_rendered(command: str, workdir: Path, slots: str | None = "2") -> list[l
     fake = fake_bin / "anndata-rnn"
     fake.write_text(FAKE_CLI)
     fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
-           "FAKE_ARGS_DIR": str(args_dir)}
+    env = {
+        **os.environ,
+        "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_ARGS_DIR": str(args_dir),
+    }
     env.pop("GALAXY_SLOTS", None)
     if slots is not None:
         env["GALAXY_SLOTS"] = slots
@@ -269,7 +294,9 @@ def run_rendered(command: str, workdir: Path, slots: str | None = "2") -> list[l
     script.write_text("set -e\n" + command + "\n")
     syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert syntax.returncode == 0, f"bash -n rejects the command:\n{syntax.stderr}\n{command}"
-    done = subprocess.run(["bash", str(script)], cwd=workdir, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        ["bash", str(script)], cwd=workdir, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     calls = []
     for path in sorted(args_dir.iterdir(), key=lambda p: int(p.name[4:])):
@@ -314,7 +341,9 @@ def test_lint_clean():
         skip.append("EDAMTermsValid")  # needs the optional edam-ontology package
     ctx = LintContext(level="all", skip_types=skip)
     lint_tool_source_with(ctx, tool_source())
-    problems = [f"{m.level}: {m.message}" for m in ctx.message_list if m.level in ("error", "warning")]
+    problems = [
+        f"{m.level}: {m.message}" for m in ctx.message_list if m.level in ("error", "warning")
+    ]
     assert not problems, "\n".join(problems)
     assert any(m.level == "check" for m in ctx.message_list)  # the linters did run
 
@@ -340,7 +369,9 @@ def test_every_parameter_is_tested():
 def test_every_mode_is_tested():
     mode_param = inputs_elem().find("conditional[@name='mode']/param")
     modes = {o.get("value") for o in mode_param.findall("option")}
-    tested = {inp["value"] for t in xml_tests() for inp in t["inputs"] if inp["name"] == "mode|mode"}
+    tested = {
+        inp["value"] for t in xml_tests() for inp in t["inputs"] if inp["name"] == "mode|mode"
+    }
     assert modes == tested
 
 
@@ -353,7 +384,9 @@ def test_every_param_argument_is_a_cli_option():
         for path, elem in iter_params(when, "mode|"):
             argument = elem.get("argument")
             if argument:
-                assert argument in options, f"{path}: {argument} is not an option of anndata-rnn {command}"
+                assert argument in options, (
+                    f"{path}: {argument} is not an option of anndata-rnn {command}"
+                )
     device = inputs_elem().find("param[@argument='--device']")
     for command in (w.get("value") for w in mode_cond.findall("when")):
         assert "--device" in help_options(command)
@@ -387,7 +420,9 @@ def test_rendered_command_matches_cli(index, tmp_path, monkeypatch):
     try:
         cmd.make_context(subcommand, list(args[1:]))
     except click.ClickException as error:  # pragma: no cover - a failure message
-        pytest.fail(f"anndata-rnn {subcommand} rejects the rendered arguments: {error.format_message()}\n{args}")
+        pytest.fail(
+            f"anndata-rnn {subcommand} rejects the rendered arguments: {error.format_message()}\n{args}"
+        )
 
 
 def test_galaxy_slots_default_is_one(tmp_path):
@@ -406,15 +441,20 @@ def output_filter_active(output_name: str, values: dict) -> bool:
 def test_output_filters():
     classify = {"mode|mode": "classify"}
     predict = {"mode|mode": "predict"}
-    assert output_filter_active("anndata_out", classify) and output_filter_active("anndata_out", predict)
+    assert output_filter_active("anndata_out", classify) and output_filter_active(
+        "anndata_out", predict
+    )
     for name in ("model_out", "metrics"):
         assert output_filter_active(name, classify)
         assert not output_filter_active(name, predict)
     for test in xml_tests():
         if test["expect_num_outputs"]:
             values, _ = values_of(test)
-            active = [o.get("name") for o in tool_source().root.findall("outputs/data")
-                      if output_filter_active(o.get("name"), values)]
+            active = [
+                o.get("name")
+                for o in tool_source().root.findall("outputs/data")
+                if output_filter_active(o.get("name"), values)
+            ]
             assert len(active) == int(test["expect_num_outputs"])
 
 
@@ -428,7 +468,9 @@ def restore_torch_threads():
 
 
 @pytest.mark.parametrize("index", range(len(xml_tests())), ids=xml_test_ids())
-def test_xml_test_assertions_hold_on_real_cli_output(index, tmp_path, monkeypatch, restore_torch_threads):
+def test_xml_test_assertions_hold_on_real_cli_output(
+    index, tmp_path, monkeypatch, restore_torch_threads
+):
     """Run the CLI with the rendered arguments of each <test> and check the test's assertions.
 
     The CLI runs in-process (one import of torch/scanpy for the whole module) with the argument
@@ -450,7 +492,9 @@ def test_xml_test_assertions_hold_on_real_cli_output(index, tmp_path, monkeypatc
     for stream, asserts in (("stdout", test["stdout"]), ("stderr", test["stderr"])):
         if asserts:
             verify_assertions((stdout if stream == "stdout" else stderr).encode(), asserts)
-    from_work_dir = {o.get("name"): o.get("from_work_dir") for o in tool_source().root.findall("outputs/data")}
+    from_work_dir = {
+        o.get("name"): o.get("from_work_dir") for o in tool_source().root.findall("outputs/data")
+    }
     for output in test["outputs"]:
         path = tmp_path / from_work_dir[output["name"]]
         assert path.exists(), f"{output['name']}: the CLI wrote no {path.name}"
@@ -458,7 +502,9 @@ def test_xml_test_assertions_hold_on_real_cli_output(index, tmp_path, monkeypatc
     if not test["expect_failure"]:
         written = {name for name, file in from_work_dir.items() if (tmp_path / file).exists()}
         active = {name for name in from_work_dir if output_filter_active(name, values)}
-        assert written == active, "outputs written by the CLI differ from the outputs Galaxy collects"
+        assert written == active, (
+            "outputs written by the CLI differ from the outputs Galaxy collects"
+        )
 
 
 def test_committed_model_still_loads(tmp_path, monkeypatch, restore_torch_threads):
@@ -466,27 +512,51 @@ def test_committed_model_still_loads(tmp_path, monkeypatch, restore_torch_thread
     from click.testing import CliRunner
 
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli_main(), [
-        "predict", str(TEST_DATA / "galaxy_krumsiek11_series.h5ad"),
-        "--model", str(TEST_DATA / "galaxy_krumsiek11_model.h5"),
-        "--output", "out.h5ad", "--device", "cpu", "--threads", "1", "--quiet",
-    ])
+    result = CliRunner().invoke(
+        cli_main(),
+        [
+            "predict",
+            str(TEST_DATA / "galaxy_krumsiek11_series.h5ad"),
+            "--model",
+            str(TEST_DATA / "galaxy_krumsiek11_model.h5"),
+            "--output",
+            "out.h5ad",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, textwrap.dedent(f"""
         The committed model no longer loads (model format changed?). Regenerate the Galaxy test
         files with `python .ci/galaxy/make_test_data.py` and commit them.
         {result.stderr}""")
 
 
-def test_predict_without_overwrite_refuses_existing_keys(tmp_path, monkeypatch, restore_torch_threads):
+def test_predict_without_overwrite_refuses_existing_keys(
+    tmp_path, monkeypatch, restore_torch_threads
+):
     """Why predict test 6 sets overwrite: its input already holds the rnn_* keys."""
     from click.testing import CliRunner
 
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli_main(), [
-        "predict", str(TEST_DATA / "galaxy_krumsiek11_classified.h5ad"),
-        "--model", str(TEST_DATA / "galaxy_krumsiek11_model.h5"),
-        "--output", "out.h5ad", "--device", "cpu", "--threads", "1", "--quiet",
-    ])
+    result = CliRunner().invoke(
+        cli_main(),
+        [
+            "predict",
+            str(TEST_DATA / "galaxy_krumsiek11_classified.h5ad"),
+            "--model",
+            str(TEST_DATA / "galaxy_krumsiek11_model.h5"),
+            "--output",
+            "out.h5ad",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--quiet",
+        ],
+    )
     assert result.exit_code != 0
 
 
@@ -508,7 +578,11 @@ def test_validators_reject_hostile_values(hostile):
 def test_hostile_values_cannot_run_commands(hostile, tmp_path):
     """Even past the validators (e.g. an API call that skips them), sanitizer + quoting hold."""
     cases = [
-        {"mode|mode": "classify", "mode|layout|layout": "obs-series", "mode|matrix|source": "layer"},
+        {
+            "mode|mode": "classify",
+            "mode|layout|layout": "obs-series",
+            "mode|matrix|source": "layer",
+        },
         {"mode|mode": "classify", "mode|layout|layout": "profile", "mode|matrix|source": "rep"},
         {"mode|mode": "predict"},
     ]
@@ -561,8 +635,7 @@ def active_paths(values: dict, container=None, prefix="") -> set[str]:
 
 def test_quoting_alone_would_not_be_enough(tmp_path):
     """Sanity check of the harness: an unsanitized quote does break out, so the sanitizer matters."""
-    command = "anndata-rnn classify --label '%s'" % "'; touch pwned #"
+    hostile = "'; touch pwned #"
+    command = f"anndata-rnn classify --label '{hostile}'"
     run_rendered(command, tmp_path)
     assert (tmp_path / "pwned").exists()
-
-

@@ -426,7 +426,7 @@ def _mutate(good: Path, path: Path, rng: np.random.Generator) -> str:
                 if choice == 0:
                     text = text[: int(rng.integers(len(text)))]
                 elif choice == 1:
-                    text = rng.bytes(int(rng.integers(1, 200))).decode("latin-1")
+                    text = rng.bytes(int(rng.integers(1, 200))).decode("latin-1").replace("\0", "?")
                 elif choice == 2:
                     text = "[" * 100_000 + "]" * 100_000
                 else:

@@ -55,22 +55,6 @@ def r_output(proc: subprocess.CompletedProcess) -> str:
     return f"$ {' '.join(proc.args)}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
 
 
-def check_in_r(jobs: list[tuple[Path, Path]], *, key: str = KEY, strict: bool = True) -> str:
-    """Run read_output.R in check mode on (h5ad, expected-dir) pairs, in one R process."""
-    args: list[str] = []
-    for n, (h5ad, expected) in enumerate(jobs):
-        if n:
-            args.append("--then")
-        args += [h5ad, "--key", key, "--expected", expected, "--label", h5ad.name]
-        if strict:
-            args.append("--strict")
-    proc = run_r("read_output.R", *args)
-    assert proc.returncode == 0, "R check failed:\n" + r_output(proc)
-    for h5ad, _ in jobs:
-        assert f"== RESULT {h5ad.name}: OK" in proc.stdout, r_output(proc)
-    return proc.stdout
-
-
 def _num(value) -> str:
     value = float(value)
     if math.isnan(value):
@@ -160,31 +144,32 @@ def export_expected(
     pd.DataFrame({"name": adata.obs_names}).to_csv(out / "obs_names.csv", index=False)
     pd.DataFrame({"name": adata.var_names}).to_csv(out / "var_names.csv", index=False)
     exported: dict[str, list[str]] = {}
-    suffixes = ("pred", "conf", "cluster", "split")
+
+    def ours(name: str) -> bool:  # every output key of anndata-rnn: <key>_*, X_<key>, X_<key>_*
+        return name.startswith(f"{key}_") or name == f"X_{key}" or name.startswith(f"X_{key}_")
+
     for axis, frame, names in (
         ("obs", adata.obs, adata.obs_names),
         ("var", adata.var, adata.var_names),
     ):
-        for col in (f"{key}_{s}" for s in suffixes):
-            if col in frame.columns:
-                _vector_csv(names, frame[col], out / f"{axis}__{col}.csv")
-                exported.setdefault(axis, []).append(col)
-    wanted = {f"X_{key}", f"{key}_proba", f"{key}_forecast"}
+        for col in filter(ours, frame.columns):
+            _vector_csv(names, frame[col], out / f"{axis}__{col}.csv")
+            exported.setdefault(axis, []).append(col)
     for slot, mats, names in (
         ("obsm", adata.obsm, adata.obs_names),
         ("varm", adata.varm, adata.var_names),
     ):
-        for name in sorted(wanted & set(mats.keys())):
+        for name in sorted(filter(ours, mats.keys())):
             _matrix_csv(names, mats[name], out / f"{slot}__{name}.csv")
             exported.setdefault(slot, []).append(name)
-    if f"{key}_forecast" in adata.layers:
+    for name in sorted(filter(ours, adata.layers.keys())):
         _matrix_csv(
             adata.obs_names,
-            adata.layers[f"{key}_forecast"],
-            out / f"layers__{key}_forecast.csv",
+            adata.layers[name],
+            out / f"layers__{name}.csv",
             columns=adata.var_names,
         )
-        exported.setdefault("layers", []).append(f"{key}_forecast")
+        exported.setdefault("layers", []).append(name)
     for name in assays:
         matrix = adata.X if name == "X" else adata.layers[name]
         slot = "X" if name == "X" else "layers"
@@ -239,20 +224,23 @@ def tl():
     return tools
 
 
-def tool_or_skip(name: str):
+class Missing(Exception):
+    """An anndata-rnn tool that does not exist yet (its test is skipped)."""
+
+
+def tool(name: str):
     """tl.forecast / tl.embed / tl.cluster arrive after tl.classify: skip until they exist."""
-    tools = tl()
     try:
-        return getattr(tools, name)
+        return getattr(tl(), name)
     except AttributeError:
-        pytest.skip(f"anndata_rnn.tl.{name} is not implemented yet")
+        raise Missing(f"anndata_rnn.tl.{name} is not implemented yet") from None
 
 
-# -------------------------------------------------------------------------------- tests --
-@pytest.fixture(scope="module")
-def classifier_run(tmp_path_factory):
-    """One obs-series classifier (krumsiek11), written to .h5ad, and its model file."""
-    tmp = tmp_path_factory.mktemp("r_classify")
+# ---------------------------------------------------------------- cases checked in R --
+# Every case writes its .h5ad files and expected values first; then ONE R process checks
+# them all (loading SingleCellExperiment costs ~5 s of CPU per R process).
+def case_classify(tmp: Path) -> dict:
+    """(a) obs-series (obs/obsm, krumsiek11) and var-series (var/varm) classifiers."""
     adata = krumsiek_series()
     model = tl().classify(
         adata,
@@ -263,19 +251,10 @@ def classifier_run(tmp_path_factory):
         key_added=KEY,
         **FAST,
     )
-    h5ad = tmp / "classify_obs_series.h5ad"
-    adata.write_h5ad(h5ad)
+    obs_h5ad = tmp / "classify_obs_series.h5ad"
+    adata.write_h5ad(obs_h5ad)
     model_path = tmp / "classifier.h5"
     model.save(model_path)
-    return {"tmp": tmp, "h5ad": h5ad, "model": model, "model_path": model_path}
-
-
-def test_classifier_output_reads_in_r(classifier_run, tmp_path):
-    """(a) obs-series (obs/obsm) and var-series (var/varm) classifier outputs -> SCE."""
-    obs_h5ad = classifier_run["h5ad"]
-    obs_expected = export_expected(obs_h5ad, tmp_path / "exp_obs")
-    assert set(obs_expected["obs"]) >= {f"{KEY}_pred", f"{KEY}_conf"}
-    assert set(obs_expected["obsm"]) == {f"{KEY}_proba", f"X_{KEY}"}
 
     genes = gene_series()
     tl().classify(
@@ -287,44 +266,60 @@ def test_classifier_output_reads_in_r(classifier_run, tmp_path):
         key_added=KEY,
         **FAST,
     )
-    var_h5ad = tmp_path / "classify_var_series.h5ad"
+    var_h5ad = tmp / "classify_var_series.h5ad"
     genes.write_h5ad(var_h5ad)
-    var_expected = export_expected(var_h5ad, tmp_path / "exp_var")
-    assert set(var_expected["var"]) >= {f"{KEY}_pred", f"{KEY}_conf"}
-    assert set(var_expected["varm"]) == {f"{KEY}_proba", f"X_{KEY}"}
+    return {
+        "jobs": [
+            {"label": "classify_obs", "h5ad": obs_h5ad, "expected": tmp / "exp_obs"},
+            {"label": "classify_var", "h5ad": var_h5ad, "expected": tmp / "exp_var"},
+        ],
+        "model": model,
+        "model_path": model_path,
+    }
 
-    out = check_in_r([(obs_h5ad, tmp_path / "exp_obs"), (var_h5ad, tmp_path / "exp_var")])
-    assert f"checked uns/{KEY}" in out
-    assert "class: SingleCellExperiment" in out
 
-
-def test_forecaster_output_reads_in_r(tmp_path):
-    """(b) obs-series forecaster: layers/<key>_forecast becomes an assay."""
-    forecast = tool_or_skip("forecast")
+def case_forecast(tmp: Path) -> dict:
+    """(b) obs-series forecaster (layers/<key>_forecast, uns/<key>/future) and var-series
+    forecaster with a holdout rollout (varm/<key>_forecast)."""
+    forecast = tool("forecast")
     adata = krumsiek_series()
     forecast(
         adata,
         layout="obs-series",
         series_key="series",
         time_key="time",
-        horizon=1,
+        horizon=2,
         key_added=KEY,
         **FAST,
     )
-    h5ad = tmp_path / "forecast.h5ad"
-    adata.write_h5ad(h5ad)
-    exported = export_expected(h5ad, tmp_path / "expected")
-    assert exported.get("layers") == [f"{KEY}_forecast"] or f"{KEY}_forecast" in exported.get(
-        "varm", []
+    obs_h5ad = tmp / "forecast_obs_series.h5ad"
+    adata.write_h5ad(obs_h5ad)
+
+    genes = gene_series()
+    forecast(
+        genes,
+        layout="var-series",
+        series_key="series",
+        time_key="time",
+        holdout_steps=3,
+        key_added=KEY,
+        **FAST,
     )
-    out = check_in_r([(h5ad, tmp_path / "expected")])
-    assert f"{KEY}_forecast" in out
+    var_h5ad = tmp / "forecast_var_series.h5ad"
+    genes.write_h5ad(var_h5ad)
+    return {
+        "jobs": [
+            {"label": "forecast_obs", "h5ad": obs_h5ad, "expected": tmp / "exp_obs"},
+            {"label": "forecast_var", "h5ad": var_h5ad, "expected": tmp / "exp_var"},
+        ]
+    }
 
 
-def test_embedding_output_reads_in_r(tmp_path):
-    """(c) embedding + clusters: obsm/X_<key> as a reducedDim, obs/<key>_cluster as a factor."""
-    embed = tool_or_skip("embed")
-    cluster = tool_or_skip("cluster")
+def case_embed(tmp: Path) -> dict:
+    """(c) embeddings (obsm/X_<key>, varm/X_<key>) and their clusters (tl.cluster:
+    obs/<key>_cluster, var/<key>_cluster)."""
+    embed = tool("embed")
+    cluster = tool("cluster")
     adata = krumsiek_series()
     embed(
         adata,
@@ -335,24 +330,219 @@ def test_embedding_output_reads_in_r(tmp_path):
         key_added=KEY,
         **FAST,
     )
-    cluster(adata, key_added=KEY)
-    h5ad = tmp_path / "embed.h5ad"
-    adata.write_h5ad(h5ad)
-    exported = export_expected(h5ad, tmp_path / "expected")
-    assert f"X_{KEY}" in exported["obsm"]
-    assert f"{KEY}_cluster" in exported["obs"]
-    out = check_in_r([(h5ad, tmp_path / "expected")])
-    assert f"X_{KEY}" in out
+    cluster(adata, use_rep=f"X_{KEY}", n_clusters=3, key_added=f"{KEY}_cluster", seed=0)
+    obs_h5ad = tmp / "embed_obs_series.h5ad"
+    adata.write_h5ad(obs_h5ad)
+
+    genes = gene_series()
+    embed(
+        genes,
+        layout="var-series",
+        series_key="series",
+        time_key="time",
+        n_latent=3,
+        key_added=KEY,
+        **FAST,
+    )
+    cluster(genes, use_rep=f"X_{KEY}", n_clusters=3, key_added=f"{KEY}_cluster", seed=0)
+    var_h5ad = tmp / "embed_var_series.h5ad"
+    genes.write_h5ad(var_h5ad)
+    return {
+        "jobs": [
+            {"label": "embed_obs", "h5ad": obs_h5ad, "expected": tmp / "exp_obs"},
+            {"label": "embed_var", "h5ad": var_h5ad, "expected": tmp / "exp_var"},
+        ]
+    }
 
 
-def test_model_file_reads_in_r(classifier_run, tmp_path):
+def case_checker(tmp: Path) -> dict:
+    """The R checker itself: a correct file passes, wrong expected values fail (status 1),
+    R-unfriendly encodings in the anndata-rnn keys fail --strict (status 3)."""
+    good = tmp / "good.h5ad"
+    _synthetic_output(good)
+    export_expected(good, tmp / "exp_good", assays=("X", "counts"))
+
+    # expected values that disagree with the file in three places
+    tampered = tmp / "exp_bad"
+    shutil.copytree(tmp / "exp_good", tampered)
+    pred = pd.read_csv(tampered / f"obs__{KEY}_pred.csv", keep_default_na=False)
+    pred.loc[0, "value"] = "c" if pred.loc[0, "value"] != "c" else "a"
+    pred.to_csv(tampered / f"obs__{KEY}_pred.csv", index=False)
+    proba = pd.read_csv(tampered / f"obsm__{KEY}_proba.csv")
+    proba.loc[4, "c1"] += 0.01
+    proba.to_csv(tampered / f"obsm__{KEY}_proba.csv", index=False)
+    uns = pd.read_csv(tampered / f"uns__{KEY}.csv", keep_default_na=False)
+    uns.loc[uns["path"] == "history/train_loss", "value"] = "9.0"
+    uns.to_csv(tampered / f"uns__{KEY}.csv", index=False)
+
+    # encodings that trip R readers, inside the anndata-rnn keys
+    bad = tmp / "bad_encodings.h5ad"
+    adata = ad.read_h5ad(good)
+    adata.obs[f"{KEY}_flag"] = np.arange(adata.n_obs) % 2 == 0  # numpy bool -> HDF5 enum
+    adata.obs[f"{KEY}_code"] = np.arange(adata.n_obs, dtype=np.uint8)  # -> R raw
+    adata.uns[KEY]["params"]["quiet"] = True
+    adata.layers[f"{KEY}_forecast"] = adata.X.copy()
+    adata.write_h5ad(bad)
+    with h5py.File(bad, "r+") as f:  # reverse the column indices inside one stored row
+        g = f[f"layers/{KEY}_forecast"]
+        indptr = g["indptr"][:]
+        row = next(i for i in range(len(indptr) - 1) if indptr[i + 1] - indptr[i] > 1)
+        lo, hi = indptr[row], indptr[row + 1]
+        g["indices"][lo:hi] = g["indices"][lo:hi][::-1]
+        g["data"][lo:hi] = g["data"][lo:hi][::-1]
+    assert ad.read_h5ad(bad).layers[f"{KEY}_forecast"].has_sorted_indices is False
+    return {
+        "jobs": [
+            {"label": "good", "h5ad": good, "expected": tmp / "exp_good"},
+            {"label": "tampered", "h5ad": good, "expected": tampered, "strict": False},
+            {"label": "bad_encodings", "h5ad": bad, "expected": None},
+        ]
+    }
+
+
+CASES = {
+    "classify": case_classify,
+    "forecast": case_forecast,
+    "embed": case_embed,
+    "checker": case_checker,
+}
+
+
+@pytest.fixture(scope="module")
+def r_checks(tmp_path_factory):
+    """Build every case, export its expected values, then run read_output.R once on all."""
+    cases: dict[str, dict] = {}
+    for name, build in CASES.items():
+        tmp = tmp_path_factory.mktemp(f"r_{name}")
+        try:
+            case = build(tmp)
+        except Missing as exc:
+            cases[name] = {"skip": str(exc)}
+            continue
+        except Exception as exc:  # reported by the case's own test
+            cases[name] = {"error": exc}
+            continue
+        for job in case["jobs"]:
+            if job["expected"] is not None and not job["expected"].exists():
+                job["exported"] = export_expected(job["h5ad"], job["expected"])
+        cases[name] = case
+
+    args: list = []
+    jobs = [job for case in cases.values() for job in case.get("jobs", [])]
+    for job in jobs:
+        if args:
+            args.append("--then")
+        args += [job["h5ad"], "--key", KEY, "--label", job["label"]]
+        if job["expected"] is not None:
+            args += ["--expected", job["expected"]]
+        if job.get("strict", True):
+            args.append("--strict")
+    proc = run_r("read_output.R", *args, timeout=600) if jobs else None
+    # each job's output ends with its "== RESULT <label>: ..." line
+    start, pos = 0, 0
+    for line in proc.stdout.splitlines(keepends=True) if proc else []:
+        pos += len(line)
+        if line.startswith("== RESULT "):
+            label = line[len("== RESULT ") :].split(":", 1)[0]
+            for job in jobs:
+                if job["label"] == label:
+                    job["output"] = proc.stdout[start:pos]
+            start = pos
+    return {"cases": cases, "proc": proc}
+
+
+def get_case(r_checks, name: str) -> dict:
+    case = r_checks["cases"][name]
+    if "skip" in case:
+        pytest.skip(case["skip"])
+    if "error" in case:
+        raise case["error"]
+    return case
+
+
+def assert_ok_in_r(r_checks, job: dict) -> str:
+    out = job.get("output", "")
+    assert f"== RESULT {job['label']}: OK" in out, (
+        f"R check of {job['h5ad'].name} failed:\n"
+        + out
+        + "\n--- stderr ---\n"
+        + r_checks["proc"].stderr
+    )
+    return out
+
+
+# -------------------------------------------------------------------------------- tests --
+def test_classifier_output_reads_in_r(r_checks):
+    """(a) classifier outputs -> SingleCellExperiment; predictions, probabilities,
+    embeddings and uns/<key> equal Python's."""
+    obs_job, var_job = get_case(r_checks, "classify")["jobs"]
+    assert set(obs_job["exported"]["obs"]) >= {f"{KEY}_pred", f"{KEY}_conf"}
+    assert set(obs_job["exported"]["obsm"]) == {f"{KEY}_proba", f"X_{KEY}"}
+    assert set(var_job["exported"]["var"]) >= {f"{KEY}_pred", f"{KEY}_conf"}
+    assert set(var_job["exported"]["varm"]) == {f"{KEY}_proba", f"X_{KEY}"}
+    for job in (obs_job, var_job):
+        out = assert_ok_in_r(r_checks, job)
+        assert "class: SingleCellExperiment" in out
+        assert f"checked uns/{KEY}" in out
+        assert f"{KEY}_pred" in out
+
+
+def test_forecaster_output_reads_in_r(r_checks):
+    """(b) forecasts: layers/<key>_forecast as an assay, varm/<key>_forecast in rowData."""
+    obs_job, var_job = get_case(r_checks, "forecast")["jobs"]
+    assert obs_job["exported"]["layers"] == [f"{KEY}_forecast"]
+    assert "future" in ad.read_h5ad(obs_job["h5ad"]).uns[KEY]
+    assert f"{KEY}_forecast" in var_job["exported"]["varm"]
+    assert f"layers/{KEY}_forecast" in assert_ok_in_r(r_checks, obs_job)
+    assert f"varm/{KEY}_forecast" in assert_ok_in_r(r_checks, var_job)
+
+
+def test_embedding_output_reads_in_r(r_checks):
+    """(c) embeddings as reducedDims / rowData matrices, clusters as factors."""
+    obs_job, var_job = get_case(r_checks, "embed")["jobs"]
+    assert f"X_{KEY}" in obs_job["exported"]["obsm"]
+    assert f"{KEY}_cluster" in obs_job["exported"]["obs"]
+    assert f"X_{KEY}" in var_job["exported"]["varm"]
+    assert f"{KEY}_cluster" in var_job["exported"]["var"]
+    assert f"obs/{KEY}_cluster" in assert_ok_in_r(r_checks, obs_job)
+    assert f"var/{KEY}_cluster" in assert_ok_in_r(r_checks, var_job)
+
+
+def test_r_checker_detects_mismatches_and_bad_encodings(r_checks):
+    """The R side is a real check, naming the element at fault."""
+    good, tampered, bad = get_case(r_checks, "checker")["jobs"]
+    out = assert_ok_in_r(r_checks, good)
+    assert "checked 11 elements" in out, out
+
+    out = tampered.get("output", "")
+    assert "== RESULT tampered: FAILED (status 1)" in out, out
+    assert f"MISMATCH: obs/{KEY}_pred: 1 of 30 values differ (first at [cell0]:" in out, out
+    assert f"MISMATCH: obsm/{KEY}_proba: 1 of 90 values differ (first at [cell4, c1]" in out, out
+    assert f"MISMATCH: uns/{KEY}/history/train_loss[0]" in out, out
+
+    out = bad.get("output", "")
+    assert "== RESULT bad_encodings: FAILED (status 3)" in out, out
+    for element in (
+        f"/obs/{KEY}_flag",
+        f"/obs/{KEY}_code",
+        f"/uns/{KEY}/params/quiet",
+        f"/layers/{KEY}_forecast",
+    ):
+        assert f"STRICT: {element} uses an encoding" in out, out
+    assert "unsorted or duplicate column indices inside row" in out, out
+    # the exit status is the worst job's
+    assert r_checks["proc"].returncode == 3, r_output(r_checks["proc"])
+
+
+def test_model_file_reads_in_r(r_checks, tmp_path):
     """(d) the model file: format attributes, JSON config, feature names, weights."""
-    model = classifier_run["model"]
+    case = get_case(r_checks, "classify")
+    model = case["model"]
     features_out = tmp_path / "features.txt"
     summary_out = tmp_path / "summary.json"
     proc = run_r(
         "read_model.R",
-        classifier_run["model_path"],
+        case["model_path"],
         "--features-out",
         features_out,
         "--summary-out",
@@ -363,7 +553,7 @@ def test_model_file_reads_in_r(classifier_run, tmp_path):
     assert r_features == [str(f) for f in model.features]
     summary = json.loads(summary_out.read_text(encoding="utf-8"))
     assert summary["format"] == "anndata-rnn-model"
-    with h5py.File(classifier_run["model_path"], "r") as f:
+    with h5py.File(case["model_path"], "r") as f:
         assert summary["format_version"] == int(f.attrs["format_version"])
         config = json.loads(f.attrs["config"])
     assert summary["task"] == config["task"] == "classify"
@@ -439,84 +629,3 @@ def _synthetic_output(path: Path) -> ad.AnnData:
     }
     adata.write_h5ad(path)
     return adata
-
-
-def test_r_checker_detects_mismatches_and_bad_encodings(tmp_path):
-    """The R side is a real check: exact reading of sparse/categorical/uns data passes, a
-    changed expected value fails (status 1), and R-unfriendly encodings in the anndata-rnn
-    keys fail --strict (status 3), each naming the element."""
-    good = tmp_path / "good.h5ad"
-    _synthetic_output(good)
-    export_expected(good, tmp_path / "exp_good", assays=("X", "counts"))
-
-    # expected values that disagree with the file in three places
-    tampered = tmp_path / "exp_bad"
-    shutil.copytree(tmp_path / "exp_good", tampered)
-    pred = pd.read_csv(tampered / f"obs__{KEY}_pred.csv", keep_default_na=False)
-    pred.loc[0, "value"] = "c" if pred.loc[0, "value"] != "c" else "a"
-    pred.to_csv(tampered / f"obs__{KEY}_pred.csv", index=False)
-    proba = pd.read_csv(tampered / f"obsm__{KEY}_proba.csv")
-    proba.loc[4, "c1"] += 0.01
-    proba.to_csv(tampered / f"obsm__{KEY}_proba.csv", index=False)
-    uns = pd.read_csv(tampered / f"uns__{KEY}.csv", keep_default_na=False)
-    uns.loc[uns["path"] == "history/train_loss", "value"] = "9.0"
-    uns.to_csv(tampered / f"uns__{KEY}.csv", index=False)
-
-    # encodings that trip R readers, inside the anndata-rnn keys
-    bad = tmp_path / "bad_encodings.h5ad"
-    adata = ad.read_h5ad(good)
-    adata.obs[f"{KEY}_flag"] = np.arange(adata.n_obs) % 2 == 0  # numpy bool -> HDF5 enum
-    adata.obs[f"{KEY}_code"] = np.arange(adata.n_obs, dtype=np.uint8)  # -> R raw
-    adata.uns[KEY]["params"]["quiet"] = True
-    adata.layers[f"{KEY}_forecast"] = adata.X.copy()
-    adata.write_h5ad(bad)
-    with h5py.File(bad, "r+") as f:  # reverse the column indices inside the first stored row
-        g = f[f"layers/{KEY}_forecast"]
-        indptr = g["indptr"][:]
-        row = next(i for i in range(len(indptr) - 1) if indptr[i + 1] - indptr[i] > 1)
-        lo, hi = indptr[row], indptr[row + 1]
-        g["indices"][lo:hi] = g["indices"][lo:hi][::-1]
-        g["data"][lo:hi] = g["data"][lo:hi][::-1]
-    assert ad.read_h5ad(bad).layers[f"{KEY}_forecast"].has_sorted_indices is False
-
-    args = [
-        good,
-        "--expected",
-        tmp_path / "exp_good",
-        "--strict",
-        "--label",
-        "good",
-        "--then",
-        good,
-        "--expected",
-        tampered,
-        "--label",
-        "tampered",
-        "--then",
-        bad,
-        "--strict",
-        "--label",
-        "bad_encodings",
-    ]
-    proc = run_r("read_output.R", *args)
-    out = proc.stdout
-    assert proc.returncode == 3, r_output(proc)
-    assert "== RESULT good: OK" in out, r_output(proc)
-    assert "checked 11 elements" in out, r_output(proc)
-    assert "== RESULT tampered: FAILED (status 1)" in out, r_output(proc)
-    assert f"MISMATCH: obs/{KEY}_pred: 1 of 30 values differ (first at [cell0]:" in out, r_output(
-        proc
-    )
-    assert f"MISMATCH: obsm/{KEY}_proba: 1 of 90 values differ (first at [cell4, c1]" in out, (
-        r_output(proc)
-    )
-    assert f"MISMATCH: uns/{KEY}/history/train_loss[0]" in out, r_output(proc)
-    assert "== RESULT bad_encodings: FAILED (status 3)" in out, r_output(proc)
-    for element in (
-        f"/obs/{KEY}_flag",
-        f"/obs/{KEY}_code",
-        f"/uns/{KEY}/params/quiet",
-        f"/layers/{KEY}_forecast",
-    ):
-        assert f"STRICT: {element} uses an encoding" in out, r_output(proc)
-    assert "unsorted or duplicate column indices inside row" in out, r_output(proc)

@@ -49,7 +49,9 @@ def wait_up(url: str, pid: str, timeout: str) -> None:
         try:
             with urllib.request.urlopen(f"{url}/api/version", timeout=5) as response:
                 version = json.load(response)
-            print(f"Galaxy {version.get('version_major')}.{version.get('version_minor')} is up at {url}")
+            print(
+                f"Galaxy {version.get('version_major')}.{version.get('version_minor')} is up at {url}"
+            )
             return
         except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
             time.sleep(1)

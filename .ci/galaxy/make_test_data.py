@@ -37,10 +37,29 @@ CLASSIFIED = TEST_DATA / "galaxy_krumsiek11_classified.h5ad"
 
 # the command that trains MODEL (kept in one place so the tests can reuse it)
 MODEL_ARGS = [
-    "classify", str(KRUMSIEK), "--label", "cell_type",
-    "--layout", "obs-series", "--series-key", "series", "--time-key", "time",
-    "--hidden", "8", "--epochs", "2", "--patience", "2", "--seed", "0",
-    "--threads", "1", "--device", "cpu", "--quiet",
+    "classify",
+    str(KRUMSIEK),
+    "--label",
+    "cell_type",
+    "--layout",
+    "obs-series",
+    "--series-key",
+    "series",
+    "--time-key",
+    "time",
+    "--hidden",
+    "8",
+    "--epochs",
+    "2",
+    "--patience",
+    "2",
+    "--seed",
+    "0",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
 ]
 
 
@@ -90,8 +109,11 @@ def make_yeast() -> None:
     rng = np.random.default_rng(0)
     periodic = np.flatnonzero(adata.var["cell_cycle_800"].to_numpy())
     other = np.flatnonzero(~adata.var["cell_cycle_800"].to_numpy())
-    keep = np.sort(np.concatenate([rng.choice(periodic, 150, replace=False),
-                                   rng.choice(other, 250, replace=False)]))
+    keep = np.sort(
+        np.concatenate(
+            [rng.choice(periodic, 150, replace=False), rng.choice(other, 250, replace=False)]
+        )
+    )
     small = adata[:, keep].copy()
     small.X = np.asarray(small.X, dtype=np.float32)
     _write(small, YEAST)
@@ -104,10 +126,14 @@ def make_pbmc() -> None:
     adata = sc.datasets.pbmc68k_reduced()
     labels = adata.obs["bulk_labels"].value_counts().index[:5]
     rng = np.random.default_rng(0)
-    cells = np.sort(np.concatenate([
-        rng.choice(np.flatnonzero(adata.obs["bulk_labels"] == lab), 48, replace=False)
-        for lab in labels
-    ]))
+    cells = np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero(adata.obs["bulk_labels"] == lab), 48, replace=False)
+                for lab in labels
+            ]
+        )
+    )
     genes = np.argsort(-adata.var["dispersions_norm"].to_numpy())[:96]
     small = adata[cells][:, np.sort(genes)].copy()
     small.raw = None
@@ -128,8 +154,9 @@ def make_model() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.h5ad"
         model = Path(tmp) / "model.h5"
-        subprocess.run(cmd + MODEL_ARGS + ["--output", str(out), "--model-out", str(model)],
-                       check=True)
+        subprocess.run(
+            cmd + MODEL_ARGS + ["--output", str(out), "--model-out", str(model)], check=True
+        )
         shutil.copyfile(model, MODEL)
         import anndata as ad
 

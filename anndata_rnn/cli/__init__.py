@@ -9,6 +9,8 @@ import click
 #: (module in this package, command object name); one entry per command
 COMMANDS = [
     ("classify", "classify"),
+    ("forecast", "forecast"),
+    ("embed", "embed"),
     ("predict", "predict"),
     ("inspect_cmd", "inspect"),
     ("demo", "demo"),

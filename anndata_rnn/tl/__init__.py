@@ -1,7 +1,8 @@
 """Tools (scanpy style): ``anndata_rnn.tl.classify``, ``predict`` and the other tasks."""
 
 from ._classify import classify
+from ._embed import cluster, embed
 from ._forecast import forecast
 from ._predict import predict
 
-__all__ = ["classify", "forecast", "predict"]
+__all__ = ["classify", "cluster", "embed", "forecast", "predict"]

@@ -335,6 +335,14 @@ def classify(
             target_y = target_y[:, : logits.shape[1]]
         return criterion(logits.reshape(-1, logits.shape[-1]), target_y.reshape(-1))
 
+    def accuracy(net, batch):
+        x, n, target_y = batch
+        logits, _ = net(x, n)
+        if net.level == "step":
+            target_y = target_y[:, : logits.shape[1]]
+        labelled = target_y >= 0
+        return (logits.argmax(-1)[labelled] == target_y[labelled]).sum(), labelled.sum()
+
     def subset(name):
         chosen = ids[name]
         if labels.level == "unit":  # unlabelled sequences never enter the loss
@@ -351,6 +359,7 @@ def classify(
         seed=seed,
         quiet=quiet,
         description=f"classify ({layout})",
+        val_metric=("accuracy", accuracy),
     )
 
     proba, embedding = run_network(module, values, lengths, torch_device)

@@ -187,6 +187,11 @@ def forecast(
     if holdout_steps < 0:
         raise InputError(f"holdout_steps must be >= 0, got {holdout_steps}")
     future_times, horizon = _check_future(future_times, horizon)
+    if time_key is None:
+        raise InputError(
+            "forecast needs time_key (the obs column of numeric time points): the time gaps "
+            "between steps are an input of the forecaster"
+        )
     if layout == "var-series" and use_rep is not None:
         raise InputError("use_rep needs layout obs-series (var-series reads genes)")
     arch = architecture(hidden, cell, dropout, False)
@@ -244,12 +249,13 @@ def forecast(
         *(int((split == name).sum()) for name in ("train", "val", "test")),
     )
 
-    # everything is fitted on the training units' steps before the held-out ones
-    fit_index = truncate(index, holdout_steps)
-    prep = Preprocessor(layout=layout, scale="feature", use_time=time_key is not None)
+    # the scored values are never seen by any fit: with test units, their last steps; without,
+    # the last steps of every sequence (a purely temporal holdout)
+    train_index = index if len(ids["test"]) else truncate(index, holdout_steps)
+    prep = Preprocessor(layout=layout, scale="feature", use_time=True)
     prep.fit(
         source,
-        fit_index,
+        train_index,
         ids["train"],
         normalize=normalize,
         n_top_genes=n_top_genes,
@@ -259,13 +265,13 @@ def forecast(
             else None
         ),
     )
-    fit_enc = encode_forecast(fit_index, source, prep)
-    n_features = fit_enc.n_features
-    if fit_enc.imputed:
+    train_enc = encode_forecast(train_index, source, prep)
+    n_features = train_enc.n_features
+    if train_enc.imputed:
         log.info(
-            "imputed %d missing values (interpolation along time, then training mean); they "
-            "are inputs only, never targets or scored values",
-            fit_enc.imputed,
+            "imputed %d missing values (last observed value, then the training mean); they are "
+            "inputs only, never targets or scored values",
+            train_enc.imputed,
         )
 
     config = {
@@ -273,7 +279,7 @@ def forecast(
         "layout": layout,
         "keys": keys,
         "architecture": arch,
-        "n_inputs": int(fit_enc.values.shape[-1]),
+        "n_inputs": int(train_enc.values.shape[-1]),
         "n_outputs": int(n_features),
         "residual": bool(residual),
         "horizon": int(horizon),
@@ -293,10 +299,10 @@ def forecast(
 
     def tensors(name):
         chosen = ids[name]
-        x, y, observed = teacher_forcing(fit_enc, prep, chosen)
+        x, y, observed = teacher_forcing(train_enc, prep, chosen)
         return (
             torch.from_numpy(x),
-            torch.from_numpy(fit_enc.lengths[chosen].astype(np.int64)),
+            torch.from_numpy(train_enc.lengths[chosen].astype(np.int64)),
             torch.from_numpy(y),
             torch.from_numpy(observed),
         )
@@ -326,15 +332,18 @@ def forecast(
     module.eval()
 
     # the linear AR baseline, fitted on the same training steps
-    ar = fit_linear_ar(fit_enc, prep, ids["train"], ar_lags)
+    ar = fit_linear_ar(train_enc, prep, ids["train"], ar_lags)
     ar_description = (
         f"ridge regression (sklearn RidgeCV, alpha {ar.alpha_:g}) of the change to the next step "
         f"on the last {ar_lags} steps" + (" and their time gaps" if prep.use_time else "")
     )
 
     full_enc = encode_forecast(index, source, prep)
+    context_enc = (
+        encode_forecast(truncate(index, holdout_steps), source, prep) if holdout_steps else full_enc
+    )
     results = predict_all(
-        module, prep, index, full_enc, fit_enc, config, future_times, torch_device, ar=ar
+        module, prep, index, full_enc, context_enc, config, future_times, torch_device, ar=ar
     )
 
     eval_ids = ids["test"]
@@ -448,9 +457,7 @@ def apply_forecaster(
     _check_future_after(index, future_times)
     full_enc = encode_forecast(index, source, prep)
     fit_enc = (
-        encode_forecast(truncate(index, holdout_steps), source, prep)
-        if holdout_steps
-        else full_enc
+        encode_forecast(truncate(index, holdout_steps), source, prep) if holdout_steps else full_enc
     )
     results = predict_all(
         model.module,
@@ -513,9 +520,12 @@ def encode_forecast(index: SequenceIndex, source: FeatureSource, prep: Preproces
         rows = index.obs_rows(chosen)
         block = prep.transform_rows(source.read_rows(rows), source.feature_names)
         raw = assemble(index, chosen, rows, block)
-        observed.append(~np.isnan(raw))
+        seen = ~np.isnan(raw)
+        observed.append(seen)
+        valid = index.mask[chosen]
+        imputed += int((~seen & valid[..., None]).sum())
+        raw = _causal_fill(raw, seen, prep.mean)
         parts.append(prep.transform_sequences(raw, index.times[chosen]))
-        imputed += prep.last_imputed
     values = np.concatenate(parts)
     n_features = len(prep.mean)
     return Encoded(
@@ -526,6 +536,19 @@ def encode_forecast(index: SequenceIndex, source: FeatureSource, prep: Preproces
         n_features=n_features,
         imputed=imputed,
     )
+
+
+def _causal_fill(raw: np.ndarray, seen: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Missing values -> the last observed value of the same sequence and feature, else the
+    training mean: no input ever carries information from a later step."""
+    if seen.all():
+        return raw
+    steps = np.arange(raw.shape[1])[None, :, None]
+    last_seen = np.maximum.accumulate(np.where(seen, steps, -1), axis=1)
+    n, _, f = raw.shape
+    filled = raw[np.arange(n)[:, None, None], np.maximum(last_seen, 0), np.arange(f)[None, None, :]]
+    filled = np.where(last_seen >= 0, filled, mean.astype(np.float32))
+    return np.where(seen, raw, filled).astype(np.float32)
 
 
 def _gap_channel(prep: Preprocessor, gaps: np.ndarray) -> np.ndarray:
@@ -662,7 +685,7 @@ def rnn_forecast(
         xb = torch.from_numpy(x[start : start + batch_size]).to(device)
         nb = torch.from_numpy(lengths[start : start + batch_size].astype(np.int64))
         prediction, out, state = module(xb, nb)
-        rows = torch.arange(len(nb))
+        rows = torch.arange(len(nb), device=device)
         last = (nb - 1).to(device)
         step = prediction[rows, last]
         rolled = [step]
@@ -765,7 +788,9 @@ def predict_all(
     )
     one = {"rnn": units(one_step), "persistence": units(full.values[..., :f])}
     if ar is not None:
-        one["linear_ar"] = units(ar_forecast(ar, x_full, full.lengths, f_gaps[:, :0], prep, lags)[0])
+        one["linear_ar"] = units(
+            ar_forecast(ar, x_full, full.lengths, f_gaps[:, :0], prep, lags)[0]
+        )
 
     holdout = {}
     h_times = np.zeros((n, 0))
@@ -868,9 +893,7 @@ def evaluate(index, full: Encoded, prep, results: Forecasts, ids, k: int):
 
 
 def _log_metrics(metrics: dict, evaluation: dict) -> None:
-    parts = [
-        f"{name} {values['mse']:.4g}" for name, values in metrics.items() if "mse" in values
-    ]
+    parts = [f"{name} {values['mse']:.4g}" for name, values in metrics.items() if "mse" in values]
     log.info(
         "MSE (%s, %d %s sequences): %s",
         evaluation["kind"],

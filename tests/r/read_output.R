@@ -31,9 +31,10 @@
 #   layers__<k>.csv                n_obs x n_vars (first column = obs names)
 #   uns__<key>.csv           columns path,index,kind,value: every leaf of
 #                            uns/<key> flattened in C order
-# Every key-related element R finds (<key>_pred, <key>_conf, <key>_cluster,
-# <key>_split, <key>_proba, X_<key>, <key>_forecast) must have an expected file
-# and vice versa.  Any mismatch -> "MISMATCH: ..." lines and exit status 1.
+# Every key-related element R finds (obs/var columns, obsm/varm matrices and
+# layers named <key>_*, X_<key> or X_<key>_*: <key>_pred, <key>_conf,
+# <key>_cluster, <key>_proba, X_<key>, <key>_forecast, ...) must have an expected
+# file and vice versa.  Any mismatch -> "MISMATCH: ..." lines and exit status 1.
 #
 # Encodings that trip R readers (bool HDF5 enums, uint8 -> raw, nullable-*
 # encodings, the null encoding, unsorted CSR/CSC indices, int64) are decoded
@@ -440,18 +441,16 @@ check_names <- function(what, got, exp) {
     }
 }
 
-# the key-related elements R sees in the SCE, as "<slot>__<name>"
+# the key-related elements R sees in the SCE, as "<slot>__<name>": every
+# obs/var column, obsm/varm matrix and layer named <key>_*, X_<key> or X_<key>_*
 key_elements <- function() {
-    out <- character(0)
-    sfx <- c("pred", "conf", "cluster", "split")
-    for (cn in colnames(colData(sce))) if (cn %in% paste0(KEY, "_", sfx)) out <- c(out, paste0("obs__", cn))
-    for (cn in colnames(var_cols())) if (cn %in% paste0(KEY, "_", sfx)) out <- c(out, paste0("var__", cn))
-    for (r in reducedDimNames(sce))
-        if (r %in% c(paste0("X_", KEY), paste0(KEY, c("_proba", "_forecast")))) out <- c(out, paste0("obsm__", r))
-    for (r in varm_names())
-        if (r %in% c(paste0("X_", KEY), paste0(KEY, c("_proba", "_forecast")))) out <- c(out, paste0("varm__", r))
-    for (a in assayNames(sce)) if (a == paste0(KEY, "_forecast")) out <- c(out, paste0("layers__", a))
-    out
+    ours <- function(n) n[startsWith(n, paste0(KEY, "_")) | n == paste0("X_", KEY) |
+                          startsWith(n, paste0("X_", KEY, "_"))]
+    c(if (length(x <- ours(colnames(colData(sce))))) paste0("obs__", x),
+      if (length(x <- ours(colnames(var_cols())))) paste0("var__", x),
+      if (length(x <- ours(reducedDimNames(sce)))) paste0("obsm__", x),
+      if (length(x <- ours(varm_names()))) paste0("varm__", x),
+      if (length(x <- ours(assayNames(sce)))) paste0("layers__", x))
 }
 varm_names <- function() if (exists_h5("/varm")) children("/varm") else character(0)
 var_cols <- function() {
@@ -600,8 +599,7 @@ run_job <- function(o) {
     LS <<- list_h5(FILE)
     LS_OTYPE <<- setNames(LS$otype, LS$path)
     built <- tryCatch(build_sce(), finally = close_h5r(), error = function(e) {
-        cat("ERROR: could not build a SingleCellExperiment from", FILE, ":", conditionMessage(e), "\n",
-            file = stderr())
+        cat("ERROR: could not build a SingleCellExperiment from", FILE, ":", conditionMessage(e), "\n")
         NULL
     })
     if (is.null(built)) return(2L)

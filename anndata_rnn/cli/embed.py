@@ -1,0 +1,224 @@
+"""``anndata-rnn embed``."""
+
+from __future__ import annotations
+
+import click
+
+from ..io import read_h5ad, write_h5ad
+from ._common import (
+    Outputs,
+    common_options,
+    device_options,
+    echo_written,
+    print_metrics,
+    write_metrics_table,
+)
+from ._training_options import sequence_kwargs, sequence_options
+
+
+def embed_network_options(func):
+    """Autoencoder architecture and optimisation (embedding defaults: one 64-unit layer)."""
+    options = [
+        click.option(
+            "--n-latent",
+            type=click.IntRange(min=1),
+            default=16,
+            show_default=True,
+            help="Dimension of the latent embedding.",
+        ),
+        click.option(
+            "--hidden",
+            default="64",
+            show_default=True,
+            help="Sizes of the stacked encoder layers, comma separated.",
+        ),
+        click.option(
+            "--cell", type=click.Choice(["lstm", "gru"]), default="lstm", show_default=True
+        ),
+        click.option("--bidirectional", is_flag=True, help="Bidirectional encoder layers."),
+        click.option("--dropout", type=float, default=0.0, show_default=True),
+        click.option(
+            "--epochs",
+            type=click.IntRange(min=1),
+            default=100,
+            show_default=True,
+            help="Maximum number of epochs.",
+        ),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate."),
+        click.option(
+            "--patience",
+            type=click.IntRange(min=1),
+            default=10,
+            show_default=True,
+            help="Early stopping: epochs without validation improvement.",
+        ),
+        click.option(
+            "--val-fraction",
+            type=float,
+            default=0.1,
+            show_default=True,
+            help="Units held out for early stopping (0: train all epochs on every unit).",
+        ),
+        click.option("--split-key", help="Column (obs or var) holding train/val."),
+        click.option(
+            "--model-out",
+            required=True,
+            type=click.Path(dir_okay=False),
+            help="Where to write the model file (HDF5).",
+        ),
+        click.option(
+            "--metrics-table",
+            type=click.Path(dir_okay=False),
+            help="Also write the metrics as a TSV (metric, rnn, baseline).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.command(
+    epilog="""Examples (cluster yeast genes by the shape of their cdc15 time course; compare the
+clusters with Spellman's cell-cycle genes; embed the cells of simulated trajectories):
+
+\b
+  anndata-rnn embed spellman.h5ad --layout var-series --series-key series \\
+      --time-key time --series-subset cdc15 --scale sequence --cluster kmeans \\
+      --n-clusters 8 --eval-label cell_cycle_800 --output embedded.h5ad --model-out model.h5
+  anndata-rnn embed krumsiek.h5ad --series-key series --time-key time \\
+      --output embedded.h5ad --model-out model.h5
+"""
+)
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
+@sequence_options
+@embed_network_options
+@click.option(
+    "--scale",
+    type=click.Choice(["feature", "sequence"]),
+    default="feature",
+    show_default=True,
+    help="feature: standardize with training statistics; sequence: z-score each sequence "
+    "(cluster by temporal shape only).",
+)
+@click.option(
+    "--max-missing",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Units missing more than this fraction of values are not trained on or clustered.",
+)
+@click.option(
+    "--cluster",
+    type=click.Choice(["none", "kmeans", "leiden"]),
+    default="none",
+    show_default=True,
+    help="Cluster the embedding (--eval-label implies kmeans).",
+)
+@click.option(
+    "--n-clusters",
+    type=click.IntRange(min=1),
+    help="k-means: number of clusters (default: classes of --eval-label, else best silhouette "
+    "in 2..10).",
+)
+@click.option(
+    "--resolution",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Leiden resolution (higher = more clusters).",
+)
+@click.option(
+    "--cluster-level",
+    type=click.Choice(["auto", "series", "step"]),
+    default="auto",
+    show_default=True,
+    help="obs-series: cluster whole series or observations (auto: series, or observations "
+    "when --eval-label varies within series).",
+)
+@click.option(
+    "--eval-label",
+    help="Column (obs or var) with known groups: ARI, NMI, silhouette and per-cluster "
+    "enrichment, RNN vs PCA + k-means.",
+)
+@device_options
+@common_options
+def embed(
+    input,
+    output,
+    model_out,
+    metrics_table,
+    n_latent,
+    hidden,
+    cell,
+    bidirectional,
+    dropout,
+    epochs,
+    batch_size,
+    lr,
+    patience,
+    val_fraction,
+    split_key,
+    scale,
+    max_missing,
+    cluster,
+    n_clusters,
+    resolution,
+    cluster_level,
+    eval_label,
+    seed,
+    device,
+    overwrite,
+    quiet,
+    **kw,
+):
+    """Train an LSTM/GRU autoencoder, write the latent embedding, optionally cluster it.
+
+    Results go to obsm (varm for --layout var-series): X_{key} (obs-series: per observation;
+    also X_{key}_series, the latent of each observation's series); obs (var): {key}_cluster,
+    {key}_split; uns[{key}]: parameters, training history and, with clustering, the metrics of
+    the RNN clusters and of PCA + k-means on the same inputs. Use the embedding in scanpy:
+    sc.pp.neighbors(adata, use_rep="X_rnn"); sc.tl.umap(adata).
+    """
+    from .. import tl
+
+    with Outputs(inputs=(input,)) as outputs:
+        out_tmp = outputs.add(output)
+        model_tmp = outputs.add(model_out)
+        table_tmp = outputs.add(metrics_table)
+        adata = read_h5ad(input)
+        model = tl.embed(
+            adata,
+            scale=scale,
+            max_missing=max_missing,
+            n_latent=n_latent,
+            hidden=hidden,
+            cell=cell,
+            bidirectional=bidirectional,
+            dropout=dropout,
+            max_epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            patience=patience,
+            val_fraction=val_fraction,
+            split_key=split_key,
+            cluster=None if cluster == "none" else cluster,
+            n_clusters=n_clusters,
+            resolution=resolution,
+            cluster_level=cluster_level,
+            eval_label=eval_label,
+            seed=seed,
+            device=device,
+            overwrite=overwrite,
+            quiet=quiet,
+            **sequence_kwargs(kw),
+        )
+        key = kw["key_added"]
+        model.save(model_tmp)
+        write_h5ad(adata, out_tmp)
+        if table_tmp:
+            write_metrics_table(adata.uns[key]["metrics"], table_tmp)
+        outputs.commit()
+    echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output, model_out)
+    print_metrics(adata.uns[key]["metrics"], title="clustered units")

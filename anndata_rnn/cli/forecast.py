@@ -1,0 +1,147 @@
+"""``anndata-rnn forecast``."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import InputError
+from ..io import read_h5ad, write_h5ad
+from ._common import (
+    Outputs,
+    common_options,
+    device_options,
+    echo_written,
+    print_metrics,
+    write_metrics_table,
+)
+from ._training_options import network_kwargs, network_options, sequence_kwargs, sequence_options
+
+
+@click.command(
+    epilog="""Examples (yeast cdc15 time course: forecast each gene's last 4 time points from
+its first 20, on 30 % held-out genes; then series of cells or samples over time):
+
+\b
+  anndata-rnn forecast spellman.h5ad --layout var-series --series-key series \\
+      --time-key time --series-subset cdc15 --holdout-steps 4 --test-fraction 0.3 \\
+      --output forecast.h5ad --model-out forecaster.h5
+\b
+  anndata-rnn forecast timecourse.h5ad --series-key subject --time-key hours \\
+      --horizon 3 --output forecast.h5ad --model-out forecaster.h5
+"""
+)
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
+@sequence_options
+@network_options
+@click.option(
+    "--horizon",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Steps to forecast beyond the end of every series (rollout) into uns[KEY]['future']. "
+    "Default 1, or the number of --future-times.",
+)
+@click.option(
+    "--future-times",
+    help="Time points of those future steps, comma separated (after every series' end). "
+    "Default: each series' last time plus multiples of its median time gap.",
+)
+@click.option(
+    "--holdout-steps",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Forecast the last K steps by rollout and score them (of the test units; of all units "
+    "with --test-fraction 0). 0: score one-step-ahead forecasts of the test units.",
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["mse", "huber"]),
+    default="mse",
+    show_default=True,
+    help="Training loss on standardized values (huber is robust to outliers).",
+)
+@click.option(
+    "--ar-lags",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Steps seen by the linear autoregression baseline.",
+)
+@click.option(
+    "--no-residual",
+    is_flag=True,
+    help="Predict the next value directly instead of the change from the current one.",
+)
+@device_options
+@common_options
+def forecast(
+    input,
+    output,
+    model_out,
+    metrics_table,
+    horizon,
+    future_times,
+    holdout_steps,
+    loss,
+    ar_lags,
+    no_residual,
+    seed,
+    device,
+    overwrite,
+    quiet,
+    **kw,
+):
+    """Train an LSTM/GRU forecaster of time-course expression, beside persistence and a
+    linear autoregression.
+
+    Each sequence is trained one step ahead with teacher forcing; time gaps are an input, so
+    irregular sampling is handled. Results: layers[{key}_forecast] (every value predicted from
+    the steps before it; obsm with --use-rep); var-series with --holdout-steps:
+    varm[{key}_forecast] (rollout of each gene's last K time points); obsm/varm X_{key};
+    obs/var {key}_split; uns[{key}]: metrics (MSE, MAE, R², mean per-gene Pearson r) of the
+    RNN, persistence and the linear AR on the same held-out data, future forecasts, history.
+    """
+    from .. import tl
+
+    if kw["layout"] == "profile":
+        raise InputError("--layout profile is not a time course: use obs-series or var-series")
+    if kw["order_key"] is not None:
+        raise InputError(
+            "--order-key applies to --layout profile only, which forecast does not use"
+        )
+    arguments = sequence_kwargs(kw)
+    del arguments["order_key"], arguments["chunk_size"]
+    with Outputs(inputs=(input,)) as outputs:
+        out_tmp = outputs.add(output)
+        model_tmp = outputs.add(model_out)
+        table_tmp = outputs.add(metrics_table)
+        adata = read_h5ad(input)
+        model = tl.forecast(
+            adata,
+            horizon=horizon,
+            future_times=future_times,
+            holdout_steps=holdout_steps,
+            loss=loss,
+            ar_lags=ar_lags,
+            residual=not no_residual,
+            seed=seed,
+            device=device,
+            overwrite=overwrite,
+            quiet=quiet,
+            **arguments,
+            **network_kwargs(kw),
+        )
+        key = kw["key_added"]
+        model.save(model_tmp)
+        write_h5ad(adata, out_tmp)
+        if table_tmp:
+            write_metrics_table(adata.uns[key]["metrics"], table_tmp)
+        outputs.commit()
+    echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output, model_out)
+    evaluation = adata.uns[key].get("evaluation", {})
+    title = "test split"
+    if "kind" in evaluation:
+        units = "test" if evaluation.get("units") == "test" else "all"
+        title = f"{units} sequences ({evaluation['n_sequences']}), {evaluation['kind']}"
+    print_metrics(adata.uns[key]["metrics"], title=title)
