@@ -131,7 +131,8 @@ def test_yeast_var_series_rollout_beats_baselines(spellman, tmp_path):
     plain_ar_mse = float(np.mean((np.stack(rolled, 1) - truth) ** 2))
 
     ar_mse = metrics["linear_ar"]["mse"]
-    # measured: RNN 0.092, linear AR 0.191, plain AR 0.215, persistence 0.401
+    # measured: RNN 0.093, linear AR 0.191, plain AR 0.190, persistence 0.401 (seed 1: 0.090,
+    # 0.186, 0.184, 0.401)
     assert ar_mse < plain_ar_mse * 1.05
     assert rnn_mse < 0.75 * ar_mse
     assert rnn_mse <= 0.5 * persistence_mse
@@ -200,8 +201,11 @@ def test_krumsiek_reports_all_three_models_honestly(krumsiek):
     x = np.asarray(raw.X)[rows]
     assert np.mean((x[1:] - x[:-1]) ** 2) == pytest.approx(metrics["persistence"]["mse"], 1e-4)
     assert np.mean((layer[rows[1:]] - x[1:]) ** 2) == pytest.approx(metrics["rnn"]["mse"], 1e-4)
-    # measured on the held-out fate: RNN 0.0025, linear AR 0.0013, persistence 0.00012 -- the
-    # smooth simulated trajectories favour persistence, and the report says so
+    # measured on the held-out fate (MSE): RNN 9.5e-5, persistence 1.18e-4, linear AR 1.34e-3.
+    # The smooth trajectories make persistence hard to beat: the RNN starts at persistence (its
+    # residual head is zero at initialisation) and only just beats it; with a randomly
+    # initialised head it lost (2.5e-3), and the linear AR, fitted on two other fates, loses.
+    # No ranking is asserted: the point is that the reported numbers are the true ones.
     print({name: metrics[name]["mse"] for name in metrics})
     # the input was not modified except for the added keys
     np.testing.assert_array_equal(np.asarray(krumsiek.X), np.asarray(raw.X))
@@ -251,9 +255,7 @@ def test_saved_forecaster_reproduces_training_forecasts(small, tmp_path):
     np.testing.assert_array_equal(again.obsm[f"X_{KEY}"], adata.obsm[f"X_{KEY}"])
     for part in ("future", "holdout"):
         for field in ("values", "time"):
-            np.testing.assert_array_equal(
-                again.uns[KEY][part][field], adata.uns[KEY][part][field]
-            )
+            np.testing.assert_array_equal(again.uns[KEY][part][field], adata.uns[KEY][part][field])
     assert set(again.uns[KEY]["metrics"]) == {"rnn", "persistence"}
 
     # new data: a few of the series, in another row order -> the same forecasts for them
@@ -267,9 +269,9 @@ def test_saved_forecaster_reproduces_training_forecasts(small, tmp_path):
 
     # causality: changing the last observation of each series changes no forecast
     changed = small.copy()
-    last = changed.obs.groupby("series", observed=True)["time"].transform("max") == changed.obs[
-        "time"
-    ]
+    last = (
+        changed.obs.groupby("series", observed=True)["time"].transform("max") == changed.obs["time"]
+    )
     changed.X[last.to_numpy()] += 5.0
     tl.predict(changed, loaded)
     np.testing.assert_array_equal(
@@ -300,9 +302,7 @@ def test_saved_var_series_forecaster_reproduces_varm(spellman, tmp_path):
 def test_use_rep_goes_to_obsm_and_huber(small):
     adata = small.copy()
     adata.obsm["X_pca"] = np.asarray(adata.X[:, :4]) * 2.0
-    tl.forecast(
-        adata, series_key="series", time_key="time", use_rep="X_pca", loss="huber", **FAST
-    )
+    tl.forecast(adata, series_key="series", time_key="time", use_rep="X_pca", loss="huber", **FAST)
     assert f"{KEY}_forecast" not in adata.layers
     assert adata.obsm[f"{KEY}_forecast"].shape == (adata.n_obs, 4)
     assert list(adata.uns[KEY]["future"]["features"]) == [f"X_pca_{i}" for i in range(4)]

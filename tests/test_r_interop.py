@@ -14,13 +14,15 @@ anndata) and runs real R (``Rscript``, rhdf5 + SingleCellExperiment, installed b
   weights).
 - ``tests/r/write_input.R`` writes an .h5ad from R that anndata-rnn must train on.
 
-Skipped only when ``Rscript`` is not installed.
+Skipped only when ``Rscript`` is not installed (an error instead when the environment sets
+``ANNDATA_RNN_REQUIRE_R=1``, as CI does after ``.ci/install_r.sh``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import warnings
@@ -37,6 +39,9 @@ RSCRIPT = shutil.which("Rscript")
 R_DIR = Path(__file__).resolve().parent / "r"
 KEY = "rnn"
 
+if RSCRIPT is None and os.environ.get("ANNDATA_RNN_REQUIRE_R", "") not in ("", "0"):
+    # CI sets ANNDATA_RNN_REQUIRE_R=1 after .ci/install_r.sh: a missing R is an error there
+    pytest.fail("ANNDATA_RNN_REQUIRE_R is set but Rscript is not on PATH", pytrace=False)
 pytestmark = pytest.mark.skipif(
     RSCRIPT is None, reason="Rscript not installed (run .ci/install_r.sh)"
 )

@@ -8,7 +8,7 @@ Subcommands::
     create-user URL ADMIN_KEY EMAIL    create a user, print a new API key for it
     break-xml SRC DST                  copy SRC to DST with the first test's first has_h5_keys broken
                                        and every other test removed (for --expect-failure-check)
-    summarize JSON                     print a per-test summary of planemo's --test_output_json;
+    summarize JSON...                  print a per-test summary of planemo's --test_output_json files;
                                        exit 1 when a test failed or none ran
 """
 
@@ -99,11 +99,16 @@ def break_xml(src: str, dst: str) -> None:
     print(f"wrote {dst}: first test now asserts {keys[0]!r}")
 
 
-def summarize(path: str) -> None:
-    with open(path) as handle:
-        report = json.load(handle)
+def summarize(*paths: str) -> None:
+    tests = []
+    for path in paths:
+        try:
+            with open(path) as handle:
+                tests.extend(json.load(handle).get("tests", []))
+        except (OSError, ValueError) as error:
+            print(f"  cannot read {path}: {error}")
     passed = failed = 0
-    for test in report.get("tests", []):
+    for test in tests:
         data = test.get("data", {})
         status = data.get("status", "unknown")
         name = test.get("id", "?")

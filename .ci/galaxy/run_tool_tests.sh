@@ -14,6 +14,7 @@
 #                         missing, reused afterwards (first run ~5 min, later runs skip it)
 #   GALAXY_TOOL_XML       same as --tool
 #   PYTHON                interpreter for the venvs (default python3; Galaxy needs >= 3.9)
+#   GALAXY_TEST_JOBS      planemo test processes run side by side (default 2)
 #   KEEP_GALAXY_TMP=1     keep the server's temp dir (config, log, job dirs) for debugging
 #
 # Exit status: 0 when lint is clean and every tool test passed, non-zero otherwise.
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
         --tool) TOOL="$2"; shift 2 ;;
         --lint-only) MODE=lint; shift ;;
         --expect-failure-check) MODE=expect-failure; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -189,23 +190,41 @@ fi
 USER_KEY="$("$PYTHON" "$HERE/ci_helpers.py" create-user "$URL" "$ADMIN_KEY" ci-user@example.org)"
 
 # ---- (e) the tool tests ------------------------------------------------------------------------
-log "planemo test --engine external_galaxy $(basename "$TOOL")"
+# split the tests over GALAXY_TEST_JOBS planemo processes (the local runner runs 2 jobs at once)
+N_TESTS="$("$PLANEMO_VENV/bin/python" -c 'import sys
+from galaxy.tool_util.parser import get_tool_source
+print(len(get_tool_source(sys.argv[1]).parse_tests_to_dict()["tests"]))' "$TOOL")"
+JOBS="${GALAXY_TEST_JOBS:-2}"
+if [ "$JOBS" -gt "$N_TESTS" ]; then JOBS="$N_TESTS"; fi
+if [ "$JOBS" -lt 1 ]; then JOBS=1; fi
+log "planemo test --engine external_galaxy $(basename "$TOOL"): $N_TESTS tests in $JOBS processes"
+PIDS=()
+for shard in $(seq 0 $((JOBS - 1))); do
+    INDEXES=()
+    for i in $(seq 1 "$N_TESTS"); do
+        if [ $(((i - 1) % JOBS)) -eq "$shard" ]; then INDEXES+=(--test_index "$i"); fi
+    done
+    "$PLANEMO_VENV/bin/planemo" test \
+        --engine external_galaxy \
+        --galaxy_url "$URL" \
+        --galaxy_admin_key "$ADMIN_KEY" \
+        --galaxy_user_key "$USER_KEY" \
+        --test_data "$TEST_DATA" \
+        --test_output "$WORK/tool_test_output_$shard.html" \
+        --test_output_json "$WORK/tool_test_output_$shard.json" \
+        --test_timeout 900 \
+        "${INDEXES[@]}" \
+        "$TOOL" >"$WORK/planemo_test_$shard.log" 2>&1 &
+    PIDS+=($!)
+done
+TEST_RC=0
+for shard in "${!PIDS[@]}"; do
+    if ! wait "${PIDS[$shard]}"; then TEST_RC=1; fi
+    echo "--- planemo test process $((shard + 1))/$JOBS:"
+    grep -v -E '^(WARNING: Location|\s*$)' "$WORK/planemo_test_$shard.log" | tail -n 30
+done
 set +e
-"$PLANEMO_VENV/bin/planemo" test \
-    --engine external_galaxy \
-    --galaxy_url "$URL" \
-    --galaxy_admin_key "$ADMIN_KEY" \
-    --galaxy_user_key "$USER_KEY" \
-    --test_data "$TEST_DATA" \
-    --test_output "$WORK/tool_test_output.html" \
-    --test_output_json "$WORK/tool_test_output.json" \
-    --test_timeout 600 \
-    "$TOOL" >"$WORK/planemo_test.log" 2>&1
-TEST_RC=$?
-set -e
-grep -v -E '^(WARNING: Location|\s*$)' "$WORK/planemo_test.log" | tail -n 40
-set +e
-"$PYTHON" "$HERE/ci_helpers.py" summarize "$WORK/tool_test_output.json"
+"$PYTHON" "$HERE/ci_helpers.py" summarize "$WORK"/tool_test_output_*.json
 SUMMARY_RC=$?
 set -e
 if [ $TEST_RC -ne 0 ] || [ $SUMMARY_RC -ne 0 ]; then
@@ -214,14 +233,14 @@ else
     FAILED=0
 fi
 if [ $FAILED = 1 ] && [ "$MODE" = all ]; then
-    log "Galaxy job log (tail):"
-    grep -E "ERROR|Traceback|Exception" "$WORK/galaxy.log" | tail -n 20 || true
+    log "Galaxy server log, errors (tail):"
+    grep -E "ERROR|Traceback|Exception" "$WORK/galaxy.log" | grep -v display_applications | tail -n 20 || true
 fi
 
 # ---- (g) result ------------------------------------------------------------------------------
 ELAPSED=$((SECONDS - START))
 if [ "$MODE" = expect-failure ]; then
-    if [ $FAILED = 1 ] && grep -q "_BROKEN_ON_PURPOSE" "$WORK/tool_test_output.json"; then
+    if [ $FAILED = 1 ] && grep -q "_BROKEN_ON_PURPOSE" "$WORK"/tool_test_output_*.json; then
         log "self-check OK: the deliberately broken assertion failed the tool tests (planemo exit $TEST_RC) after ${ELAPSED}s"
         exit 0
     fi

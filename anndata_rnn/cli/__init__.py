@@ -12,6 +12,7 @@ COMMANDS = [
     ("forecast", "forecast"),
     ("embed", "embed"),
     ("predict", "predict"),
+    ("explain", "explain"),
     ("inspect_cmd", "inspect"),
     ("demo", "demo"),
 ]

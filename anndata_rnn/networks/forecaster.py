@@ -4,7 +4,7 @@ Input at step ``t``: the standardized features of step ``t`` followed, when the 
 by the standardized time gap to the step being predicted (``t_{t+1} - t_t``), so irregular
 sampling and explicit target times are part of the input. Output at step ``t``: the features of
 step ``t + 1``. With ``residual=True`` (the default) the head predicts the change from step
-``t``, so an untrained head starts at the persistence forecast.
+``t`` and starts at zero, so the untrained network is the persistence forecast.
 
 The recurrence is causal (unidirectional) and its state can be carried on, which is how
 multi-step forecasts are rolled out: the prediction of one step is fed back as the next input.
@@ -35,6 +35,9 @@ class SequenceForecaster(nn.Module):
         self.residual = residual
         self.dropout = nn.Dropout(encoder.dropout.p)
         self.head = nn.Linear(encoder.out_size, n_outputs)
+        if residual:  # start exactly at persistence: an untrained change is zero
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, state=None):
         """One pass over padded inputs ``x`` ``(batch, steps, n_inputs)``.

@@ -2,7 +2,8 @@
 
 from ._classify import classify
 from ._embed import cluster, embed
+from ._explain import explain, importance_table
 from ._forecast import forecast
 from ._predict import predict
 
-__all__ = ["classify", "cluster", "embed", "forecast", "predict"]
+__all__ = ["classify", "cluster", "embed", "explain", "forecast", "importance_table", "predict"]

@@ -169,13 +169,16 @@ def explain(
     check_keys_free(out, targets, overwrite)
     _check_uns(out, key, model, overwrite)
 
-    values, lengths, _ = encode(index, source, prep, np.arange(index.n_sequences))
     if model.task == "classify":
+        values, lengths, _ = encode(index, source, prep, np.arange(index.n_sequences))
         columns, jobs, output = _classifier_jobs(
             out, model, index, values, lengths, target, use_labels, torch_device
         )
     else:
-        columns, jobs, output = _forecaster_jobs(model, index, values, lengths, target)
+        if use_labels:
+            raise InputError("use_labels applies to classifiers, not to forecasters")
+        values, lengths = _forecaster_inputs(model, index, source)
+        columns, jobs, output = _forecaster_jobs(model, index, lengths, target)
     jobs = _subsample(jobs, max_per_class, seed)
 
     n_channels = values.shape[-1]
@@ -241,7 +244,7 @@ def explain(
                 "integrated gradients did not converge well (relative delta %.2g): raise n_steps",
                 completeness["relative_delta"],
             )
-    step_times = _step_times(index, jobs)
+    step_times, step_note = _step_times(index, jobs)
     column_key = "classes" if model.task == "classify" else "targets"
     explain_record = {
         "method": method,
@@ -252,6 +255,7 @@ def explain(
         "columns": np.asarray(columns, dtype=object),
         "n_explained": n_done.astype(np.int64),
         "max_per_class": max_per_class,
+        "step_times": step_note,
         "completeness": completeness,
         "gene_overlap": overlap,
         "written": written,
@@ -325,8 +329,8 @@ class _Output(nn.Module):
         if self.kind == "log_proba":
             logits, _ = self.module(x, lengths)
             values = torch.log_softmax(logits, dim=-1)
-        else:  # forecast: the network's forecast tensor, selected by weights
-            values = _forecast_tensor(self.module, x, lengths)
+        else:  # forecast: next-step predictions (batch, steps, genes)
+            values = self.module(x, lengths)[0]
         return (values * weights).flatten(1).sum(dim=1)
 
 
@@ -388,36 +392,55 @@ def _classifier_jobs(adata, model, index, values, lengths, target, use_labels, d
     return [str(classes[c]) for c in wanted], jobs, output
 
 
-def _forecaster_jobs(model, index, values, lengths, target):
-    """Forecasters: explain the forecast of the target gene(s) for every sequence."""
-    forecaster = _forecaster_api()
-    features = np.asarray(model.features, dtype=object)
-    if target is None:
-        raise InputError(
-            "explaining a forecaster needs target: the gene(s) whose forecast to explain "
-            f"(e.g. {features[0]!r})"
-        )
-    wanted = _resolve_targets(target, features, "gene")
+def _forecaster_inputs(model, index, source) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs of a forecaster's first future step (as :func:`~._forecast.forecast` makes)."""
+    from ._forecast import _check_future_after, _future_gaps, encode_forecast, network_inputs
+
+    prep = model.preprocessor
+    future_times = model.config.get("future_times") or None
+    _check_future_after(index, future_times)
+    enc = encode_forecast(index, source, prep)
+    _, gaps = _future_gaps(enc, future_times, 1)
+    x = network_inputs(enc, prep, np.arange(index.n_sequences), last_gap=gaps[:, 0])
+    return torch.from_numpy(x), torch.from_numpy(enc.lengths.astype(np.int64))
+
+
+def _forecaster_jobs(model, index, lengths, target):
+    """Forecasters: the forecast of the step after each sequence's end, for the target gene(s).
+
+    The output is in the gene's expression units (the standardized forecast times its training
+    standard deviation), so attributions are too.
+    """
+    prep = model.preprocessor
+    n_outputs = int(model.config["n_outputs"])
+    if model.layout == "var-series":
+        if target is not None:
+            raise InputError(
+                "a var-series forecaster forecasts every gene from its own values: leave out "
+                "target (every gene's next value is explained)"
+            )
+        wanted, columns = [0], ["next value"]
+    else:
+        features = np.asarray(model.features, dtype=object)
+        if target is None:
+            raise InputError(
+                "explaining an obs-series forecaster needs target: the gene(s) whose forecast to "
+                f"explain (e.g. {features[0]!r})"
+            )
+        wanted = _resolve_targets(target, features, "gene")
+        columns = [str(features[g]) for g in wanted]
     n = index.n_sequences
-    shape = forecaster["output_shape"](model, values[:1], lengths[:1])
+    last = lengths.numpy() - 1
     ids, column, weights = [], [], []
     for j, g in enumerate(wanted):
-        w = np.zeros((n, *shape), dtype=np.float32)
-        forecaster["select"](model, w, g)
+        w = np.zeros((n, index.max_steps, n_outputs), dtype=np.float32)
+        w[np.arange(n), last, g] = prep.std[g]
         ids.append(np.arange(n))
         column.append(np.full(n, j))
         weights.append(w)
     jobs = _Jobs(np.concatenate(ids), np.concatenate(column), np.concatenate(weights))
-    output = _Output(model.module, "forecast", "forecast of the target gene")
-    return [str(features[g]) for g in wanted], jobs, output
-
-
-def _forecaster_api():
-    raise InputError("explaining forecasters is not available in this version of anndata-rnn")
-
-
-def _forecast_tensor(module, x, lengths):
-    raise InputError("explaining forecasters is not available in this version of anndata-rnn")
+    output = _Output(model.module, "forecast", "forecast of the step after the sequence's end")
+    return columns, jobs, output
 
 
 def _resolve_targets(target, names: np.ndarray, what: str) -> list[int]:
@@ -605,13 +628,27 @@ def _model_feature_of_var(var_features: np.ndarray, model_features: np.ndarray) 
     return np.array([lookup.get(name, -1) for name in var_features], dtype=np.int64)
 
 
-def _step_times(index, jobs: _Jobs) -> np.ndarray:
-    """Median time of each step over the explained sequences (chunk number for profiles)."""
-    if index.layout == "profile" or len(jobs.ids) == 0:
-        return np.arange(index.max_steps, dtype=np.float64)
+def _step_times(index, jobs: _Jobs) -> tuple[np.ndarray, str]:
+    """Time of each step when every explained sequence has the same time points.
+
+    Otherwise (series sampled at different times, chunks of a profile) the step position, and a
+    note saying so.
+    """
+    positions = np.arange(index.max_steps, dtype=np.float64)
+    if index.layout == "profile":
+        return positions, "profile: steps are chunks of genes in the model's order"
+    if len(jobs.ids) == 0:
+        return positions, "no sequence explained"
     times = index.times[np.unique(jobs.ids)]
-    with np.errstate(all="ignore"), _quiet_nan_warnings():
-        return np.nanmedian(times, axis=0)
+    with _quiet_nan_warnings():
+        first = np.nanmin(times, axis=0)
+        last = np.nanmax(times, axis=0)
+    if np.allclose(first, last, equal_nan=True):
+        return first, "time of each step"
+    return positions, (
+        "series have different time points: step_times are step positions; the importance of "
+        "each series' time points is in obsm"
+    )
 
 
 @contextlib.contextmanager

@@ -1,0 +1,198 @@
+"""``anndata-rnn explain``."""
+
+from __future__ import annotations
+
+import click
+import numpy as np
+
+from ..errors import InputError
+from ..io import read_h5ad, write_h5ad, write_table
+from ._common import Outputs, common_options, device_options, echo_written
+
+
+@click.command(
+    epilog="""Example (which genes make the classifier call a cell a CD14+ monocyte?):
+
+\b
+  anndata-rnn explain classified.h5ad --model model.h5 --output explained.h5ad \\
+      --target "CD14+ Monocyte" --top 50 --table top_genes.tsv
+"""
+)
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Model file written by a training command (--model-out).",
+)
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
+@click.option(
+    "--target",
+    help="Classifier: only explain these classes (comma separated; default all). Forecaster: "
+    "the gene(s) whose forecast is explained (required).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["integrated_gradients", "input_x_gradient"]),
+    default="integrated_gradients",
+    show_default=True,
+    help="integrated_gradients (captum, with a completeness check) or input_x_gradient (fast).",
+)
+@click.option(
+    "--n-steps",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Integration steps (more = attributions closer to complete).",
+)
+@click.option(
+    "--baseline",
+    type=click.Choice(["mean", "zero"]),
+    default="mean",
+    show_default=True,
+    help="Reference input: the training mean of each gene, or no expression.",
+)
+@click.option(
+    "--use-labels",
+    is_flag=True,
+    help="Explain each sequence toward its labelled class (the model's label column in this "
+    "data) instead of its predicted class.",
+)
+@click.option(
+    "--max-per-class",
+    type=click.IntRange(min=1),
+    help="Explain at most this many sequences per class (seeded random subset; faster).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Genes per class in --table.",
+)
+@click.option(
+    "--table",
+    type=click.Path(dir_okay=False),
+    help="Write the top genes per class as a TSV (class, rank, gene, importance).",
+)
+@click.option("--key-added", default="rnn", show_default=True, help="Prefix of the output keys.")
+@click.option("--gene-symbols", help="var column with the gene identifiers to match.")
+@click.option(
+    "--min-gene-overlap",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="Stop when fewer of the model's genes are present.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Sequences per attribution call (each is expanded --n-steps times).",
+)
+@device_options
+@common_options
+def explain(
+    input,
+    model_path,
+    output,
+    target,
+    method,
+    n_steps,
+    baseline,
+    use_labels,
+    max_per_class,
+    top,
+    table,
+    key_added,
+    gene_symbols,
+    min_gene_overlap,
+    batch_size,
+    seed,
+    device,
+    overwrite,
+    quiet,
+):
+    """Which genes and which time steps drive a saved model's predictions.
+
+    Integrated gradients (captum) attribute each sequence's prediction to its input values
+    against a baseline (the training mean). Writes var/varm {key}_importance (overall and per
+    class), obsm {key}_step_importance (time-series layouts) and uns[{key}]: classes,
+    step_importance (steps × classes), step_times and explain (method, completeness check).
+    """
+    from .. import tl
+    from ..model import Model
+    from ..tl._explain import importance_table
+
+    with Outputs(inputs=(input, model_path)) as outputs:
+        out_tmp = outputs.add(output)
+        table_tmp = outputs.add(table)
+        model = Model.load(model_path)
+        if table_tmp and model.layout == "var-series":
+            raise InputError(
+                "--table lists genes by importance, but a var-series model's genes are its "
+                "sequences (it attributes time points): leave out --table and read "
+                "uns[key]['step_importance'] / obsm[key_step_importance]"
+            )
+        adata = read_h5ad(input)
+        tl.explain(
+            adata,
+            model,
+            target=target,
+            method=method,
+            n_steps=n_steps,
+            baseline=baseline,
+            use_labels=use_labels,
+            max_per_class=max_per_class,
+            gene_symbols=gene_symbols,
+            min_gene_overlap=min_gene_overlap,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            key_added=key_added,
+            overwrite=overwrite,
+            quiet=quiet,
+        )
+        record = adata.uns[key_added]
+        has_genes = f"{key_added}_importance" in adata.varm or "feature_importance" in record
+        ranked = importance_table(adata, key_added, top) if has_genes else None
+        if table_tmp and ranked is not None:
+            write_table(ranked, table_tmp)
+        write_h5ad(adata, out_tmp)
+        outputs.commit()
+    explained = record["explain"]
+    echo_written(list(explained["written"]) + [f"uns/{key_added}"], output)
+    if table:
+        click.echo(f"wrote {table}")
+    _print_summary(record, ranked)
+
+
+def _print_summary(record, ranked) -> None:
+    explained = record["explain"]
+    columns = [str(c) for c in explained["columns"]]
+    counts = np.asarray(explained["n_explained"])
+    completeness = explained.get("completeness", {})
+    click.echo(f"\nExplained ({explained['method']}, baseline {explained['baseline']}):")
+    steps = np.asarray(record["step_importance"], dtype=np.float64)
+    times = np.asarray(record["step_times"], dtype=np.float64)
+    for j, column in enumerate(columns):
+        line = f"  {column}: {int(counts[j])} sequences"
+        if counts[j] == 0:
+            click.echo(line + " (none assigned to it)")
+            continue
+        if np.isfinite(steps[:, j]).any():
+            peak = int(np.nanargmax(steps[:, j]))
+            line += f"; peak step {peak} (time {times[peak]:g})"
+        if ranked is not None:
+            genes = ranked.loc[ranked["class"] == column, "gene"].head(5).tolist()
+            line += f"; top genes {', '.join(genes)}"
+        click.echo(line)
+    if completeness:
+        click.echo(
+            "Completeness: mean |sum of attributions - (f(x) - f(baseline))| = "
+            f"{completeness['mean_abs_delta']:.3g}, {100 * completeness['relative_delta']:.2g}% "
+            f"of mean |f(x) - f(baseline)| = {completeness['mean_abs_difference']:.3g}"
+            + (" (raise --n-steps)" if completeness["relative_delta"] > 0.05 else " (good)")
+        )
