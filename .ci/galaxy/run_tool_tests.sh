@@ -124,6 +124,8 @@ pip_quiet "$CACHE/repo-install.log" "$GALAXY_VENV/bin/pip" install "setuptools<8
 if [ "$MODE" = expect-failure ]; then
     mkdir -p "$WORK/broken_tool"
     cp "$(dirname "$TOOL")/macros.xml" "$WORK/broken_tool/"
+    # Galaxy serves test data from the tool's own directory
+    ln -s "$TEST_DATA" "$WORK/broken_tool/test-data"
     "$PYTHON" "$HERE/ci_helpers.py" break-xml "$TOOL" "$WORK/broken_tool/$(basename "$TOOL")"
     TOOL="$WORK/broken_tool/$(basename "$TOOL")"
 fi

@@ -166,10 +166,10 @@ def explain(
     echo_written(list(explained["written"]) + [f"uns/{key_added}"], output)
     if table:
         click.echo(f"wrote {table}")
-    _print_summary(record, ranked)
+    _print_summary(record, ranked, target)
 
 
-def _print_summary(record, ranked) -> None:
+def _print_summary(record, ranked, target) -> None:
     explained = record["explain"]
     columns = [str(c) for c in explained["columns"]]
     counts = np.asarray(explained["n_explained"])
@@ -180,6 +180,8 @@ def _print_summary(record, ranked) -> None:
     for j, column in enumerate(columns):
         line = f"  {column}: {int(counts[j])} sequences"
         if counts[j] == 0:
+            if target:  # classes left out on purpose are not listed
+                continue
             click.echo(line + " (none assigned to it)")
             continue
         if np.isfinite(steps[:, j]).any():
@@ -193,6 +195,11 @@ def _print_summary(record, ranked) -> None:
         click.echo(
             "Completeness: mean |sum of attributions - (f(x) - f(baseline))| = "
             f"{completeness['mean_abs_delta']:.3g}, {100 * completeness['relative_delta']:.2g}% "
-            f"of mean |f(x) - f(baseline)| = {completeness['mean_abs_difference']:.3g}"
-            + (" (raise --n-steps)" if completeness["relative_delta"] > 0.05 else " (good)")
+            f"of mean |f(x) - f(baseline)| = {completeness['mean_abs_difference']:.3g}; "
+            f"{100 * completeness['fraction_within_5_percent']:.0f}% of the sequences within 5%"
+            + (
+                f" (raise --n-steps, e.g. to {4 * int(explained['n_steps'])})"
+                if completeness["relative_delta"] > 0.05
+                else " (good)"
+            )
         )

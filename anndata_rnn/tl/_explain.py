@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..model import Model
@@ -92,8 +93,10 @@ def explain(
         Gene matching, as in :func:`anndata_rnn.tl.predict`.
     batch_size
         Sequences per attribution call (each is expanded ``n_steps`` times).
-    seed, device, overwrite, quiet, copy
+    seed, device, overwrite, copy
         As in :func:`anndata_rnn.tl.classify`.
+    quiet
+        No progress bar.
     key_added
         Prefix of the output keys. An existing ``uns[key_added]`` (the training or prediction
         record of this model) is kept and the explanation is added to it.
@@ -119,7 +122,6 @@ def explain(
         explained per class and ``completeness`` (mean |delta|, mean |f(x) - f(baseline)| and
         their ratio ``relative_delta``).
     """
-    del quiet  # no progress bar
     if isinstance(model, str):
         model = Model.load(model)
     if method not in METHODS:
@@ -197,6 +199,7 @@ def explain(
         n_steps=int(n_steps),
         batch_size=batch_size,
         device=torch_device,
+        quiet=quiet,
     )
 
     written = []
@@ -234,15 +237,20 @@ def explain(
     if completeness:
         log.info(
             "completeness: mean |sum of attributions - (f(x) - f(baseline))| = %.3g, "
-            "%.2g%% of mean |f(x) - f(baseline)| = %.3g",
+            "%.2g%% of mean |f(x) - f(baseline)| = %.3g; %.0f%% of the sequences within 5%%",
             completeness["mean_abs_delta"],
             100 * completeness["relative_delta"],
             completeness["mean_abs_difference"],
+            100 * completeness["fraction_within_5_percent"],
         )
         if completeness["relative_delta"] > 0.05:
             log.warning(
-                "integrated gradients did not converge well (relative delta %.2g): raise n_steps",
+                "integrated gradients did not fully converge (mean |delta| is %.2g of mean "
+                "|f(x) - f(baseline)|; %.0f%% of the sequences within 5%%): raise n_steps "
+                "(e.g. to %d) for exact attributions",
                 completeness["relative_delta"],
+                100 * completeness["fraction_within_5_percent"],
+                4 * n_steps,
             )
     step_times, step_note = _step_times(index, jobs)
     column_key = "classes" if model.task == "classify" else "targets"
@@ -252,6 +260,7 @@ def explain(
         "n_steps": int(n_steps),
         "output": output.description,
         "grouped_by": "label" if use_labels else "predicted",
+        "target": [target] if isinstance(target, str) else list(target or []),
         "columns": np.asarray(columns, dtype=object),
         "n_explained": n_done.astype(np.int64),
         "max_per_class": max_per_class,
@@ -385,11 +394,20 @@ def _classifier_jobs(adata, model, index, values, lengths, target, use_labels, d
             ids.append(chosen)
             column.append(np.full(len(chosen), c))
             weights.append(w)
-    jobs = _Jobs(np.concatenate(ids), np.concatenate(column), np.concatenate(weights))
-    position = {c: j for j, c in enumerate(wanted)}
-    jobs.column = np.array([position[c] for c in jobs.column], dtype=np.int64)
+    jobs = _Jobs(
+        np.concatenate(ids), np.concatenate(column).astype(np.int64), np.concatenate(weights)
+    )
+    empty = [str(classes[c]) for c, chosen in zip(wanted, ids, strict=True) if not len(chosen)]
+    if empty:
+        how = "labelled" if use_labels else "predicted"
+        log.warning(
+            "no sequence is %s as %s: nothing to explain for %s",
+            how,
+            ", ".join(empty),
+            "it" if len(empty) == 1 else "them",
+        )
     output = _Output(model.module, "log_proba", "log-probability of the class")
-    return [str(classes[c]) for c in wanted], jobs, output
+    return [str(c) for c in classes], jobs, output
 
 
 def _forecaster_inputs(model, index, source) -> tuple[torch.Tensor, torch.Tensor]:
@@ -530,6 +548,7 @@ def _attribute(
     n_steps: int,
     batch_size: int,
     device: torch.device,
+    quiet: bool = True,
 ) -> dict:
     """Run captum over the jobs in batches; accumulate per-gene, per-step and per-row sums."""
     from captum.attr import InputXGradient, IntegratedGradients
@@ -556,7 +575,8 @@ def _attribute(
     chunk = max(1, min(batch_size, _ELEMENT_BUDGET // max(per_sequence * expansion, 1)))
     internal = max(1, _ELEMENT_BUDGET // per_sequence)
     with _gradient_mode(output, device):
-        for start in range(0, len(jobs.ids), chunk):
+        starts = range(0, len(jobs.ids), chunk)
+        for start in tqdm(starts, desc="explain", disable=quiet, leave=False, unit="batch"):
             part = slice(start, start + chunk)
             ids = jobs.ids[part]
             x = values[ids].to(device)
@@ -577,7 +597,7 @@ def _attribute(
                 acc["delta"].append(delta.detach().cpu().numpy())
                 acc["difference"].append(difference.detach().cpu().numpy())
             else:
-                attr = ixg.attribute(x, additional_forward_args=(n, w))
+                attr = ixg.attribute(x.requires_grad_(), additional_forward_args=(n, w))
             attr = attr.detach().cpu().numpy().astype(np.float64)[..., :n_expression]
             _accumulate(acc, attr, ids, jobs.column[part], index, layout)
     output.cpu()
@@ -610,11 +630,15 @@ def _completeness(result: dict, method: str) -> dict:
     delta = np.abs(np.concatenate(result["delta"]))
     difference = np.abs(np.concatenate(result["difference"]))
     mean_difference = float(difference.mean())
+    with np.errstate(all="ignore"):
+        ratio = np.where(difference > 1e-12, delta / difference, np.where(delta > 1e-6, 1.0, 0.0))
     return {
         "mean_abs_delta": float(delta.mean()),
         "max_abs_delta": float(delta.max()),
         "mean_abs_difference": mean_difference,
         "relative_delta": float(delta.mean() / mean_difference) if mean_difference > 0 else 0.0,
+        "median_relative_delta": float(np.median(ratio)),
+        "fraction_within_5_percent": float(np.mean(ratio <= 0.05)),
     }
 
 

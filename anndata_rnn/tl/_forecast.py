@@ -456,7 +456,7 @@ def apply_forecaster(
     _check_lengths(index, holdout_steps)
     _check_future_after(index, future_times)
     full_enc = encode_forecast(index, source, prep)
-    fit_enc = (
+    context_enc = (
         encode_forecast(truncate(index, holdout_steps), source, prep) if holdout_steps else full_enc
     )
     results = predict_all(
@@ -464,7 +464,7 @@ def apply_forecaster(
         prep,
         index,
         full_enc,
-        fit_enc,
+        context_enc,
         config,
         future_times,
         device,
@@ -762,7 +762,7 @@ def predict_all(
     prep: Preprocessor,
     index: SequenceIndex,
     full: Encoded,
-    fit_enc: Encoded,
+    context_enc: Encoded,
     config: dict,
     future_times,
     device,
@@ -796,16 +796,16 @@ def predict_all(
     h_times = np.zeros((n, 0))
     if k:
         h_times, h_gaps = _holdout_gaps(full, k)
-        x_fit = network_inputs(fit_enc, prep, all_ids, last_gap=h_gaps[:, 0])
+        x_fit = network_inputs(context_enc, prep, all_ids, last_gap=h_gaps[:, 0])
         *_, rolled = rnn_forecast(
-            module, x_fit, fit_enc.lengths, h_gaps[:, 1:], prep, device, batch_size
+            module, x_fit, context_enc.lengths, h_gaps[:, 1:], prep, device, batch_size
         )
         holdout["rnn"] = units(rolled)
-        last = fit_enc.values[all_ids, fit_enc.lengths - 1, :f]
+        last = context_enc.values[all_ids, context_enc.lengths - 1, :f]
         holdout["persistence"] = units(np.repeat(last[:, None], k, axis=1))
         if ar is not None:
             holdout["linear_ar"] = units(
-                ar_forecast(ar, x_fit, fit_enc.lengths, h_gaps[:, 1:], prep, lags)[1]
+                ar_forecast(ar, x_fit, context_enc.lengths, h_gaps[:, 1:], prep, lags)[1]
             )
     features = prep.features if index.layout == "obs-series" else np.asarray(["value"])
     return Forecasts(
@@ -840,7 +840,15 @@ def regression_metrics(
     p = y_pred[observed].astype(np.float64)
     g = np.unique(gene[observed], return_inverse=True)[1]
     if not len(t):
-        return {"mse": np.nan, "mae": np.nan, "r2": np.nan, "pearson_r": np.nan, "n_values": 0}
+        nan = np.nan
+        return {
+            "mse": nan,
+            "mae": nan,
+            "r2": nan,
+            "pearson_r": nan,
+            "n_genes_pearson": 0,
+            "n_values": 0,
+        }
     err = t - p
     n_g = np.bincount(g).astype(np.float64)
 
@@ -868,14 +876,13 @@ def evaluate(index, full: Encoded, prep, results: Forecasts, ids, k: int):
     """Metrics of every model on the chosen sequences: held-out rollout or one step ahead."""
     f = full.n_features
     truth = prep.inverse_values(full.values[ids, :, :f].astype(np.float64))
-    lengths = full.lengths[ids]
     if index.layout == "var-series":
         gene_of = np.broadcast_to(index.unit[ids][:, None, None], truth.shape)
     else:
         gene_of = np.broadcast_to(np.arange(f)[None, None, :], truth.shape)
     metrics = {}
     if k:
-        cols = lengths[:, None] - k + np.arange(k)[None, :]
+        cols = full.lengths[ids][:, None] - k + np.arange(k)[None, :]
         rows = np.arange(len(ids))[:, None]
         y, seen, genes = truth[rows, cols], full.observed[ids][rows, cols], gene_of[rows, cols]
         for name, values in results.holdout.items():
@@ -887,7 +894,6 @@ def evaluate(index, full: Encoded, prep, results: Forecasts, ids, k: int):
         for name, values in results.one_step.items():
             metrics[name] = regression_metrics(y, values[ids, :-1], seen, genes)
         evaluation = {"kind": "one step ahead", "steps": 1}
-    del lengths
     evaluation["n_sequences"] = len(ids)
     return metrics, evaluation
 
