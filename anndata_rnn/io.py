@@ -63,7 +63,10 @@ def check_output_path(output: str | os.PathLike, *, inputs: tuple = (), overwrit
     if not parent.is_dir():
         raise InputError(f"output directory {str(parent)!r} does not exist: create it first")
     if not os.access(parent, os.W_OK):
-        raise InputError(f"output directory {str(parent)!r} is not writable")
+        raise InputError(
+            f"output directory {str(parent)!r} is not writable: choose another output directory "
+            "or fix its permissions"
+        )
     if output.is_dir():
         raise InputError(f"output path {str(output)!r} is a directory: give a file name")
 

@@ -577,15 +577,8 @@ def test_validators_reject_hostile_values(hostile):
 @pytest.mark.parametrize("hostile", HOSTILE_VALUES)
 def test_hostile_values_cannot_run_commands(hostile, tmp_path):
     """Even past the validators (e.g. an API call that skips them), sanitizer + quoting hold."""
-    cases = [
-        {
-            "mode|mode": "classify",
-            "mode|layout|layout": "obs-series",
-            "mode|matrix|source": "layer",
-        },
-        {"mode|mode": "classify", "mode|layout|layout": "profile", "mode|matrix|source": "rep"},
-        {"mode|mode": "predict"},
-    ]
+    cases = all_selections()
+    assert len({case["mode|mode"] for case in cases}) >= 2
     n_checked = 0
     for case in cases:
         values = dict(case)
@@ -612,6 +605,27 @@ def test_hostile_values_cannot_run_commands(hostile, tmp_path):
             assert not set(expected) & set("'\"`$;|&\n()")
         n_checked += 1
     assert n_checked == len(cases)
+
+
+def all_selections(container=None, prefix="") -> list[dict]:
+    """Every combination of the conditionals' choices (each mode x layout x matrix source ...)."""
+    container = inputs_elem() if container is None else container
+    combos = [{}]
+    for child in container:
+        if child.tag == "section":
+            nested = all_selections(child, f"{prefix}{child.get('name')}|")
+        elif child.tag == "conditional":
+            cprefix = f"{prefix}{child.get('name')}|"
+            test_path = cprefix + param_name(child.find("param"))
+            nested = [
+                {test_path: when.get("value"), **sub}
+                for when in child.findall("when")
+                for sub in all_selections(when, cprefix)
+            ]
+        else:
+            continue
+        combos = [{**a, **b} for a in combos for b in nested]
+    return combos
 
 
 def active_paths(values: dict, container=None, prefix="") -> set[str]:

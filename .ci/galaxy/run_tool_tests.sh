@@ -162,6 +162,11 @@ galaxy:
   conda_auto_init: false
   conda_auto_install: false
   watch_tools: 'false'
+  # nothing outside this machine: no container tooling, no remote data tables
+  enable_mulled_containers: false
+  involucro_auto_init: false
+  tool_data_table_config_path: $WORK/tool_data_table_conf.xml
+  tool_data_path: $WORK/tool-data
   cleanup_job: never
   job_config:
     runners:
@@ -175,6 +180,8 @@ galaxy:
           runner: local
 EOF
 echo '<toolbox tool_path="'"$WORK"'/shed_tools"></toolbox>' >"$WORK/shed_tool_conf.xml"
+echo '<tables></tables>' >"$WORK/tool_data_table_conf.xml"
+mkdir -p "$WORK/tool-data"
 
 log "starting Galaxy on $URL (log: $WORK/galaxy.log)"
 (

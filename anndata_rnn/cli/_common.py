@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -21,6 +22,14 @@ log = logging.getLogger("anndata_rnn")
 EXIT_INPUT = 2
 EXIT_RUNTIME = 1
 EXIT_INTERRUPTED = 130
+
+#: the fix to suggest for operating-system errors while reading or writing
+OS_HINTS = {
+    errno.ENOSPC: "free disk space or write the outputs to another disk",
+    errno.EDQUOT: "free disk space or write the outputs to another disk",
+    errno.EACCES: "check the file permissions or write to another directory",
+    errno.EROFS: "the file system is read-only: write to another directory",
+}
 
 
 def common_options(func):
@@ -60,7 +69,9 @@ def common_options(func):
         except OSError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"Error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+            message = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            hint = OS_HINTS.get(exc.errno)
+            click.echo(f"Error: {message}{f': {hint}' if hint else ''}", err=True)
             sys.exit(EXIT_RUNTIME)
         except Exception as exc:  # unexpected: still one line unless --debug
             if debug:

@@ -28,18 +28,15 @@ class SequenceAutoencoder(nn.Module):
         n_outputs: int,
         *,
         time_channel: bool = False,
-        position_channel: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
         self.n_latent = n_latent
         self.n_outputs = n_outputs
         self.time_channel = time_channel
-        self.position_channel = position_channel
         self.to_latent = nn.Linear(encoder.out_size, n_latent)
         size = encoder.layers[-1].hidden_size
-        n_decoder = n_latent + int(time_channel) + int(position_channel)
-        self.decoder = CELLS[encoder.cell](n_decoder, size, batch_first=True)
+        self.decoder = CELLS[encoder.cell](n_latent + int(time_channel), size, batch_first=True)
         self.to_output = nn.Linear(size, n_outputs)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -52,28 +49,19 @@ class SequenceAutoencoder(nn.Module):
         steps, final = self.encoder(x, lengths)
         return self.to_latent(steps), self.to_latent(final)
 
-    def decode(self, z: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Reconstruction ``(batch, max_len, n_outputs)`` from the latent.
-
-        Besides ``z``, the decoder reads the relative position of each step in its sequence
-        (0 at the first step, 1 at the last real step) and, when the inputs carry it, the
-        time-gap channel of ``x``.
-        """
-        inputs = [z[:, None, :].expand(-1, x.shape[1], -1)]
-        if self.position_channel:
-            steps = torch.arange(x.shape[1], device=x.device, dtype=x.dtype)[None, :]
-            last = (lengths.to(x.device, x.dtype) - 1).clamp_min(1.0)[:, None]
-            inputs.append((steps / last)[..., None])
+    def decode(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ``(batch, max_len, n_outputs)`` from ``z`` fed at every step (plus
+        the time-gap channel of ``x`` when the inputs carry one)."""
+        inputs = z[:, None, :].expand(-1, x.shape[1], -1)
         if self.time_channel:
-            inputs.append(x[..., -1:])
-        inputs = torch.cat(inputs, dim=-1)
+            inputs = torch.cat([inputs, x[..., -1:]], dim=-1)
         out, _ = self.decoder(inputs)
         return self.to_output(out)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         """Returns ``(reconstruction, latent)``."""
         z = self.encode(x, lengths)
-        return self.decode(z, x, lengths), z
+        return self.decode(z, x), z
 
 
 def masked_mse(
@@ -96,5 +84,4 @@ def build(n_inputs: int, config: dict) -> SequenceAutoencoder:
         int(arch["n_latent"]),
         int(arch["n_outputs"]),
         time_channel=bool(arch.get("time_channel", False)),
-        position_channel=bool(arch.get("position_channel", False)),
     )

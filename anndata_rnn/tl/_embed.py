@@ -359,7 +359,7 @@ def run_autoencoder(module, values, lengths, device, batch_size=512, steps: bool
         x = values[start : start + batch_size].to(device)
         n = lengths[start : start + batch_size]
         per_step, z = module.encode_steps(x, n)
-        reconstruction = module.decode(z, x, n)
+        reconstruction = module.decode(z, x)
         mask = (torch.arange(x.shape[1], device=device)[None, :] < n.to(device)[:, None]).float()
         squared = ((reconstruction - x[..., : reconstruction.shape[-1]]) ** 2).mean(dim=-1)
         errors.append(((squared * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)).cpu().numpy())

@@ -119,6 +119,13 @@ def predict(
             "mode": "predict",
             "classes": np.asarray(model.classes, dtype=object),
             "params": {k: v for k, v in keys.items() if v is not None},
+            "predict_params": {
+                "key_added": key,
+                "gene_symbols": gene_symbols,
+                "min_gene_overlap": min_gene_overlap,
+                "layout": layout,
+                "batch_size": batch_size,
+            },
             "gene_overlap": overlap,
             "training_metrics": model.config.get("metrics", {}),
             "seed": seed,
