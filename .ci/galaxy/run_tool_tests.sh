@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
         --tool) TOOL="$2"; shift 2 ;;
         --lint-only) MODE=lint; shift ;;
         --expect-failure-check) MODE=expect-failure; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -49,8 +49,10 @@ START=$SECONDS
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/anndata-rnn-galaxy.XXXXXX")"
 GALAXY_PID=""
+PIDS=()
 cleanup() {
     local rc=$?
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     if [ -n "$GALAXY_PID" ] && kill -0 "$GALAXY_PID" 2>/dev/null; then
         log "stopping Galaxy (pid $GALAXY_PID)"
         kill "$GALAXY_PID" 2>/dev/null || true
@@ -207,7 +209,6 @@ JOBS="${GALAXY_TEST_JOBS:-2}"
 if [ "$JOBS" -gt "$N_TESTS" ]; then JOBS="$N_TESTS"; fi
 if [ "$JOBS" -lt 1 ]; then JOBS=1; fi
 log "planemo test --engine external_galaxy $(basename "$TOOL"): $N_TESTS tests in $JOBS processes"
-PIDS=()
 for shard in $(seq 0 $((JOBS - 1))); do
     INDEXES=()
     for i in $(seq 1 "$N_TESTS"); do

@@ -78,7 +78,9 @@ SILHOUETTE_SAMPLE = 5000
 
 def _check_method(method: str) -> str:
     if method not in CLUSTER_METHODS:
-        raise InputError(f"cluster method must be one of {', '.join(CLUSTER_METHODS)}, got {method!r}")
+        raise InputError(
+            f"cluster method must be one of {', '.join(CLUSTER_METHODS)}, got {method!r}"
+        )
     return method
 
 
@@ -131,7 +133,9 @@ def cluster_matrix(
                 if best is None or score > best[0]:
                     best = (score, fitted)
             fitted = best[1]
-            log.info("k-means: chose k=%d by the best silhouette (%.3f)", fitted.n_clusters, best[0])
+            log.info(
+                "k-means: chose k=%d by the best silhouette (%.3f)", fitted.n_clusters, best[0]
+            )
         else:
             fitted = KMeans(n_clusters, n_init=10, random_state=seed).fit(x)
         return _by_size(fitted.labels_, fitted.cluster_centers_)
@@ -145,7 +149,9 @@ def cluster_matrix(
     import scanpy as sc
 
     tmp = AnnData(x.astype(np.float32))
-    sc.pp.neighbors(tmp, n_neighbors=max(2, min(n_neighbors, n - 1)), use_rep="X", random_state=seed)
+    sc.pp.neighbors(
+        tmp, n_neighbors=max(2, min(n_neighbors, n - 1)), use_rep="X", random_state=seed
+    )
     sc.tl.leiden(
         tmp,
         resolution=resolution,
@@ -234,7 +240,9 @@ def cluster(
             seed=seed,
         )
         lookup = dict(zip(names, codes, strict=True))
-        row_codes = np.array([lookup.get(g, -1) if v else -1 for g, v in zip(groups, valid, strict=True)])
+        row_codes = np.array(
+            [lookup.get(g, -1) if v else -1 for g, v in zip(groups, valid, strict=True)]
+        )
     else:
         codes, _ = cluster_matrix(
             matrix[valid],
@@ -635,7 +643,9 @@ normalize, n_top_genes, gene_subset
     all_ids = np.arange(index.n_sequences)
     values, lengths, missing, imputed = _encode_with_missing(index, source, prep, all_ids)
     if imputed:
-        log.info("imputed %d missing values (interpolation along time, then training mean)", imputed)
+        log.info(
+            "imputed %d missing values (interpolation along time, then training mean)", imputed
+        )
     unit_missing = pool_units(index, missing)
     usable = unit_missing <= max_missing
     if not usable.all():
@@ -656,7 +666,12 @@ normalize, n_top_genes, gene_subset
             "training split): raise max_missing or check the split"
         )
     n_outputs = int(values.shape[-1]) - int(prep.use_time)
-    arch = {**arch, "n_latent": int(n_latent), "n_outputs": n_outputs, "time_channel": prep.use_time}
+    arch = {
+        **arch,
+        "n_latent": int(n_latent),
+        "n_outputs": n_outputs,
+        "time_channel": prep.use_time,
+    }
     config = {
         "task": "embed",
         "layout": layout,
@@ -732,9 +747,7 @@ normalize, n_top_genes, gene_subset
         n_found = int(codes.max()) + 1
         written.append(_write_clusters(target, index, level, codes, members, n_found, key))
         classes = None if labels is None else labels.classes
-        scores, base_codes, n_components, explained = _pca_baseline(
-            base_x, n_latent, n_found, seed
-        )
+        scores, base_codes, n_components, explained = _pca_baseline(base_x, n_latent, n_found, seed)
         rnn_metrics, rnn_report = _evaluate(rnn_x, codes, truth, classes, seed)
         base_metrics, base_report = _evaluate(scores, base_codes, truth, classes, seed)
         metrics["rnn"].update(rnn_metrics)
@@ -793,7 +806,9 @@ normalize, n_top_genes, gene_subset
             },
             "metrics": metrics,
             "cluster_report": reports,
-            "history": {k_: np.asarray(v) if isinstance(v, list) else v for k_, v in history.items()},
+            "history": {
+                k_: np.asarray(v) if isinstance(v, list) else v for k_, v in history.items()
+            },
             "written": written,
             "seed": seed,
             "device": str(torch_device),
