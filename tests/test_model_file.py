@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import resource
 import shutil
 import subprocess
 import sys
@@ -228,6 +229,7 @@ def test_huge_sizes_are_refused_before_allocating(trained, tmp_path):
     building the network.)
     """
     good, _ = trained
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     config = _config(good)
     config["architecture"]["hidden"] = [12_000]
     cases = {}
@@ -259,6 +261,9 @@ def test_huge_sizes_are_refused_before_allocating(trained, tmp_path):
         with pytest.raises(ModelFileError):
             ar.Model.load(path)
         assert time.perf_counter() - start < 5, f"{what}: took too long"
+    # the peak memory of this process did not grow by the announced gigabytes
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_kb
+    assert grown_kb < 500_000, f"loading allocated {grown_kb / 1e6:.1f} GB"
 
 
 # -- fuzz ----------------------------------------------------------------------------------------

@@ -78,4 +78,8 @@ def predict(
         outputs.commit()
     echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output)
     if "metrics" in adata.uns[key]:
-        print_metrics(adata.uns[key]["metrics"], title="labelled entries of this data")
+        title = {
+            "classify": "labelled entries of this data",
+            "forecast": "sequences of this data (one step ahead)",
+        }.get(model.task, "this data")
+        print_metrics(adata.uns[key]["metrics"], title=title)
