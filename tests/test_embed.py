@@ -329,3 +329,22 @@ def test_cluster_level_step_follows_a_label_that_varies_within_series(krumsiek):
             cluster_level="series",
             quiet=True,
         )
+
+
+def test_step_clusters_evaluated_against_a_per_series_label(krumsiek):
+    adata = krumsiek.copy()
+    adata.obs["fate"] = pd.Categorical(np.repeat(["a", "b", "a", "b"], 160))
+    ar.tl.embed(
+        adata,
+        series_key="series",
+        time_key="time",
+        n_latent=4,
+        hidden="8",
+        max_epochs=2,
+        eval_label="fate",
+        cluster_level="step",
+        quiet=True,
+    )
+    run = adata.uns["rnn"]
+    assert run["cluster"]["level"] == "step" and run["metrics"]["rnn"]["n_labelled"] == 640
+    assert run["cluster_report"]["rnn"]["n_labelled"].sum() == 640

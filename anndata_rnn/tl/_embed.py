@@ -391,6 +391,11 @@ def _unit_features(index: SequenceIndex, values: np.ndarray) -> np.ndarray:
     return pool_units(index, values.reshape(len(values), -1))  # unequal: mean over sequences
 
 
+def _step_truth(labels: Labels, index: SequenceIndex, rows, seq) -> np.ndarray:
+    """Label codes of clustered observations (a per-series label repeats on its steps)."""
+    return labels.codes[rows] if labels.level == "step" else labels.codes[index.unit[seq]]
+
+
 def _step_rows(index: SequenceIndex, sequence_ids: np.ndarray):
     """obs rows of the real steps of some sequences, and their (sequence, step) positions."""
     steps = index.steps[sequence_ids]
@@ -737,7 +742,7 @@ normalize, n_top_genes, gene_subset
             members = rows
             rnn_x = step_latent[seq, pos]
             base_x = values.numpy()[seq, pos]
-            truth = None if labels is None else labels.codes[rows]
+            truth = None if labels is None else _step_truth(labels, index, rows, seq)
         k = n_clusters
         if k is None and cluster == "kmeans" and labels is not None:
             k = len(labels.classes)
@@ -862,6 +867,7 @@ def apply_embedding(
     if info.get("method") != "kmeans" or centers is None:
         return out
     level = "step" if info.get("level") == "step" else "unit"
+    seq = None
     if level == "unit":
         members = np.flatnonzero(usable)
         x = pool_units(index, latent)[members]
@@ -878,9 +884,11 @@ def apply_embedding(
             labels = read_labels(target, index, label_key, max_missing_fraction=1.0)
         except InputError:
             return out
-        if (level == "step") != (labels.level == "step"):
+        if level == "unit" and labels.level == "step":
             return out
-        truth = labels.codes[members]
+        truth = (
+            labels.codes[members] if level == "unit" else _step_truth(labels, index, members, seq)
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rnn_metrics, report = _evaluate(x, codes, truth, labels.classes, 0)
