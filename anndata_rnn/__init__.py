@@ -11,4 +11,13 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
 
-__all__ = ["Model", "tl", "pl", "datasets", "AnnDataRNNError", "InputError", "ModelFileError", "TrainingError"]
+__all__ = [
+    "Model",
+    "tl",
+    "pl",
+    "datasets",
+    "AnnDataRNNError",
+    "InputError",
+    "ModelFileError",
+    "TrainingError",
+]

@@ -38,7 +38,10 @@ def test_obs_series_index_orders_by_time_and_pads(krumsiek):
 
 def test_var_series_one_sequence_per_gene_and_series(spellman):
     index = build_index(
-        spellman, layout="var-series", series_key="series", time_key="time",
+        spellman,
+        layout="var-series",
+        series_key="series",
+        time_key="time",
         series_subset=["cdc15", "alpha"],
     )
     assert index.n_units == spellman.n_vars
@@ -63,8 +66,16 @@ def test_yeast_cell_cycle_genes_beat_the_baseline(spellman, tmp_path):
     """
     adata = spellman.copy()
     model = ar.tl.classify(
-        adata, label_key="cell_cycle_800", layout="var-series", series_key="series",
-        time_key="time", series_subset=["cdc15"], max_epochs=30, patience=5, seed=0, quiet=True,
+        adata,
+        label_key="cell_cycle_800",
+        layout="var-series",
+        series_key="series",
+        time_key="time",
+        series_subset=["cdc15"],
+        max_epochs=30,
+        patience=5,
+        seed=0,
+        quiet=True,
     )
     path = tmp_path / "out.h5ad"
     adata.write_h5ad(path)
@@ -102,9 +113,27 @@ def pbmc_run(tmp_path_factory, file_hash):
     adata.write_h5ad(source)
     before = file_hash(source)
     result = run_cli(
-        "classify", source, "--layout", "profile", "--label", "bulk_labels", "--chunk-size", 32,
-        "--hidden", "32,16", "--epochs", 15, "--patience", 5, "--output", tmp / "out.h5ad",
-        "--model-out", tmp / "model.h5", "--metrics-table", tmp / "metrics.tsv", "--quiet",
+        "classify",
+        source,
+        "--layout",
+        "profile",
+        "--label",
+        "bulk_labels",
+        "--chunk-size",
+        32,
+        "--hidden",
+        "32,16",
+        "--epochs",
+        15,
+        "--patience",
+        5,
+        "--output",
+        tmp / "out.h5ad",
+        "--model-out",
+        tmp / "model.h5",
+        "--metrics-table",
+        tmp / "metrics.tsv",
+        "--quiet",
     )
     assert result.exit_code == 0, result.output
     return {"dir": tmp, "source": source, "hash": before, "stdout": result.output}
@@ -120,8 +149,14 @@ def test_profile_cli_writes_the_specified_keys(pbmc_run):
     assert set(out.obs["rnn_split"].unique()) == {"train", "val", "test"}
     uns = out.uns["rnn"]
     assert set(uns["metrics"]) == {"rnn", "baseline"}
-    for key in ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
-                "auroc"):
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "auroc",
+    ):
         assert 0 <= uns["metrics"]["rnn"][key] <= 1
     assert uns["metrics"]["rnn"]["confusion_matrix"].shape == (10, 10)
     assert "train_loss" in uns["history"] and "torch" in uns["versions"]
@@ -150,8 +185,13 @@ def test_saved_model_on_gene_permuted_copy_gives_identical_predictions(pbmc_run,
     permuted = adata[:, np.random.default_rng(0).permutation(adata.n_vars)].copy()
     permuted.write_h5ad(tmp_path / "permuted.h5ad")
     result = run_cli(
-        "predict", tmp_path / "permuted.h5ad", "--model", pbmc_run["dir"] / "model.h5",
-        "--output", tmp_path / "pred.h5ad", "--quiet",
+        "predict",
+        tmp_path / "permuted.h5ad",
+        "--model",
+        pbmc_run["dir"] / "model.h5",
+        "--output",
+        tmp_path / "pred.h5ad",
+        "--quiet",
     )
     assert result.exit_code == 0, result.output
     trained = ad.read_h5ad(pbmc_run["dir"] / "out.h5ad")
@@ -191,9 +231,25 @@ def test_model_file_is_plain_hdf5_with_config(pbmc_run):
 def test_obs_series_per_step_labels_through_the_cli(krumsiek, write, tmp_path):
     source = write(krumsiek)
     result = run_cli(
-        "classify", source, "--layout", "obs-series", "--series-key", "series", "--time-key",
-        "time", "--label", "cell_type", "--hidden", "16", "--epochs", 3, "--output",
-        tmp_path / "out.h5ad", "--model-out", tmp_path / "m.h5", "--quiet",
+        "classify",
+        source,
+        "--layout",
+        "obs-series",
+        "--series-key",
+        "series",
+        "--time-key",
+        "time",
+        "--label",
+        "cell_type",
+        "--hidden",
+        "16",
+        "--epochs",
+        3,
+        "--output",
+        tmp_path / "out.h5ad",
+        "--model-out",
+        tmp_path / "m.h5",
+        "--quiet",
     )
     assert result.exit_code == 0, result.output
     out = ad.read_h5ad(tmp_path / "out.h5ad")
@@ -210,8 +266,16 @@ def test_obs_series_per_series_labels_broadcast(krumsiek):
     adata.obs["series"] = pd.Categorical(np.repeat(np.arange(8), 80).astype(str))  # 8 halves
     adata.obs["fate"] = pd.Categorical(np.repeat(["a", "b"] * 4, 80))
     ar.tl.classify(
-        adata, label_key="fate", layout="obs-series", series_key="series", time_key="time",
-        hidden="8", max_epochs=2, val_fraction=0.25, test_fraction=0.25, quiet=True,
+        adata,
+        label_key="fate",
+        layout="obs-series",
+        series_key="series",
+        time_key="time",
+        hidden="8",
+        max_epochs=2,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        quiet=True,
     )
     assert adata.uns["rnn"]["level"] == "unit"
     assert adata.obs["rnn_split"].value_counts()["train"] == 4 * 80
@@ -227,22 +291,38 @@ def test_same_seed_gives_identical_outputs(krumsiek):
     for _ in range(2):
         adata = krumsiek.copy()
         ar.tl.classify(
-            adata, label_key="cell_type", layout="obs-series", series_key="series",
-            time_key="time", hidden="16,8", cell="gru", max_epochs=3, seed=7, quiet=True,
+            adata,
+            label_key="cell_type",
+            layout="obs-series",
+            series_key="series",
+            time_key="time",
+            hidden="16,8",
+            cell="gru",
+            max_epochs=3,
+            seed=7,
+            quiet=True,
         )
         runs.append(adata)
     a, b = runs
     np.testing.assert_array_equal(a.obsm["rnn_proba"], b.obsm["rnn_proba"])
     np.testing.assert_array_equal(a.obsm["X_rnn"], b.obsm["X_rnn"])
-    np.testing.assert_array_equal(a.uns["rnn"]["history"]["train_loss"],
-                                  b.uns["rnn"]["history"]["train_loss"])
+    np.testing.assert_array_equal(
+        a.uns["rnn"]["history"]["train_loss"], b.uns["rnn"]["history"]["train_loss"]
+    )
 
 
 def test_copy_leaves_the_input_alone(krumsiek):
     before = krumsiek.copy()
     model, out = ar.tl.classify(
-        krumsiek, label_key="cell_type", layout="obs-series", series_key="series",
-        time_key="time", hidden="8", max_epochs=1, quiet=True, copy=True,
+        krumsiek,
+        label_key="cell_type",
+        layout="obs-series",
+        series_key="series",
+        time_key="time",
+        hidden="8",
+        max_epochs=1,
+        quiet=True,
+        copy=True,
     )
     assert "rnn_pred" in out.obs and "rnn_pred" not in krumsiek.obs
     assert list(krumsiek.obs.columns) == list(before.obs.columns)
@@ -257,7 +337,12 @@ def test_raw_counts_are_normalized_and_it_is_logged(caplog):
     adata.obs["group"] = pd.Categorical(np.repeat(["a", "b"], 100))
     with caplog.at_level("INFO", logger="anndata_rnn"):
         model = ar.tl.classify(
-            adata, label_key="group", layout="profile", chunk_size=8, hidden="8", max_epochs=2,
+            adata,
+            label_key="group",
+            layout="profile",
+            chunk_size=8,
+            hidden="8",
+            max_epochs=2,
             quiet=True,
         )
     assert model.preprocessor.normalize
@@ -275,8 +360,13 @@ def test_inspect_describes_h5ad_and_model(pbmc_run):
 def test_demo_runs_and_reports(tmp_path):
     result = run_cli("demo", "--out", tmp_path / "demo", "--epochs", 2, "--quiet")
     assert result.exit_code == 0, result.output
-    for name in ("spellman_cdc15_classified.h5ad", "model.h5", "metrics.tsv",
-                 "training_history.png", "baseline_comparison.png"):
+    for name in (
+        "spellman_cdc15_classified.h5ad",
+        "model.h5",
+        "metrics.tsv",
+        "training_history.png",
+        "baseline_comparison.png",
+    ):
         assert (tmp_path / "demo" / name).exists()
     assert "auroc" in result.output and "baseline" in result.output
 

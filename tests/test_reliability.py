@@ -1218,7 +1218,6 @@ def test_explain_loses_nothing_and_is_reproducible(base, tmp_path):
     assert_nothing_lost(ad.read_h5ad(tmp_path / "c.h5ad"), ad.read_h5ad(classified))
 
 
-@pytest.mark.xfail(reason="explain does not record every parameter yet (reported to the lead)")
 def test_explain_records_every_parameter(base):
     _command("explain")
     kwargs = dict(n_steps=4, seed=2, device="cpu", quiet=True, key_added="expl",
@@ -1226,5 +1225,5 @@ def test_explain_records_every_parameter(base):
     adata = rich_adata()
     ar.tl.explain(adata, ar.Model.load(base / "model.h5"), **kwargs)
     uns = adata.uns["expl"]
-    recorded = uns.get("params", uns.get("explain", {}))
+    recorded = uns["explain"]["params"]
     check_recorded_parameters(ar.tl.explain, kwargs, recorded, skip=("model",))

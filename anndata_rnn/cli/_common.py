@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -54,7 +55,11 @@ def common_options(func):
 
             torch.set_num_threads(threads)
         try:
-            return func(*args, quiet=quiet, **kwargs)
+            with warnings.catch_warnings():
+                # our own warnings are already logged as one line; python's repeat them with
+                # a source line, which reads like a crash on the command line
+                warnings.simplefilter("ignore", UserWarning)
+                return func(*args, quiet=quiet, **kwargs)
         except KeyboardInterrupt:
             click.echo("Interrupted: no output was written.", err=True)
             sys.exit(EXIT_INTERRUPTED)
@@ -134,7 +139,9 @@ class Outputs:
         check_output_path(final, inputs=self.inputs)
         if any(final.resolve() == f.resolve() for _, f in self.pending):
             raise InputError(f"output path {str(final)!r} is given twice: use distinct file names")
-        tmp = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")  # keep the suffix
+        tmp = final.with_name(
+            f".{final.stem}.partial-{os.getpid()}{final.suffix}"
+        )  # keep the suffix
         self.pending.append((tmp, final))
         return tmp
 

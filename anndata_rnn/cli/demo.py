@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import InputError
 from ..io import write_h5ad
 from ._common import Outputs, common_options, device_options, print_metrics, write_metrics_table
 
@@ -46,7 +47,12 @@ def demo(out_dir, epochs, seed, device, overwrite, quiet):
     from ..io import read_h5ad
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"cannot create the output folder {out_dir!r} ({exc.strerror}): give a writable --out"
+        ) from None
     source = dataset_path("spellman1998")
     click.echo(f"input: {source} (Spellman 1998, yeastCC, Artistic-2.0)")
     adata = read_h5ad(source)
