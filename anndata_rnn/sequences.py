@@ -241,7 +241,8 @@ def build_index(
         if missing:
             levels = ", ".join(sorted(set(series)))
             raise InputError(
-                f"series {', '.join(missing)} not found in obs[{series_key!r}]; available: {levels}"
+                f"series {', '.join(missing)} not found in obs[{series_key!r}]; available: "
+                f"{levels} (when applying a model, choose the series with --series-subset)"
             )
     absolute = np.flatnonzero(keep)
     groups = _ordered_groups(series[keep], times[keep], (series_key, time_key))

@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from ..io import read_h5ad, write_h5ad
-from ._common import Outputs, common_options, device_options, echo_written, print_metrics
+from ._common import (
+    Outputs,
+    common_options,
+    device_options,
+    echo_written,
+    print_metrics,
+    split_list,
+)
 
 
 @click.command(
@@ -33,6 +40,10 @@ from ._common import Outputs, common_options, device_options, echo_written, prin
     show_default=True,
     help="Stop when fewer of the model's genes are present.",
 )
+@click.option(
+    "--series-subset",
+    help="Series of the new data to use, comma separated (default: the training run's subset).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
 @device_options
 @common_options
@@ -43,6 +54,7 @@ def predict(
     key_added,
     gene_symbols,
     min_gene_overlap,
+    series_subset,
     batch_size,
     seed,
     device,
@@ -67,6 +79,7 @@ def predict(
             key_added=key_added,
             gene_symbols=gene_symbols,
             min_gene_overlap=min_gene_overlap,
+            series_subset=split_list(series_subset),
             batch_size=batch_size,
             seed=seed,
             device=device,

@@ -33,6 +33,7 @@ def predict(
     gene_symbols: str | None = None,
     min_gene_overlap: float = 0.8,
     layout: str | None = None,
+    series_subset: list[str] | None = None,
     batch_size: int = 512,
     seed: int = 0,
     device: str = "auto",
@@ -60,6 +61,10 @@ def predict(
         Minimum fraction of the model's genes that must be present.
     layout
         If given, must equal the model's layout (a guard for pipelines).
+    series_subset
+        Series of the new data to use (default: the training run's subset). Give this when the
+        new data names its series differently (e.g. a model trained on Spellman's ``cdc15``
+        applied to another experiment's series).
     batch_size, seed, device, overwrite, quiet, copy
         As in :func:`anndata_rnn.tl.classify`.
 
@@ -86,7 +91,9 @@ def predict(
     torch_device = resolve_device(device)
     module_name, apply_name, targets_name = APPLIERS[model.task]
     task_module = importlib.import_module(module_name, __package__)
-    keys = model.config["keys"]
+    keys = dict(model.config["keys"])
+    if series_subset is not None:
+        keys["series_subset"] = list(series_subset)
     targets = [
         t
         for t in getattr(task_module, targets_name)(model.layout, key)
