@@ -6,11 +6,14 @@ Usage (from the repository root)::
     python .ci/galaxy/make_test_data.py            # inputs + model (needs the anndata-rnn CLI)
     python .ci/galaxy/make_test_data.py --inputs-only
 
+    python .ci/galaxy/make_test_data.py --model-only --only pbmc_classifier
+
 The inputs are deterministic subsets of data sets that ship with scanpy or with
-this repository.  The model file ``galaxy_krumsiek11_model.h5`` (input of the
-``predict`` test) is trained with the real CLI, so rerun this script whenever the
-model file format of anndata-rnn changes (``tests/test_galaxy_tool.py`` fails with
-a hint when the committed model no longer loads).
+this repository.  The model files (inputs of the ``predict`` and ``explain`` tests:
+``galaxy_krumsiek11_model.h5``, ``galaxy_krumsiek11_forecaster.h5``,
+``galaxy_pbmc_model.h5``) are trained with the real CLI, so rerun this script whenever
+the model file format of anndata-rnn changes (``tests/test_galaxy_tool.py`` fails with
+a hint when a committed model no longer loads).
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ PBMC = TEST_DATA / "galaxy_pbmc_small.h5ad"
 MODEL = TEST_DATA / "galaxy_krumsiek11_model.h5"
 # the classify output that came with MODEL (already holds rnn_* keys: input of a predict --overwrite test)
 CLASSIFIED = TEST_DATA / "galaxy_krumsiek11_classified.h5ad"
+# a forecaster of the krumsiek11 series (explain --target GENE) and a profile classifier of the PBMC
+# cells (explain --target "CD14+ Monocyte,...": class names with '+', '/' and spaces)
+FORECASTER = TEST_DATA / "galaxy_krumsiek11_forecaster.h5"
+PBMC_MODEL = TEST_DATA / "galaxy_pbmc_model.h5"
+
+_FAST = ["--seed", "0", "--threads", "1", "--device", "cpu", "--quiet"]
 
 # the command that trains MODEL (kept in one place so the tests can reuse it)
 MODEL_ARGS = [
@@ -148,35 +157,60 @@ def make_pbmc() -> None:
     _write(small, PBMC)
 
 
-def make_model() -> None:
+# name -> (CLI arguments, model file, where to keep the output .h5ad or None)
+MODELS = {
+    "krumsiek_classifier": (MODEL_ARGS, MODEL, CLASSIFIED),
+    "krumsiek_forecaster": (
+        ["forecast", str(KRUMSIEK), "--series-key", "series", "--time-key", "time"]
+        + ["--hidden", "8", "--epochs", "3", "--patience", "2"]
+        + _FAST,
+        FORECASTER,
+        None,
+    ),
+    "pbmc_classifier": (
+        ["classify", str(PBMC), "--label", "bulk_labels", "--layout", "profile"]
+        + ["--chunk-size", "16", "--hidden", "8", "--epochs", "3", "--patience", "2"]
+        + _FAST,
+        PBMC_MODEL,
+        None,
+    ),
+}
+
+
+def make_model(name: str) -> None:
+    args, model_path, output_path = MODELS[name]
     exe = shutil.which("anndata-rnn")
     cmd = [exe] if exe else [sys.executable, "-m", "anndata_rnn.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.h5ad"
         model = Path(tmp) / "model.h5"
-        subprocess.run(
-            cmd + MODEL_ARGS + ["--output", str(out), "--model-out", str(model)], check=True
-        )
-        shutil.copyfile(model, MODEL)
-        import anndata as ad
+        subprocess.run(cmd + args + ["--output", str(out), "--model-out", str(model)], check=True)
+        shutil.copyfile(model, model_path)
+        if output_path is not None:
+            import anndata as ad
 
-        _write(ad.read_h5ad(out), CLASSIFIED)
-    print(f"wrote {MODEL.relative_to(ROOT)} ({MODEL.stat().st_size / 1024:.0f} KiB)")
-    if MODEL.stat().st_size > 300 * 1024:
-        raise SystemExit(f"{MODEL} is larger than 300 KiB")
+            _write(ad.read_h5ad(out), output_path)
+    size = model_path.stat().st_size
+    print(f"wrote {model_path.relative_to(ROOT)} ({size / 1024:.0f} KiB)")
+    if size > 300 * 1024:
+        raise SystemExit(f"{model_path} is larger than 300 KiB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs-only", action="store_true", help="do not train the model file")
-    parser.add_argument("--model-only", action="store_true", help="only retrain the model file")
+    parser.add_argument("--model-only", action="store_true", help="only retrain the model files")
+    parser.add_argument(
+        "--only", choices=sorted(MODELS), action="append", help="retrain only this model (repeatable)"
+    )
     args = parser.parse_args()
     if not args.model_only:
         make_krumsiek()
         make_yeast()
         make_pbmc()
     if not args.inputs_only:
-        make_model()
+        for name in args.only or MODELS:
+            make_model(name)
 
 
 if __name__ == "__main__":

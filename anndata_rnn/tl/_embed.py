@@ -562,6 +562,13 @@ normalize, n_top_genes, gene_subset
     check_layout(layout)
     if cluster is not None:
         _check_method(cluster)
+    if cluster == "leiden" and n_clusters is not None:
+        raise InputError(
+            "n_clusters applies to k-means; Leiden finds the number of clusters itself: set "
+            "resolution (higher = more clusters) instead"
+        )
+    if not resolution > 0:
+        raise InputError(f"resolution must be > 0, got {resolution}")
     if n_latent < 1:
         raise InputError(f"n_latent must be >= 1, got {n_latent}")
     if not 0 <= max_missing <= 1:
