@@ -14,78 +14,37 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from ..errors import InputError
 from ..model import Model
-from ..networks import CELLS, build_module
+from ..networks import build_module
 from ..preprocessing import FeatureSource, Preprocessor
 from ..sequences import (
     Labels,
     SequenceIndex,
     broadcast_to_rows,
-    build_index,
-    check_layout,
     pool_units,
     read_labels,
     scatter_steps,
 )
-from ..training import TrainConfig, fit, resolve_device, seed_everything
-from ._common import (
+from ..training import fit
+from ._common import (  # noqa: F401  (architecture: re-exported for other tasks)
+    architecture,
+    build_sequences,
     check_keys_free,
     encode,
+    fit_preprocessor,
+    log_split,
     make_split,
+    sequence_keys,
     set_column,
     split_from_column,
     store_uns,
     target_of,
+    training_index,
+    training_setup,
     versions,
 )
 from ._metrics import classification_metrics
 
 log = logging.getLogger("anndata_rnn")
-
-
-def parse_hidden(hidden) -> tuple[int, ...]:
-    """``"128,64"`` or ``(128, 64)`` -> ``(128, 64)``; every size must be >= 1."""
-    if isinstance(hidden, str):
-        try:
-            hidden = tuple(int(h) for h in hidden.split(",") if h.strip())
-        except ValueError:
-            raise InputError(f"hidden sizes must be integers like 128,64, got {hidden!r}") from None
-    hidden = tuple(int(h) for h in np.atleast_1d(hidden))
-    if not hidden or min(hidden) < 1:
-        raise InputError(f"hidden layer sizes must be >= 1, got {hidden}")
-    return hidden
-
-
-def architecture(hidden, cell: str, dropout: float, bidirectional: bool) -> dict:
-    if cell not in CELLS:
-        raise InputError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
-    if not 0 <= dropout < 1:
-        raise InputError(f"dropout must be in [0, 1), got {dropout}")
-    return {
-        "hidden": list(parse_hidden(hidden)),
-        "cell": cell,
-        "dropout": float(dropout),
-        "bidirectional": bool(bidirectional),
-    }
-
-
-def build_sequences(adata: AnnData, keys: dict, *, n_features: int | None = None):
-    """The sequence index a model's keys describe (used at training and prediction)."""
-    layout = check_layout(keys["layout"])
-    if layout != "profile" and keys.get("series_key") is None and layout == "obs-series":
-        raise InputError(
-            "layout obs-series needs series_key (the obs column naming each subject/series)"
-        )
-    if layout == "var-series" and keys.get("time_key") is None:
-        raise InputError("layout var-series needs time_key (the obs column of time points)")
-    return build_index(
-        adata,
-        layout=layout,
-        series_key=keys.get("series_key"),
-        time_key=keys.get("time_key"),
-        series_subset=keys.get("series_subset"),
-        chunk_size=int(keys.get("chunk_size") or 32),
-        n_features=n_features,
-    )
 
 
 @torch.no_grad()
@@ -194,37 +153,32 @@ def classify(
     """
     target = target_of(adata, copy)
     key = key_added
-    arch = architecture(hidden, cell, dropout, bidirectional)
-    train_config = TrainConfig(max_epochs, batch_size, lr, patience)
-    train_config.validate()
-    seed_everything(seed)
-    torch_device = resolve_device(device)
-    keys = {
-        "layout": layout,
-        "label_key": label_key,
-        "series_key": series_key,
-        "time_key": time_key,
-        "series_subset": list(series_subset) if series_subset else None,
-        "order_key": order_key,
-        "chunk_size": chunk_size,
-        "layer": layer,
-        "use_rep": use_rep,
-        "key_added": key,
-    }
-    check_layout(layout)
+    arch, train_config, torch_device = training_setup(
+        hidden=hidden,
+        cell=cell,
+        dropout=dropout,
+        bidirectional=bidirectional,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        seed=seed,
+        device=device,
+    )
+    keys = sequence_keys(
+        layout=layout,
+        label_key=label_key,
+        series_key=series_key,
+        time_key=time_key,
+        series_subset=series_subset,
+        order_key=order_key,
+        chunk_size=chunk_size,
+        layer=layer,
+        use_rep=use_rep,
+        key_added=key,
+    )
     source = FeatureSource(target, layer=layer, use_rep=use_rep)
-    index = build_sequences(target, keys)
-    if layout == "var-series" and gene_subset is not None:
-        index = build_index(
-            target,
-            layout=layout,
-            series_key=series_key,
-            time_key=time_key,
-            series_subset=keys["series_subset"],
-            var_mask=_bool_column(target.var, gene_subset, "var"),
-        )
-    for note in index.notes:
-        log.info(note)
+    index = training_index(target, keys, gene_subset)
     labels = read_labels(target, index, label_key)
     for note in labels.notes:
         log.info(note)
@@ -259,34 +213,21 @@ def classify(
         name: index.sequences_of_units(np.flatnonzero(split == name))
         for name in ("train", "val", "test")
     }
-    log.info(
-        "split by %s: %d train, %d val, %d test",
-        {"obs-series": "series", "var-series": "gene", "profile": "observation"}[layout],
-        *(int((split == name).sum()) for name in ("train", "val", "test")),
-    )
+    log_split(layout, split)
 
     prep = Preprocessor(
         layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
     )
-    gene_order = (
-        target.var[order_key].to_numpy()
-        if (layout == "profile" and order_key is not None)
-        else None
-    )
-    if layout == "profile" and order_key is not None and order_key not in target.var.columns:
-        raise InputError(f"var has no column {order_key!r} (order_key)")
-    prep.fit(
+    fit_preprocessor(
+        prep,
+        target,
         source,
         index,
         ids["train"],
         normalize=normalize,
         n_top_genes=n_top_genes,
-        gene_subset=(
-            _bool_column(target.var, gene_subset, "var")
-            if (gene_subset is not None and layout != "var-series")
-            else None
-        ),
-        gene_order=gene_order,
+        gene_subset=gene_subset,
+        order_key=order_key,
     )
     if layout == "profile":
         index = build_sequences(target, keys, n_features=len(prep.features))
@@ -499,15 +440,6 @@ def _check_training_classes(labels: Labels, index: SequenceIndex, split: np.ndar
             f"class(es) {', '.join(small)} of {labels.key!r} have fewer than 2 members in the "
             "training split: drop or merge rare classes, or give more data"
         )
-
-
-def _bool_column(frame, key: str, where: str) -> np.ndarray:
-    if key not in frame.columns:
-        raise InputError(f"{where} has no column {key!r}; available: {', '.join(frame.columns)}")
-    column = frame[key]
-    if column.dtype != bool and not set(column.dropna().unique()) <= {0, 1}:
-        raise InputError(f"{where}[{key!r}] must be boolean to select genes")
-    return column.fillna(False).to_numpy(dtype=bool)
 
 
 def _test_metrics(index, labels: Labels, proba: np.ndarray, test_ids: np.ndarray) -> dict:

@@ -16,13 +16,169 @@ from sklearn.model_selection import train_test_split
 
 from ..errors import InputError
 from ..io import uns_safe
+from ..networks import CELLS
 from ..preprocessing import FeatureSource, Preprocessor
-from ..sequences import SequenceIndex, assemble
+from ..sequences import SequenceIndex, assemble, build_index, check_layout
+from ..training import TrainConfig, resolve_device, seed_everything
 
 log = logging.getLogger("anndata_rnn")
 
 SPLIT_NAMES = ("train", "val", "test")
 CHUNK_SEQUENCES = 4096
+
+
+def parse_hidden(hidden) -> tuple[int, ...]:
+    """``"128,64"`` or ``(128, 64)`` -> ``(128, 64)``; every size must be >= 1."""
+    if isinstance(hidden, str):
+        try:
+            hidden = tuple(int(h) for h in hidden.split(",") if h.strip())
+        except ValueError:
+            raise InputError(f"hidden sizes must be integers like 128,64, got {hidden!r}") from None
+    hidden = tuple(int(h) for h in np.atleast_1d(hidden))
+    if not hidden or min(hidden) < 1:
+        raise InputError(f"hidden layer sizes must be >= 1, got {hidden}")
+    return hidden
+
+
+def architecture(hidden, cell: str, dropout: float, bidirectional: bool) -> dict:
+    if cell not in CELLS:
+        raise InputError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
+    if not 0 <= dropout < 1:
+        raise InputError(f"dropout must be in [0, 1), got {dropout}")
+    return {
+        "hidden": list(parse_hidden(hidden)),
+        "cell": cell,
+        "dropout": float(dropout),
+        "bidirectional": bool(bidirectional),
+    }
+
+
+def build_sequences(adata: AnnData, keys: dict, *, n_features: int | None = None):
+    """The sequence index a model's keys describe (used at training and prediction)."""
+    layout = check_layout(keys["layout"])
+    if layout != "profile" and keys.get("series_key") is None and layout == "obs-series":
+        raise InputError(
+            "layout obs-series needs series_key (the obs column naming each subject/series)"
+        )
+    if layout == "var-series" and keys.get("time_key") is None:
+        raise InputError("layout var-series needs time_key (the obs column of time points)")
+    return build_index(
+        adata,
+        layout=layout,
+        series_key=keys.get("series_key"),
+        time_key=keys.get("time_key"),
+        series_subset=keys.get("series_subset"),
+        chunk_size=int(keys.get("chunk_size") or 32),
+        n_features=n_features,
+    )
+
+
+def bool_column(frame, key: str, where: str) -> np.ndarray:
+    if key not in frame.columns:
+        raise InputError(f"{where} has no column {key!r}; available: {', '.join(frame.columns)}")
+    column = frame[key]
+    if column.dtype != bool and not set(column.dropna().unique()) <= {0, 1}:
+        raise InputError(f"{where}[{key!r}] must be boolean to select genes")
+    return column.fillna(False).to_numpy(dtype=bool)
+
+
+def training_setup(
+    *, hidden, cell, dropout, bidirectional, max_epochs, batch_size, lr, patience, seed, device
+) -> tuple[dict, TrainConfig, torch.device]:
+    """Validate the architecture and optimisation settings, seed everything, pick the device."""
+    arch = architecture(hidden, cell, dropout, bidirectional)
+    train_config = TrainConfig(max_epochs, batch_size, lr, patience)
+    train_config.validate()
+    seed_everything(seed)
+    return arch, train_config, resolve_device(device)
+
+
+def sequence_keys(
+    *,
+    layout: str,
+    series_key=None,
+    time_key=None,
+    series_subset=None,
+    order_key=None,
+    chunk_size: int = 32,
+    layer=None,
+    use_rep=None,
+    key_added: str = "rnn",
+    **extra,
+) -> dict:
+    """The keys a model records to rebuild its sequences on new data."""
+    check_layout(layout)
+    return {
+        "layout": layout,
+        **extra,
+        "series_key": series_key,
+        "time_key": time_key,
+        "series_subset": list(series_subset) if series_subset else None,
+        "order_key": order_key,
+        "chunk_size": chunk_size,
+        "layer": layer,
+        "use_rep": use_rep,
+        "key_added": key_added,
+    }
+
+
+def training_index(adata: AnnData, keys: dict, gene_subset: str | None) -> SequenceIndex:
+    """The sequence index of a training run; in var-series ``gene_subset`` picks the genes."""
+    index = build_sequences(adata, keys)
+    if keys["layout"] == "var-series" and gene_subset is not None:
+        index = build_index(
+            adata,
+            layout="var-series",
+            series_key=keys["series_key"],
+            time_key=keys["time_key"],
+            series_subset=keys["series_subset"],
+            var_mask=bool_column(adata.var, gene_subset, "var"),
+        )
+    for note in index.notes:
+        log.info(note)
+    return index
+
+
+def fit_preprocessor(
+    prep: Preprocessor,
+    adata: AnnData,
+    source: FeatureSource,
+    index: SequenceIndex,
+    train_ids: np.ndarray,
+    *,
+    normalize: str,
+    n_top_genes: int | None,
+    gene_subset: str | None,
+    order_key: str | None = None,
+) -> Preprocessor:
+    """Fit ``prep`` on the training sequences (gene selection and profile gene order included)."""
+    layout = index.layout
+    if layout == "profile" and order_key is not None and order_key not in adata.var.columns:
+        raise InputError(f"var has no column {order_key!r} (order_key)")
+    return prep.fit(
+        source,
+        index,
+        train_ids,
+        normalize=normalize,
+        n_top_genes=n_top_genes,
+        gene_subset=(
+            bool_column(adata.var, gene_subset, "var")
+            if (gene_subset is not None and layout != "var-series")
+            else None
+        ),
+        gene_order=(
+            adata.var[order_key].to_numpy() if (layout == "profile" and order_key) else None
+        ),
+    )
+
+
+def log_split(layout: str, split: np.ndarray) -> None:
+    unit = {"obs-series": "series", "var-series": "gene", "profile": "observation"}[layout]
+    log.info(
+        "split by %s: %d train, %d val, %d test",
+        unit,
+        *(int((split == name).sum()) for name in ("train", "val", "test")),
+    )
 
 
 def versions() -> dict:

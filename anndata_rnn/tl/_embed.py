@@ -44,22 +44,25 @@ from ..sequences import (
     SequenceIndex,
     assemble,
     broadcast_to_rows,
-    build_index,
     check_layout,
     pool_units,
     read_labels,
     scatter_steps,
 )
-from ..training import TrainConfig, fit, resolve_device, seed_everything
-from ._classify import _bool_column, architecture, build_sequences
+from ..training import fit
 from ._common import (
     CHUNK_SEQUENCES,
+    build_sequences,
     check_keys_free,
+    fit_preprocessor,
     make_split,
+    sequence_keys,
     set_column,
     split_from_column,
     store_uns,
     target_of,
+    training_index,
+    training_setup,
     versions,
 )
 
@@ -575,36 +578,32 @@ normalize, n_top_genes, gene_subset
         raise InputError(f"max_missing must be in [0, 1], got {max_missing}")
     if eval_label is not None and cluster is None:
         cluster = "kmeans"
-    arch = architecture(hidden, cell, dropout, bidirectional)
-    train_config = TrainConfig(max_epochs, batch_size, lr, patience)
-    train_config.validate()
-    seed_everything(seed)
-    torch_device = resolve_device(device)
-    keys = {
-        "layout": layout,
-        "series_key": series_key,
-        "time_key": time_key,
-        "series_subset": list(series_subset) if series_subset else None,
-        "order_key": order_key,
-        "chunk_size": chunk_size,
-        "layer": layer,
-        "use_rep": use_rep,
-        "key_added": key,
-        "eval_label": eval_label,
-    }
+    arch, train_config, torch_device = training_setup(
+        hidden=hidden,
+        cell=cell,
+        dropout=dropout,
+        bidirectional=bidirectional,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        seed=seed,
+        device=device,
+    )
+    keys = sequence_keys(
+        layout=layout,
+        series_key=series_key,
+        time_key=time_key,
+        series_subset=series_subset,
+        order_key=order_key,
+        chunk_size=chunk_size,
+        layer=layer,
+        use_rep=use_rep,
+        key_added=key,
+        eval_label=eval_label,
+    )
     source = FeatureSource(target, layer=layer, use_rep=use_rep)
-    index = build_sequences(target, keys)
-    if layout == "var-series" and gene_subset is not None:
-        index = build_index(
-            target,
-            layout=layout,
-            series_key=series_key,
-            time_key=time_key,
-            series_subset=keys["series_subset"],
-            var_mask=_bool_column(target.var, gene_subset, "var"),
-        )
-    for note in index.notes:
-        log.info(note)
+    index = training_index(target, keys, gene_subset)
     labels = None
     if eval_label is not None:
         labels = read_labels(target, index, eval_label, max_missing_fraction=1.0)
@@ -630,24 +629,16 @@ normalize, n_top_genes, gene_subset
     prep = Preprocessor(
         layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
     )
-    if layout == "profile" and order_key is not None and order_key not in target.var.columns:
-        raise InputError(f"var has no column {order_key!r} (order_key)")
-    prep.fit(
+    fit_preprocessor(
+        prep,
+        target,
         source,
         index,
         index.sequences_of_units(np.flatnonzero(split == "train")),
         normalize=normalize,
         n_top_genes=n_top_genes,
-        gene_subset=(
-            _bool_column(target.var, gene_subset, "var")
-            if (gene_subset is not None and layout != "var-series")
-            else None
-        ),
-        gene_order=(
-            target.var[order_key].to_numpy()
-            if (layout == "profile" and order_key is not None)
-            else None
-        ),
+        gene_subset=gene_subset,
+        order_key=order_key,
     )
     if layout == "profile":
         index = build_sequences(target, keys, n_features=len(prep.features))

@@ -37,21 +37,24 @@ from ..sequences import (
     SequenceIndex,
     assemble,
     broadcast_to_rows,
-    build_index,
     check_layout,
     pool_units,
     scatter_steps,
 )
-from ..training import TrainConfig, fit, resolve_device, seed_everything
-from ._classify import _bool_column, architecture, build_sequences
+from ..training import fit
 from ._common import (
     CHUNK_SEQUENCES,
     check_keys_free,
+    fit_preprocessor,
+    log_split,
     make_split,
+    sequence_keys,
     set_column,
     split_from_column,
     store_uns,
     target_of,
+    training_index,
+    training_setup,
     versions,
 )
 
@@ -194,33 +197,29 @@ def forecast(
         )
     if layout == "var-series" and use_rep is not None:
         raise InputError("use_rep needs layout obs-series (var-series reads genes)")
-    arch = architecture(hidden, cell, dropout, False)
-    train_config = TrainConfig(max_epochs, batch_size, lr, patience)
-    train_config.validate()
-    seed_everything(seed)
-    torch_device = resolve_device(device)
-    keys = {
-        "layout": layout,
-        "series_key": series_key,
-        "time_key": time_key,
-        "series_subset": list(series_subset) if series_subset else None,
-        "layer": layer,
-        "use_rep": use_rep,
-        "key_added": key,
-    }
+    arch, train_config, torch_device = training_setup(
+        hidden=hidden,
+        cell=cell,
+        dropout=dropout,
+        bidirectional=False,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        seed=seed,
+        device=device,
+    )
+    keys = sequence_keys(
+        layout=layout,
+        series_key=series_key,
+        time_key=time_key,
+        series_subset=series_subset,
+        layer=layer,
+        use_rep=use_rep,
+        key_added=key,
+    )
     source = FeatureSource(target, layer=layer, use_rep=use_rep)
-    index = build_sequences(target, keys)
-    if layout == "var-series" and gene_subset is not None:
-        index = build_index(
-            target,
-            layout=layout,
-            series_key=series_key,
-            time_key=time_key,
-            series_subset=keys["series_subset"],
-            var_mask=_bool_column(target.var, gene_subset, "var"),
-        )
-    for note in index.notes:
-        log.info(note)
+    index = training_index(target, keys, gene_subset)
     _check_lengths(index, holdout_steps)
     _check_future_after(index, future_times)
     check_keys_free(target, output_targets(layout, key), overwrite)
@@ -242,28 +241,21 @@ def forecast(
     }
     if not len(ids["train"]):
         raise InputError("the split has no training units: lower val/test fractions")
-    unit_word = {"obs-series": "series", "var-series": "gene"}[layout]
-    log.info(
-        "split by %s: %d train, %d val, %d test",
-        unit_word,
-        *(int((split == name).sum()) for name in ("train", "val", "test")),
-    )
+    log_split(layout, split)
 
     # the scored values are never seen by any fit: with test units, their last steps; without,
     # the last steps of every sequence (a purely temporal holdout)
     train_index = index if len(ids["test"]) else truncate(index, holdout_steps)
     prep = Preprocessor(layout=layout, scale="feature", use_time=True)
-    prep.fit(
+    fit_preprocessor(
+        prep,
+        target,
         source,
         train_index,
         ids["train"],
         normalize=normalize,
         n_top_genes=n_top_genes,
-        gene_subset=(
-            _bool_column(target.var, gene_subset, "var")
-            if (gene_subset is not None and layout != "var-series")
-            else None
-        ),
+        gene_subset=gene_subset,
     )
     train_enc = encode_forecast(train_index, source, prep)
     n_features = train_enc.n_features
