@@ -204,6 +204,28 @@ def write_metrics_table(metrics: dict, path) -> None:
     write_table(metrics_frame(metrics), path)
 
 
+def train_and_write(input, output, model_out, metrics_table, key: str, train):
+    """Read ``input``, run ``train(adata) -> Model``, write the h5ad, model and metrics table.
+
+    All outputs appear together or not at all (temporary names renamed at the end).
+    """
+    from ..io import read_h5ad, write_h5ad
+
+    with Outputs(inputs=(input,)) as outputs:
+        out_tmp = outputs.add(output)
+        model_tmp = outputs.add(model_out)
+        table_tmp = outputs.add(metrics_table)
+        adata = read_h5ad(input)
+        model = train(adata)
+        model.save(model_tmp)
+        write_h5ad(adata, out_tmp)
+        if table_tmp:
+            write_metrics_table(adata.uns[key]["metrics"], table_tmp)
+        outputs.commit()
+    echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output, model_out)
+    return adata
+
+
 def echo_written(written, output, model_out=None) -> None:
     click.echo(f"wrote {output}")
     for item in written:

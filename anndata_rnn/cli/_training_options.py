@@ -49,20 +49,24 @@ def sequence_options(func):
     return func
 
 
-def network_options(func):
-    """Architecture and optimisation."""
+def training_options(
+    *,
+    hidden: str = "128,64",
+    dropout: float = 0.2,
+    val_fraction: float = 0.15,
+    val_help: str | None = None,
+    with_test: bool = True,
+    layers_help: str = "Sizes of the stacked recurrent layers, comma separated.",
+):
+    """Architecture, optimisation and model-file options, with a task's own defaults."""
+    split_values = "train/val/test" if with_test else "train/val"
     options = [
-        click.option(
-            "--hidden",
-            default="128,64",
-            show_default=True,
-            help="Sizes of the stacked recurrent layers, comma separated.",
-        ),
+        click.option("--hidden", default=hidden, show_default=True, help=layers_help),
         click.option(
             "--cell", type=click.Choice(["lstm", "gru"]), default="lstm", show_default=True
         ),
         click.option("--bidirectional", is_flag=True, help="Bidirectional recurrent layers."),
-        click.option("--dropout", type=float, default=0.2, show_default=True),
+        click.option("--dropout", type=float, default=dropout, show_default=True),
         click.option(
             "--epochs",
             type=click.IntRange(min=1),
@@ -79,9 +83,15 @@ def network_options(func):
             show_default=True,
             help="Early stopping: epochs without validation improvement.",
         ),
-        click.option("--val-fraction", type=float, default=0.15, show_default=True),
-        click.option("--test-fraction", type=float, default=0.15, show_default=True),
-        click.option("--split-key", help="Column (obs or var) holding train/val/test."),
+        click.option(
+            "--val-fraction", type=float, default=val_fraction, show_default=True, help=val_help
+        ),
+        *(
+            [click.option("--test-fraction", type=float, default=0.15, show_default=True)]
+            if with_test
+            else []
+        ),
+        click.option("--split-key", help=f"Column (obs or var) holding {split_values}."),
         click.option(
             "--model-out",
             required=True,
@@ -94,9 +104,17 @@ def network_options(func):
             help="Also write the metrics as a TSV (metric, rnn, baseline...).",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+#: the defaults of the supervised tasks (classify, forecast)
+network_options = training_options()
 
 
 def sequence_kwargs(kw: dict) -> dict:

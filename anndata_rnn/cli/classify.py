@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ..io import read_h5ad, write_h5ad
 from ._common import (
-    Outputs,
     common_options,
     device_options,
-    echo_written,
     print_metrics,
-    write_metrics_table,
+    train_and_write,
 )
 from ._training_options import network_kwargs, network_options, sequence_kwargs, sequence_options
 
@@ -63,12 +60,14 @@ def classify(
     """
     from .. import tl
 
-    with Outputs(inputs=(input,)) as outputs:
-        out_tmp = outputs.add(output)
-        model_tmp = outputs.add(model_out)
-        table_tmp = outputs.add(metrics_table)
-        adata = read_h5ad(input)
-        model = tl.classify(
+    key = kw["key_added"]
+    adata = train_and_write(
+        input,
+        output,
+        model_out,
+        metrics_table,
+        key,
+        lambda adata: tl.classify(
             adata,
             label_key=label_key,
             class_weights=class_weights,
@@ -79,12 +78,6 @@ def classify(
             quiet=quiet,
             **sequence_kwargs(kw),
             **network_kwargs(kw),
-        )
-        key = kw["key_added"]
-        model.save(model_tmp)
-        write_h5ad(adata, out_tmp)
-        if table_tmp:
-            write_metrics_table(adata.uns[key]["metrics"], table_tmp)
-        outputs.commit()
-    echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output, model_out)
+        ),
+    )
     print_metrics(adata.uns[key]["metrics"])

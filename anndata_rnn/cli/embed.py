@@ -4,78 +4,32 @@ from __future__ import annotations
 
 import click
 
-from ..io import read_h5ad, write_h5ad
 from ._common import (
-    Outputs,
     common_options,
     device_options,
-    echo_written,
     print_metrics,
-    write_metrics_table,
+    train_and_write,
 )
-from ._training_options import sequence_kwargs, sequence_options
+from ._training_options import sequence_kwargs, sequence_options, training_options
 
 
 def embed_network_options(func):
     """Autoencoder architecture and optimisation (embedding defaults: one 64-unit layer)."""
-    options = [
-        click.option(
-            "--n-latent",
-            type=click.IntRange(min=1),
-            default=16,
-            show_default=True,
-            help="Dimension of the latent embedding.",
-        ),
-        click.option(
-            "--hidden",
-            default="64",
-            show_default=True,
-            help="Sizes of the stacked encoder layers, comma separated.",
-        ),
-        click.option(
-            "--cell", type=click.Choice(["lstm", "gru"]), default="lstm", show_default=True
-        ),
-        click.option("--bidirectional", is_flag=True, help="Bidirectional encoder layers."),
-        click.option("--dropout", type=float, default=0.0, show_default=True),
-        click.option(
-            "--epochs",
-            type=click.IntRange(min=1),
-            default=100,
-            show_default=True,
-            help="Maximum number of epochs.",
-        ),
-        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate."),
-        click.option(
-            "--patience",
-            type=click.IntRange(min=1),
-            default=10,
-            show_default=True,
-            help="Early stopping: epochs without validation improvement.",
-        ),
-        click.option(
-            "--val-fraction",
-            type=float,
-            default=0.1,
-            show_default=True,
-            help="Units held out for early stopping (0: train all epochs on every unit).",
-        ),
-        click.option("--split-key", help="Column (obs or var) holding train/val."),
-        click.option(
-            "--model-out",
-            required=True,
-            type=click.Path(dir_okay=False),
-            help="Where to write the model file (HDF5).",
-        ),
-        click.option(
-            "--metrics-table",
-            type=click.Path(dir_okay=False),
-            help="Also write the metrics as a TSV (metric, rnn, baseline).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    func = training_options(
+        hidden="64",
+        dropout=0.0,
+        val_fraction=0.1,
+        val_help="Units held out for early stopping (0: train all epochs on every unit).",
+        with_test=False,
+        layers_help="Sizes of the stacked encoder layers, comma separated.",
+    )(func)
+    return click.option(
+        "--n-latent",
+        type=click.IntRange(min=1),
+        default=16,
+        show_default=True,
+        help="Dimension of the latent embedding.",
+    )(func)
 
 
 @click.command(
@@ -183,12 +137,14 @@ def embed(
     """
     from .. import tl
 
-    with Outputs(inputs=(input,)) as outputs:
-        out_tmp = outputs.add(output)
-        model_tmp = outputs.add(model_out)
-        table_tmp = outputs.add(metrics_table)
-        adata = read_h5ad(input)
-        model = tl.embed(
+    key = kw["key_added"]
+    adata = train_and_write(
+        input,
+        output,
+        model_out,
+        metrics_table,
+        key,
+        lambda adata: tl.embed(
             adata,
             scale=scale,
             max_missing=max_missing,
@@ -213,12 +169,6 @@ def embed(
             overwrite=overwrite,
             quiet=quiet,
             **sequence_kwargs(kw),
-        )
-        key = kw["key_added"]
-        model.save(model_tmp)
-        write_h5ad(adata, out_tmp)
-        if table_tmp:
-            write_metrics_table(adata.uns[key]["metrics"], table_tmp)
-        outputs.commit()
-    echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output, model_out)
+        ),
+    )
     print_metrics(adata.uns[key]["metrics"], title="clustered units")

@@ -5,14 +5,11 @@ from __future__ import annotations
 import click
 
 from ..errors import InputError
-from ..io import read_h5ad, write_h5ad
 from ._common import (
-    Outputs,
     common_options,
     device_options,
-    echo_written,
     print_metrics,
-    write_metrics_table,
+    train_and_write,
 )
 from ._training_options import network_kwargs, network_options, sequence_kwargs, sequence_options
 
@@ -112,12 +109,14 @@ def forecast(
         )
     arguments = sequence_kwargs(kw)
     del arguments["order_key"], arguments["chunk_size"]
-    with Outputs(inputs=(input,)) as outputs:
-        out_tmp = outputs.add(output)
-        model_tmp = outputs.add(model_out)
-        table_tmp = outputs.add(metrics_table)
-        adata = read_h5ad(input)
-        model = tl.forecast(
+    key = kw["key_added"]
+    adata = train_and_write(
+        input,
+        output,
+        model_out,
+        metrics_table,
+        key,
+        lambda adata: tl.forecast(
             adata,
             horizon=horizon,
             future_times=future_times,
@@ -131,14 +130,8 @@ def forecast(
             quiet=quiet,
             **arguments,
             **network_kwargs(kw),
-        )
-        key = kw["key_added"]
-        model.save(model_tmp)
-        write_h5ad(adata, out_tmp)
-        if table_tmp:
-            write_metrics_table(adata.uns[key]["metrics"], table_tmp)
-        outputs.commit()
-    echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output, model_out)
+        ),
+    )
     evaluation = adata.uns[key].get("evaluation", {})
     title = "test split"
     if "kind" in evaluation:
