@@ -53,7 +53,13 @@ HOSTILE_VALUES = [
     "a\ntouch pwned",
     "a|touch pwned",
     "${IFS}touch${IFS}pwned",
+    # values that look like the class names explain --target accepts ('+', '/', spaces kept)
+    "CD14+ Monocyte'; touch pwned #",
+    "CD4+/CD25 T Reg' $(touch pwned) '",
+    "CD14+ Monocyte,`touch pwned`,CD19+ B",
 ]
+#: the modes that train a model (the model file and the metrics table are collected for them)
+TRAINING_MODES = {"classify", "forecast", "embed"}
 
 
 # ------------------------------------------------------------------------------ tool model --
@@ -438,15 +444,23 @@ def output_filter_active(output_name: str, values: dict) -> bool:
     return all(eval(f.text.strip(), {}, dict(ctx)) for f in data.findall("filter"))  # noqa: S307
 
 
+def tool_modes() -> list[str]:
+    mode_param = inputs_elem().find("conditional[@name='mode']/param")
+    return [o.get("value") for o in mode_param.findall("option")]
+
+
 def test_output_filters():
-    classify = {"mode|mode": "classify"}
-    predict = {"mode|mode": "predict"}
-    assert output_filter_active("anndata_out", classify) and output_filter_active(
-        "anndata_out", predict
+    assert {"classify", "forecast", "embed", "predict", "explain"} <= set(tool_modes())
+    for mode in tool_modes():
+        values = {"mode|mode": mode}
+        assert output_filter_active("anndata_out", values)
+        for name in ("model_out", "metrics"):
+            assert output_filter_active(name, values) == (mode in TRAINING_MODES), (name, mode)
+        # the top-gene table: explain only, written by default, and not when it is turned off
+        assert output_filter_active("top_genes", values) == (mode == "explain"), mode
+    assert not output_filter_active(
+        "top_genes", {"mode|mode": "explain", "mode|table|write_table": "no"}
     )
-    for name in ("model_out", "metrics"):
-        assert output_filter_active(name, classify)
-        assert not output_filter_active(name, predict)
     for test in xml_tests():
         if test["expect_num_outputs"]:
             values, _ = values_of(test)
@@ -507,8 +521,16 @@ def test_xml_test_assertions_hold_on_real_cli_output(
         )
 
 
-def test_committed_model_still_loads(tmp_path, monkeypatch, restore_torch_threads):
-    """test-data/galaxy_krumsiek11_model.h5 is the input of the predict tests."""
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        ("galaxy_krumsiek11_model.h5", "galaxy_krumsiek11_series.h5ad"),
+        ("galaxy_krumsiek11_forecaster.h5", "galaxy_krumsiek11_series.h5ad"),
+        ("galaxy_pbmc_model.h5", "galaxy_pbmc_small.h5ad"),
+    ],
+)
+def test_committed_model_still_loads(model, data, tmp_path, monkeypatch, restore_torch_threads):
+    """The test-data model files are inputs of the predict and explain tests."""
     from click.testing import CliRunner
 
     monkeypatch.chdir(tmp_path)
@@ -516,9 +538,9 @@ def test_committed_model_still_loads(tmp_path, monkeypatch, restore_torch_thread
         cli_main(),
         [
             "predict",
-            str(TEST_DATA / "galaxy_krumsiek11_series.h5ad"),
+            str(TEST_DATA / data),
             "--model",
-            str(TEST_DATA / "galaxy_krumsiek11_model.h5"),
+            str(TEST_DATA / model),
             "--output",
             "out.h5ad",
             "--device",
@@ -645,6 +667,40 @@ def active_paths(values: dict, container=None, prefix="") -> set[str]:
             when = next(w for w in child.findall("when") if w.get("value") == selected)
             paths |= active_paths(values, when, cprefix)
     return paths
+
+
+def explain_target_param():
+    (elem,) = [e for path, e in text_params() if path == "mode|target"]
+    return elem
+
+
+@pytest.mark.parametrize(
+    "names",
+    ["CD14+ Monocyte", "CD14+ Monocyte,CD4+/CD25 T Reg", "CD8+/CD45RA+ Naive Cytotoxic", "Gata2"],
+)
+def test_explain_target_keeps_class_names(names, tmp_path):
+    """Class names with '+', '/' and spaces pass the validator and the sanitizer unchanged and
+    reach the CLI as one single-quoted argument."""
+    elem = explain_target_param()
+    (validator,) = elem.findall("validator")
+    assert re.match(validator.text, names)
+    assert Sanitizer(elem.find("sanitizer"))(names) == names
+    values = {"mode|mode": "explain", "mode|target": names}
+    command = render_command(values)
+    assert f"--target '{names}'" in command
+    (args,) = run_rendered(command, tmp_path)
+    assert args[args.index("--target") + 1] == names
+
+
+def test_explain_target_sanitizer_is_the_only_one_keeping_spaces():
+    """Spaces are safe only inside the single quotes of --target: no other text parameter keeps
+    them, and the target's sanitizer keeps no shell character."""
+    for path, elem in text_params():
+        valid = Sanitizer(elem.find("sanitizer")).valid
+        assert not valid & set("'\"`$;|&<>(){}[]*?!~#\\\n\t"), path
+        if path != "mode|target":
+            assert " " not in valid, path
+    assert "mode|target" in dict(text_params())
 
 
 def test_quoting_alone_would_not_be_enough(tmp_path):

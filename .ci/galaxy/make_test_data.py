@@ -201,7 +201,10 @@ def main() -> None:
     parser.add_argument("--inputs-only", action="store_true", help="do not train the model file")
     parser.add_argument("--model-only", action="store_true", help="only retrain the model files")
     parser.add_argument(
-        "--only", choices=sorted(MODELS), action="append", help="retrain only this model (repeatable)"
+        "--only",
+        choices=sorted(MODELS),
+        action="append",
+        help="retrain only this model (repeatable)",
     )
     args = parser.parse_args()
     if not args.model_only:
