@@ -276,12 +276,15 @@ class Preprocessor:
         return self
 
     def _fit_statistics(self, values: np.ndarray, times: np.ndarray) -> None:
-        flat = values.reshape(-1, values.shape[-1])
+        # float64: a constant float32 column otherwise gets a std of ~1e-8 instead of 0, and
+        # standardizing by it blows any later deviation up by 1e8
+        flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
         with np.errstate(all="ignore"):
             mean = np.nanmean(flat, axis=0)
             std = np.nanstd(flat, axis=0)
         mean = np.where(np.isfinite(mean), mean, 0.0)
-        std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
+        constant = ~np.isfinite(std) | (std <= 1e-6 * np.maximum(1.0, np.abs(mean)))
+        std = np.where(constant, 1.0, std)
         self.mean, self.std = mean.astype(np.float64), std.astype(np.float64)
         if self.use_time and self.layout != "profile":
             dt = _time_gaps(times)

@@ -57,6 +57,7 @@ def training_options(
     val_help: str | None = None,
     with_test: bool = True,
     layers_help: str = "Sizes of the stacked recurrent layers, comma separated.",
+    bidirectional: bool = True,
 ):
     """Architecture, optimisation and model-file options, with a task's own defaults."""
     split_values = "train/val/test" if with_test else "train/val"
@@ -65,7 +66,11 @@ def training_options(
         click.option(
             "--cell", type=click.Choice(["lstm", "gru"]), default="lstm", show_default=True
         ),
-        click.option("--bidirectional", is_flag=True, help="Bidirectional recurrent layers."),
+        *(
+            [click.option("--bidirectional", is_flag=True, help="Bidirectional recurrent layers.")]
+            if bidirectional
+            else []
+        ),
         click.option("--dropout", type=float, default=dropout, show_default=True),
         click.option(
             "--epochs",
@@ -113,8 +118,9 @@ def training_options(
     return decorate
 
 
-#: the defaults of the supervised tasks (classify, forecast)
+#: the defaults of the supervised tasks; a forecaster must be causal, so no --bidirectional
 network_options = training_options()
+forecast_network_options = training_options(bidirectional=False)
 
 
 def sequence_kwargs(kw: dict) -> dict:
@@ -142,7 +148,7 @@ def network_kwargs(kw: dict) -> dict:
     return {
         "hidden": kw["hidden"],
         "cell": kw["cell"],
-        "bidirectional": kw["bidirectional"],
+        "bidirectional": kw.get("bidirectional", False),
         "dropout": kw["dropout"],
         "max_epochs": kw["epochs"],
         "batch_size": kw["batch_size"],

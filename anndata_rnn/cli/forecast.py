@@ -11,7 +11,12 @@ from ._common import (
     print_metrics,
     train_and_write,
 )
-from ._training_options import network_kwargs, network_options, sequence_kwargs, sequence_options
+from ._training_options import (
+    forecast_network_options,
+    network_kwargs,
+    sequence_kwargs,
+    sequence_options,
+)
 
 
 @click.command(
@@ -30,7 +35,7 @@ its first 20, on 30 % held-out genes; then series of cells or samples over time)
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
 @sequence_options
-@network_options
+@forecast_network_options
 @click.option(
     "--horizon",
     type=click.IntRange(min=0),
