@@ -90,6 +90,21 @@ def common_options(func):
     return wrapper
 
 
+def apply_model_arguments(func):
+    """``INPUT --model MODEL --output OUT`` of the commands that apply a saved model."""
+    func = click.option(
+        "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad."
+    )(func)
+    func = click.option(
+        "--model",
+        "model_path",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="Model file written by a training command (--model-out).",
+    )(func)
+    return click.argument("input", type=click.Path(dir_okay=False))(func)
+
+
 def device_options(func):
     """``--seed`` and ``--device`` for commands that train or apply a network."""
     func = click.option(

@@ -7,7 +7,13 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import read_h5ad, write_h5ad, write_table
-from ._common import Outputs, common_options, device_options, echo_written
+from ._common import (
+    Outputs,
+    apply_model_arguments,
+    common_options,
+    device_options,
+    echo_written,
+)
 
 
 @click.command(
@@ -18,15 +24,7 @@ from ._common import Outputs, common_options, device_options, echo_written
       --target "CD14+ Monocyte" --top 50 --table top_genes.tsv
 """
 )
-@click.argument("input", type=click.Path(dir_okay=False))
-@click.option(
-    "--model",
-    "model_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Model file written by a training command (--model-out).",
-)
-@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
+@apply_model_arguments
 @click.option(
     "--target",
     help="Classifier: only explain these classes (comma separated; default all). Forecaster: "

@@ -7,6 +7,7 @@ import click
 from ..io import read_h5ad, write_h5ad
 from ._common import (
     Outputs,
+    apply_model_arguments,
     common_options,
     device_options,
     echo_written,
@@ -22,15 +23,7 @@ from ._common import (
   anndata-rnn predict new_data.h5ad --model model.h5 --output predicted.h5ad
 """
 )
-@click.argument("input", type=click.Path(dir_okay=False))
-@click.option(
-    "--model",
-    "model_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Model file written by a training command (--model-out).",
-)
-@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
+@apply_model_arguments
 @click.option("--key-added", default=None, help="Prefix of the output keys (default: the model's).")
 @click.option("--gene-symbols", help="var column with the gene identifiers to match.")
 @click.option(
