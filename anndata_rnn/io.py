@@ -45,7 +45,7 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool = False) -> AnnData:
     return adata
 
 
-def check_output_path(output: str | os.PathLike, *, inputs: tuple = (), overwrite: bool = True):
+def check_output_path(output: str | os.PathLike, *, inputs: tuple = ()):
     """Refuse output paths that equal an input, or whose directory is missing / not writable."""
     output = Path(output)
     for item in inputs:

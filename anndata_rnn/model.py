@@ -340,7 +340,8 @@ def _check_config(config: dict, where: str) -> None:
 
 
 def _plain(value):
-    """numpy scalars/arrays -> JSON-friendly python values; NaN -> None is not allowed in uns."""
+    """numpy scalars/arrays -> JSON-friendly python values; non-finite floats become strings
+    ("nan"), since JSON has no NaN."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

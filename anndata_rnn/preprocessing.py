@@ -154,8 +154,6 @@ class Preprocessor:
     dt_mean: float = 0.0
     dt_std: float = 1.0
     scale: str = "feature"
-    # filled at transform time, for the log
-    last_imputed: int = 0
 
     # -- configuration ----------------------------------------------------------------------
     def config(self) -> dict:
@@ -334,9 +332,7 @@ class Preprocessor:
             return np.nan_to_num(values, nan=0.0).astype(np.float32)
         valid = np.isfinite(times)
         values = values.copy()
-        missing = np.isnan(values) & valid[..., None]
-        self.last_imputed = int(missing.sum())
-        if self.last_imputed and self.layout != "profile":
+        if (np.isnan(values) & valid[..., None]).any():
             _interpolate_along_time(values, times, valid)
         filled = np.isnan(values) & valid[..., None]
         if filled.any():

@@ -155,22 +155,6 @@ class SequenceIndex:
         rows = self.steps[sequence_ids]
         return np.unique(rows[rows >= 0])
 
-    def subset(self, sequence_ids: np.ndarray) -> SequenceIndex:
-        """A view of some sequences (same units table)."""
-        return SequenceIndex(
-            layout=self.layout,
-            unit=self.unit[sequence_ids],
-            unit_names=self.unit_names,
-            unit_rows=self.unit_rows,
-            sequence_series=self.sequence_series[sequence_ids],
-            steps=self.steps[sequence_ids],
-            times=self.times[sequence_ids],
-            n_obs=self.n_obs,
-            n_vars=self.n_vars,
-            chunk_size=self.chunk_size,
-            gene_order=self.gene_order,
-        )
-
 
 def _ordered_groups(series: np.ndarray, times: np.ndarray, key_names: tuple[str, str]):
     """Obs rows of each series ordered by time; drops series of length 1 (with a note)."""

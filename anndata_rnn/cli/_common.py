@@ -143,7 +143,7 @@ class Outputs:
     output is ever left behind.
     """
 
-    def __init__(self, inputs: tuple = (), overwrite_files: bool = True):
+    def __init__(self, inputs: tuple = ()):
         self.inputs = inputs
         self.pending: list[tuple[Path, Path]] = []
 

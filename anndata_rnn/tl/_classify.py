@@ -189,12 +189,8 @@ def classify(
         usable = labels.codes >= 0
         strata = labels.codes
     else:
-        usable = np.array(
-            [
-                (labels.sequence_targets(index, np.array([s])) >= 0).any()
-                for s in range(index.n_sequences)
-            ]
-        )
+        # obs-series step labels: one sequence per unit, usable when any step is labelled
+        usable = (labels.sequence_targets(index, np.arange(index.n_sequences)) >= 0).any(axis=1)
         strata = None
     if split_key is not None:
         split = split_from_column(target, index, split_key)

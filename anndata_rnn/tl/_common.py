@@ -275,27 +275,36 @@ def iter_encoded(
     prep: Preprocessor,
     sequence_ids: np.ndarray,
     chunk: int = CHUNK_SEQUENCES,
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(ids, values, lengths)`` chunk by chunk, reading only the rows each chunk needs."""
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(ids, values, lengths, n_missing)`` chunk by chunk, reading only the rows each
+    chunk needs; ``n_missing`` counts each sequence's missing values before imputation."""
     for start in range(0, len(sequence_ids), chunk):
         ids = sequence_ids[start : start + chunk]
         rows = index.obs_rows(ids)
         block = prep.transform_rows(source.read_rows(rows), source.feature_names)
-        values = assemble(index, ids, rows, block)
-        values = prep.transform_sequences(values, index.times[ids])
-        yield ids, values, index.lengths[ids]
+        raw = assemble(index, ids, rows, block)
+        n_missing = (np.isnan(raw) & index.mask[ids][..., None]).sum(axis=(1, 2))
+        yield ids, prep.transform_sequences(raw, index.times[ids]), index.lengths[ids], n_missing
+
+
+def encode_sequences(index, source, prep, sequence_ids):
+    """All requested sequences as tensors ``(values, lengths)`` plus, per sequence, the number
+    of values that were missing (and imputed)."""
+    parts, lengths, missing = [], [], []
+    for _, values, length, n_missing in iter_encoded(index, source, prep, sequence_ids):
+        parts.append(values)
+        lengths.append(length)
+        missing.append(n_missing)
+    values = np.concatenate(parts) if parts else np.zeros((0, index.max_steps, 1), np.float32)
+    length = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    n_missing = np.concatenate(missing) if missing else np.zeros(0, dtype=np.int64)
+    return torch.from_numpy(values), torch.from_numpy(length.astype(np.int64)), n_missing
 
 
 def encode(index, source, prep, sequence_ids) -> tuple[torch.Tensor, torch.Tensor, int]:
     """All requested sequences as tensors ``(values, lengths)`` plus the number imputed."""
-    parts, lengths, imputed = [], [], 0
-    for _, values, length in iter_encoded(index, source, prep, sequence_ids):
-        parts.append(values)
-        lengths.append(length)
-        imputed += prep.last_imputed
-    values = np.concatenate(parts) if parts else np.zeros((0, index.max_steps, 1), np.float32)
-    length = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    return torch.from_numpy(values), torch.from_numpy(length.astype(np.int64)), imputed
+    values, lengths, n_missing = encode_sequences(index, source, prep, sequence_ids)
+    return values, lengths, int(n_missing.sum())
 
 
 def check_gene_overlap(prep: Preprocessor, source: FeatureSource, min_gene_overlap: float) -> dict:

@@ -42,7 +42,6 @@ from ..preprocessing import FeatureSource, Preprocessor, resolve_rep
 from ..sequences import (
     Labels,
     SequenceIndex,
-    assemble,
     broadcast_to_rows,
     check_layout,
     pool_units,
@@ -51,9 +50,9 @@ from ..sequences import (
 )
 from ..training import fit
 from ._common import (
-    CHUNK_SEQUENCES,
     build_sequences,
     check_keys_free,
+    encode_sequences,
     fit_preprocessor,
     make_split,
     sequence_keys,
@@ -343,21 +342,10 @@ def _pca_baseline(features: np.ndarray, n_components: int, n_clusters: int, seed
 
 def _encode_with_missing(index, source, prep, sequence_ids):
     """Like ``_common.encode`` plus the fraction of missing values of each sequence."""
-    parts, lengths, missing, imputed = [], [], [], 0
-    for start in range(0, len(sequence_ids), CHUNK_SEQUENCES):
-        ids = sequence_ids[start : start + CHUNK_SEQUENCES]
-        rows = index.obs_rows(ids)
-        block = prep.transform_rows(source.read_rows(rows), source.feature_names)
-        raw = assemble(index, ids, rows, block)
-        valid = index.mask[ids]
-        n_values = np.maximum(valid.sum(axis=1) * raw.shape[-1], 1)
-        missing.append((np.isnan(raw) & valid[..., None]).sum(axis=(1, 2)) / n_values)
-        parts.append(prep.transform_sequences(raw, index.times[ids]))
-        imputed += prep.last_imputed
-        lengths.append(index.lengths[ids])
-    values = torch.from_numpy(np.concatenate(parts))
-    length = torch.from_numpy(np.concatenate(lengths).astype(np.int64))
-    return values, length, np.concatenate(missing), imputed
+    values, lengths, n_missing = encode_sequences(index, source, prep, sequence_ids)
+    n_features = 1 if prep.layout == "var-series" else len(prep.features)
+    fraction = n_missing / np.maximum(lengths.numpy() * n_features, 1)
+    return values, lengths, fraction, int(n_missing.sum())
 
 
 @torch.no_grad()
