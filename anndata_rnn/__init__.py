@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, pl, tl
+from . import datasets, pl, report, tl
 from .errors import AnnDataRNNError, InputError, ModelFileError, TrainingError
 from .model import Model
 
@@ -15,6 +15,7 @@ __all__ = [
     "Model",
     "tl",
     "pl",
+    "report",
     "datasets",
     "AnnDataRNNError",
     "InputError",
