@@ -37,6 +37,8 @@ _UNITS = {"obs-series": "series", "var-series": "gene", "profile": "observation"
 #: below these sizes the test metrics are flagged as uncertain
 MIN_TEST_UNITS = 10
 MIN_TEST_PER_CLASS = 2
+#: the order of the sections: what a reader looks at first comes first
+ORDER = ("title", "summary", "metrics", "plots", "data", "parameters", "warnings", "versions")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
@@ -232,7 +234,7 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
     pandas.DataFrame
         Index ``metric``; columns the model entries (``rnn``, ``baseline``, ``linear``, ...).
     """
-    from .pl._plots import model_entries
+    from .pl._plots import metric_order, model_entries
 
     models = model_entries(metrics)
     names: list[str] = []
@@ -241,6 +243,7 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
             if v is not None and np.ndim(v) == 0 and not isinstance(v, str | bytes):
                 if k not in names:
                     names.append(k)
+    names = metric_order(names)
     frame = pd.DataFrame(index=pd.Index(names, name="metric"), columns=models, dtype=float)
     for m in models:
         for k in names:
@@ -277,7 +280,8 @@ def render_report(
         mode += " + explain"
     layout = _text(record.get("params", {}).get("layout", record.get("layout", "")))
     title = title or f"anndata-rnn {task} ({mode}) report"
-    body: list[str] = [f"<h1>{_e(title)}</h1>"]
+    sections: dict[str, list[str]] = {}
+    body = sections["title"] = [f"<h1>{_e(title)}</h1>"]
     if command:
         body.append(f"<p>Command:</p><pre>{_e(command)}</pre>")
 
@@ -296,8 +300,8 @@ def render_report(
             summary.append([name.replace("_", " "), record[name]])
     if "classes" in record and len(record["classes"]):
         summary.append(["classes", [_text(c) for c in record["classes"]]])
-    body.append("<h2>Summary</h2>")
-    body.append(_table(["", ""], summary, numeric_from=99))
+    body = sections["summary"] = ["<h2>Summary</h2>"]
+    body.append(_table(["field", "value"], summary, numeric_from=99))
     for problem in problems:
         body.append(_warning(problem))
     if collected:
@@ -307,7 +311,7 @@ def render_report(
         )
 
     # ---- data
-    body.append("<h2>Data</h2>")
+    body = sections["data"] = ["<h2>Data</h2>"]
     rows = [["shape", f"{adata.n_obs} observations × {adata.n_vars} variables"]]
     for attr in ("obs", "var"):
         rows.append([f"{attr} columns", list(getattr(adata, attr).columns)])
@@ -322,7 +326,7 @@ def render_report(
         rows.append(["preprocessing", {k: v for k, v in prep.items() if np.ndim(v) == 0}])
     if "gene_overlap" in record:
         rows.append(["gene overlap with the model", dict(record["gene_overlap"])])
-    body.append(_table(["", ""], rows, numeric_from=99))
+    body.append(_table(["field", "value"], rows, numeric_from=99))
     sizes = split_sizes(adata, key)
     if not sizes.empty:
         unit = _UNITS.get(layout, "unit")
@@ -340,7 +344,7 @@ def render_report(
         body.append(f'<p class="note">Note: {_e(note)}</p>')
 
     # ---- parameters
-    body.append("<h2>Parameters</h2>")
+    body = sections["parameters"] = ["<h2>Parameters</h2>"]
     params = [[k, v] for k, v in record.get("params", {}).items()]
     for extra in ("seed", "device"):
         if extra in record:
@@ -357,7 +361,7 @@ def render_report(
     # ---- metrics
     metrics = record.get("metrics", {})
     frame = metrics_table(metrics) if metrics else pd.DataFrame()
-    body.append("<h2>Metrics</h2>")
+    body = sections["metrics"] = ["<h2>Metrics</h2>"]
     evaluation = record.get("evaluation", {})
     if "kind" in evaluation:
         body.append(
@@ -405,7 +409,7 @@ def render_report(
             body.append(_warning("attributions are more than 5 % from complete: raise --n-steps"))
 
     # ---- plots
-    body.append("<h2>Plots</h2>")
+    body = sections["plots"] = ["<h2>Plots</h2>"]
     plots = _plots(adata, key, record, pl)
     if not plots:
         body.append("<p>No plot applies to this run.</p>")
@@ -423,7 +427,7 @@ def render_report(
         )
 
     # ---- warnings and versions
-    body.append("<h2>Warnings</h2>")
+    body = sections["warnings"] = ["<h2>Warnings</h2>"]
     if collected:
         body.append("<ul>" + "".join(f"<li>{_e(w)}</li>" for w in collected) + "</ul>")
     else:
@@ -431,7 +435,7 @@ def render_report(
     versions = dict(record.get("versions", {}))
     versions.update(record.get("explain", {}).get("versions", {}))
     if versions:
-        body.append("<h2>Package versions</h2>")
+        body = sections["versions"] = ["<h2>Package versions</h2>"]
         body.append(
             _table(["package", "version"], [[k, _text(v)] for k, v in versions.items()], 99)
         )
@@ -443,7 +447,7 @@ def render_report(
         f"<title>{_e(title)}</title>\n"
         # the comment hides the CSS text where a sanitizer (Galaxy's) removes <style>
         f"<style><!--{_CSS}--></style>\n</head>\n<body>\n"
-        + "\n".join(body)
+        + "\n".join(line for name in ORDER for line in sections.get(name, []))
         + "\n</body>\n</html>\n"
     )
 

@@ -29,6 +29,9 @@ def main():
     Every command reads an .h5ad, never modifies it, and writes a new .h5ad with the results
     (plus a model file for training commands), always beside an honest baseline.
     """
+    import matplotlib
+
+    matplotlib.use("Agg")  # plots are written to files (reports), never shown
 
 
 for _module, _name in COMMANDS:

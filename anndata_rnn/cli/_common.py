@@ -6,6 +6,7 @@ import errno
 import functools
 import logging
 import os
+import shlex
 import sys
 import traceback
 import warnings
@@ -49,6 +50,7 @@ def common_options(func):
     )
     @functools.wraps(func)
     def wrapper(*args, quiet, debug, threads, **kwargs):
+        RUN.warnings = []
         _setup_logging(quiet)
         if threads:
             import torch
@@ -59,6 +61,7 @@ def common_options(func):
                 # our own warnings are already logged as one line; python's repeat them with
                 # a source line, which reads like a crash on the command line
                 warnings.simplefilter("ignore", UserWarning)
+                warnings.showwarning = _recording(warnings.showwarning)
                 return func(*args, quiet=quiet, **kwargs)
         except KeyboardInterrupt:
             click.echo("Interrupted: no output was written.", err=True)
@@ -86,6 +89,64 @@ def common_options(func):
                 err=True,
             )
             sys.exit(EXIT_RUNTIME)
+
+    return wrapper
+
+
+class RunState:
+    """What one command invocation collects for its report: the ``--report`` path, the
+    warnings raised (log warnings and python warnings) and the command line."""
+
+    def __init__(self):
+        self.report: str | None = None
+        self.warnings: list[str] = []
+
+    @staticmethod
+    def command() -> str | None:
+        if Path(sys.argv[0]).name in ("anndata-rnn", "__main__.py"):
+            return shlex.join(["anndata-rnn", *sys.argv[1:]])
+        return None
+
+
+#: the state of the command being run (one at a time per process)
+RUN = RunState()
+
+
+class _WarningCollector(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+
+    def emit(self, record):
+        RUN.warnings.append(record.getMessage())
+
+
+def _recording(show):
+    """``warnings.showwarning`` that also records the warning for the report."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        RUN.warnings.append(f"{category.__name__}: {message}")
+        show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
+def report_option(func):
+    """``--report FILE``: a self-contained HTML report of the run, written with the other
+    outputs (temporary name, renamed at the end; nothing when the run fails)."""
+
+    @click.option(
+        "--report",
+        type=click.Path(dir_okay=False),
+        help="Also write a self-contained HTML report: parameters, data and split sizes, "
+        "metrics against the baseline, plots, warnings, package versions.",
+    )
+    @functools.wraps(func)
+    def wrapper(*args, report, **kwargs):
+        RUN.report = report
+        try:
+            return func(*args, **kwargs)
+        finally:
+            RUN.report = None
 
     return wrapper
 
@@ -126,6 +187,7 @@ def _setup_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
+    logger.addHandler(_WarningCollector())
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
@@ -146,6 +208,20 @@ class Outputs:
     def __init__(self, inputs: tuple = ()):
         self.inputs = inputs
         self.pending: list[tuple[Path, Path]] = []
+        #: the temporary path of the --report of the command being run (None without)
+        self.report = self.add(RUN.report)
+        self.report_final = RUN.report
+
+    def write_report(self, adata, key: str) -> None:
+        """Write the --report of this run (if asked) to its temporary path."""
+        if self.report is None:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from ..report import write_report
+
+        write_report(adata, self.report, key=key, run_warnings=RUN.warnings, command=RUN.command())
 
     def add(self, final) -> Path | None:
         if final is None:
@@ -164,6 +240,8 @@ class Outputs:
         for tmp, final in self.pending:
             os.replace(tmp, final)
         self.pending = []
+        if self.report is not None:
+            click.echo(f"wrote report {self.report_final}")
 
     def discard(self) -> None:
         for tmp, _ in self.pending:
@@ -236,6 +314,7 @@ def train_and_write(input, output, model_out, metrics_table, key: str, train):
         write_h5ad(adata, out_tmp)
         if table_tmp:
             write_metrics_table(adata.uns[key]["metrics"], table_tmp)
+        outputs.write_report(adata, key)
         outputs.commit()
     echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output, model_out)
     return adata

@@ -8,6 +8,7 @@ from ._common import (
     common_options,
     device_options,
     print_metrics,
+    report_option,
     train_and_write,
 )
 from ._training_options import network_kwargs, network_options, sequence_kwargs, sequence_options
@@ -37,6 +38,7 @@ regulated?):
     help="feature: standardize with training statistics; sequence: z-score each sequence.",
 )
 @device_options
+@report_option
 @common_options
 def classify(
     input,

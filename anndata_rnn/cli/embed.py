@@ -8,6 +8,7 @@ from ._common import (
     common_options,
     device_options,
     print_metrics,
+    report_option,
     train_and_write,
 )
 from ._training_options import sequence_kwargs, sequence_options, training_options
@@ -97,6 +98,7 @@ clusters with Spellman's cell-cycle genes; embed the cells of simulated trajecto
     "enrichment, RNN vs PCA + k-means.",
 )
 @device_options
+@report_option
 @common_options
 def embed(
     input,

@@ -13,6 +13,7 @@ from ._common import (
     common_options,
     device_options,
     echo_written,
+    report_option,
 )
 
 
@@ -91,6 +92,7 @@ from ._common import (
     help="Sequences per attribution call (each is expanded --n-steps times).",
 )
 @device_options
+@report_option
 @common_options
 def explain(
     input,
@@ -159,6 +161,7 @@ def explain(
         if table_tmp and ranked is not None:
             write_table(ranked, table_tmp)
         write_h5ad(adata, out_tmp)
+        outputs.write_report(adata, key_added)
         outputs.commit()
     explained = record["explain"]
     echo_written(list(explained["written"]) + [f"uns/{key_added}"], output)

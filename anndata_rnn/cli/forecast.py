@@ -9,6 +9,7 @@ from ._common import (
     common_options,
     device_options,
     print_metrics,
+    report_option,
     train_and_write,
 )
 from ._training_options import (
@@ -76,6 +77,7 @@ its first 20, on 30 % held-out genes; then series of cells or samples over time)
     help="Predict the next value directly instead of the change from the current one.",
 )
 @device_options
+@report_option
 @common_options
 def forecast(
     input,

@@ -12,6 +12,7 @@ from ._common import (
     device_options,
     echo_written,
     print_metrics,
+    report_option,
     split_list,
 )
 
@@ -39,6 +40,7 @@ from ._common import (
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
 @device_options
+@report_option
 @common_options
 def predict(
     input,
@@ -81,6 +83,7 @@ def predict(
         )
         key = key_added or model.config["keys"].get("key_added", "rnn")
         write_h5ad(adata, out_tmp)
+        outputs.write_report(adata, key)
         outputs.commit()
     echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output)
     if "metrics" in adata.uns[key]:

@@ -55,6 +55,34 @@ def model_entries(metrics: dict) -> list[str]:
     return ordered + [m for m in models if m not in ordered]
 
 
+#: the order of the metrics in tables and charts (others follow alphabetically)
+METRIC_ORDER = (
+    "n",
+    "accuracy",
+    "balanced_accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "auroc",
+    "mse",
+    "mae",
+    "r2",
+    "pearson_r",
+    "reconstruction_mse",
+    "silhouette",
+    "ari",
+    "nmi",
+    "max_enrichment",
+)
+
+
+def metric_order(names) -> list[str]:
+    """``names`` in the conventional order (counts and summary scores first)."""
+    names = list(dict.fromkeys(names))
+    known = [m for m in METRIC_ORDER if m in names]
+    return known + sorted(m for m in names if m not in known)
+
+
 def model_label(name: str) -> str:
     """How a model entry is named in plots and tables."""
     return {
@@ -237,6 +265,7 @@ def metrics(
             for name, value in stored[m].items():
                 if _is_score(value) and name not in COUNT_METRICS and name not in metrics:
                     metrics.append(name)
+        metrics = metric_order(metrics)
     metrics = list(metrics)
     if not metrics:
         raise InputError(f"uns[{key!r}][{source!r}] has no scalar metrics to draw")
@@ -931,9 +960,9 @@ def latent_pca(
     if color is None:
         for candidate in (
             f"{key}_cluster",
-            f"{key}_pred",
             record.get("label_key"),
             record.get("eval_label"),
+            f"{key}_pred",
         ):
             if candidate is not None and _text(candidate) in frame:
                 color = _text(candidate)
