@@ -389,6 +389,7 @@ def render_report(
                 "<ul>" + "".join(f"<li>{_e(m)}: {_e(d)}</li>" for m, d in described) + "</ul>"
             )
         body.append(_per_class(record, metrics))
+        body.append(_confusion_tables(record, metrics))
     training = record.get("training_metrics", {})
     if training:
         table = metrics_table(training)
@@ -480,6 +481,27 @@ def _per_class(record: dict, metrics: dict) -> str:
     return "<p>Per class:</p>" + _table(
         ["class", "model", "precision", "recall", "F1", "support"], rows, numeric_from=2
     )
+
+
+def _confusion_tables(record: dict, metrics: dict) -> str:
+    """Each model's confusion matrix as a table (counts; rows true, columns predicted)."""
+    from .pl._plots import model_entries, model_label
+
+    classes = [_text(c) for c in record.get("classes", [])]
+    out = []
+    for m in model_entries(metrics):
+        if "confusion_matrix" not in metrics[m]:
+            continue
+        counts = np.asarray(metrics[m]["confusion_matrix"]).astype(int)
+        names = classes if len(classes) == len(counts) else [str(i) for i in range(len(counts))]
+        out.append(f"<p>Confusion matrix ({_e(model_label(m))}), rows true, columns predicted:</p>")
+        out.append(
+            _table(
+                ["true / predicted", *names],
+                [[name, *map(int, row)] for name, row in zip(names, counts, strict=True)],
+            )
+        )
+    return "\n".join(out)
 
 
 def _plots(adata: AnnData, key: str, record: dict, pl) -> list:
