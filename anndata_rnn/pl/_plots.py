@@ -360,7 +360,8 @@ def confusion(
     n = np.asarray(stored[models[0]]["confusion_matrix"]).shape[0]
     if len(classes) != n:
         classes = [str(i) for i in range(n)]
-    size = 1.2 + 0.55 * n
+    longest = max(len(c) for c in classes)
+    size = 1.2 + 0.55 * n + 0.07 * longest
     fig, axes = plt.subplots(
         1,
         len(models),
