@@ -458,6 +458,9 @@ def test_output_filters():
             assert output_filter_active(name, values) == (mode in TRAINING_MODES), (name, mode)
         # the top-gene table: explain only, written by default, and not when it is turned off
         assert output_filter_active("top_genes", values) == (mode == "explain"), mode
+        # the HTML report: every mode, by default
+        assert output_filter_active("html_report", values), mode
+        assert not output_filter_active("html_report", {"mode|mode": mode, "report": False}), mode
     assert not output_filter_active(
         "top_genes", {"mode|mode": "explain", "mode|table|write_table": "no"}
     )
