@@ -7,7 +7,6 @@ import click
 from ._common import (
     common_options,
     device_options,
-    print_metrics,
     train_and_write,
 )
 from ._training_options import sequence_kwargs, sequence_options, training_options
@@ -137,14 +136,12 @@ def embed(
     """
     from .. import tl
 
-    key = kw["key_added"]
-    adata = train_and_write(
+    train_and_write(
         input,
         output,
         model_out,
         metrics_table,
-        key,
-        lambda adata: tl.embed(
+        lambda adata: tl.embed.run(
             adata,
             scale=scale,
             max_missing=max_missing,
@@ -171,4 +168,3 @@ def embed(
             **sequence_kwargs(kw),
         ),
     )
-    print_metrics(adata.uns[key]["metrics"], title="clustered units")

@@ -37,24 +37,19 @@ def digest_h5(path: Path) -> dict[str, str]:
         items = []
         for name in sorted(obj.attrs):
             value = obj.attrs[name]
-            items.append(f"{name}={np.asarray(value).tobytes().hex() if not isinstance(value, str) else value}")
+            if name == "config" and isinstance(value, str):
+                value = _config_without_new_keys(value)
+            items.append(f"{name}={_text(value)}")
         return hashlib.sha256("|".join(items).encode()).hexdigest()[:16]
 
     def visit(name, obj):
         if any(name.startswith(prefix) for prefix in IGNORED):
             return
         if isinstance(obj, h5py.Dataset):
-            data = obj[()]
-            if isinstance(data, bytes):
-                raw = data
-            else:
-                array = np.asarray(data)
-                raw = (
-                    "\x00".join(map(str, array.ravel().tolist())).encode()
-                    if array.dtype == object
-                    else array.tobytes()
-                )
-            out[name] = f"{obj.dtype}{obj.shape}:{hashlib.sha256(raw).hexdigest()[:16]}:{attrs(obj)}"
+            raw = _text(obj[()]).encode()
+            out[name] = (
+                f"{obj.dtype}{obj.shape}:{hashlib.sha256(raw).hexdigest()[:16]}:{attrs(obj)}"
+            )
         else:
             out[name + "/"] = attrs(obj)
 
@@ -62,6 +57,26 @@ def digest_h5(path: Path) -> dict[str, str]:
         out["/"] = attrs(f)
         f.visititems(visit)
     return out
+
+
+def _text(value) -> str:
+    """A deterministic text form of an attribute or dataset value (object and compound arrays
+    hold pointers, so their bytes cannot be compared)."""
+    if isinstance(value, bytes | str):
+        return repr(value)
+    array = np.asarray(value)
+    if array.dtype == object or array.dtype.names is not None:
+        return f"{array.dtype}{array.shape}" + repr(array.tolist())
+    return f"{array.dtype}{array.shape}" + hashlib.sha256(array.tobytes()).hexdigest()
+
+
+def _config_without_new_keys(text: str) -> str:
+    """A model config without the keys the redesign added on purpose (issue 11: the imputation
+    mode is now a stored preprocessing setting)."""
+    config = json.loads(text)
+    if isinstance(config, dict) and isinstance(config.get("preprocessing"), dict):
+        config["preprocessing"].pop("imputation", None)
+    return json.dumps(config)
 
 
 def digest_file(path: Path) -> dict[str, str]:
@@ -101,23 +116,331 @@ def commands(inputs: dict[str, Path], o: Path) -> list[tuple[str, list[str], lis
     fast = ["--epochs", "3", "--seed", "0", "--quiet", "--threads", "1"]
     k_obs = ["--layout", "obs-series", "--series-key", "series", "--time-key", "time"]
     return [
-        ("classify_yeast", ["classify", str(inputs["spellman"]), *yeast, "--series-subset", "cdc15", "--label", "cell_cycle_800", "--output", f"{o}/cy.h5ad", "--model-out", f"{o}/cy_model.h5", "--metrics-table", f"{o}/cy.tsv", *fast], ["cy.h5ad", "cy_model.h5", "cy.tsv"]),
-        ("predict_yeast", ["predict", str(inputs["pramila"]), "--model", f"{o}/cy_model.h5", "--series-subset", "Cy3", "--output", f"{o}/py.h5ad", "--quiet", "--threads", "1"], ["py.h5ad"]),
-        ("explain_yeast", ["explain", f"{o}/cy.h5ad", "--model", f"{o}/cy_model.h5", "--key-added", "ex", "--n-steps", "20", "--output", f"{o}/ey.h5ad", "--table", f"{o}/ey.tsv", "--quiet", "--threads", "1"], ["ey.h5ad", "ey.tsv"]),
-        ("forecast_yeast", ["forecast", str(inputs["spellman"]), *yeast, "--series-subset", "cdc15", "--holdout-steps", "4", "--output", f"{o}/fy.h5ad", "--model-out", f"{o}/fy_model.h5", "--metrics-table", f"{o}/fy.tsv", *fast], ["fy.h5ad", "fy_model.h5", "fy.tsv"]),
-        ("embed_yeast", ["embed", str(inputs["spellman"]), *yeast, "--series-subset", "cdc15", "--scale", "sequence", "--cluster", "kmeans", "--n-clusters", "8", "--eval-label", "cell_cycle_800", "--output", f"{o}/ey2.h5ad", "--model-out", f"{o}/ey2_model.h5", "--metrics-table", f"{o}/ey2.tsv", *fast], ["ey2.h5ad", "ey2_model.h5", "ey2.tsv"]),
-        ("predict_embed_yeast", ["predict", str(inputs["spellman"]), "--model", f"{o}/ey2_model.h5", "--key-added", "p", "--output", f"{o}/pey.h5ad", "--quiet", "--threads", "1"], ["pey.h5ad"]),
-        ("classify_pbmc", ["classify", str(inputs["pbmc"]), "--layout", "profile", "--label", "bulk_labels", "--output", f"{o}/cp.h5ad", "--model-out", f"{o}/cp_model.h5", "--metrics-table", f"{o}/cp.tsv", *fast], ["cp.h5ad", "cp_model.h5", "cp.tsv"]),
-        ("predict_pbmc", ["predict", str(inputs["pbmc"]), "--model", f"{o}/cp_model.h5", "--output", f"{o}/pp.h5ad", "--quiet", "--threads", "1"], ["pp.h5ad"]),
-        ("explain_pbmc", ["explain", f"{o}/cp.h5ad", "--model", f"{o}/cp_model.h5", "--key-added", "ex", "--target", "CD14+ Monocyte", "--n-steps", "20", "--max-per-class", "30", "--output", f"{o}/ep.h5ad", "--table", f"{o}/ep.tsv", "--quiet", "--threads", "1"], ["ep.h5ad", "ep.tsv"]),
-        ("embed_pbmc", ["embed", str(inputs["pbmc"]), "--layout", "profile", "--cluster", "kmeans", "--n-clusters", "5", "--eval-label", "bulk_labels", "--output", f"{o}/emp.h5ad", "--model-out", f"{o}/emp_model.h5", *fast], ["emp.h5ad", "emp_model.h5"]),
-        ("classify_krumsiek", ["classify", str(inputs["krumsiek"]), *k_obs, "--label", "cell_type", "--output", f"{o}/ck.h5ad", "--model-out", f"{o}/ck_model.h5", "--metrics-table", f"{o}/ck.tsv", *fast], ["ck.h5ad", "ck_model.h5", "ck.tsv"]),
-        ("predict_krumsiek", ["predict", str(inputs["krumsiek"]), "--model", f"{o}/ck_model.h5", "--output", f"{o}/pk.h5ad", "--quiet", "--threads", "1"], ["pk.h5ad"]),
-        ("explain_krumsiek", ["explain", f"{o}/ck.h5ad", "--model", f"{o}/ck_model.h5", "--key-added", "ex", "--n-steps", "20", "--output", f"{o}/ek.h5ad", "--quiet", "--threads", "1"], ["ek.h5ad"]),
-        ("forecast_krumsiek", ["forecast", str(inputs["krumsiek"]), *k_obs, "--horizon", "3", "--output", f"{o}/fk.h5ad", "--model-out", f"{o}/fk_model.h5", "--metrics-table", f"{o}/fk.tsv", *fast], ["fk.h5ad", "fk_model.h5", "fk.tsv"]),
-        ("predict_forecast_krumsiek", ["predict", str(inputs["krumsiek"]), "--model", f"{o}/fk_model.h5", "--output", f"{o}/pfk.h5ad", "--quiet", "--threads", "1"], ["pfk.h5ad"]),
-        ("explain_forecast_krumsiek", ["explain", f"{o}/fk.h5ad", "--model", f"{o}/fk_model.h5", "--key-added", "ex", "--target", "Gata2", "--n-steps", "20", "--output", f"{o}/efk.h5ad", "--quiet", "--threads", "1"], ["efk.h5ad"]),
-        ("embed_krumsiek", ["embed", str(inputs["krumsiek"]), *k_obs, "--cluster", "kmeans", "--n-clusters", "2", "--output", f"{o}/ek2.h5ad", "--model-out", f"{o}/ek2_model.h5", *fast], ["ek2.h5ad", "ek2_model.h5"]),
+        (
+            "classify_yeast",
+            [
+                "classify",
+                str(inputs["spellman"]),
+                *yeast,
+                "--series-subset",
+                "cdc15",
+                "--label",
+                "cell_cycle_800",
+                "--output",
+                f"{o}/cy.h5ad",
+                "--model-out",
+                f"{o}/cy_model.h5",
+                "--metrics-table",
+                f"{o}/cy.tsv",
+                *fast,
+            ],
+            ["cy.h5ad", "cy_model.h5", "cy.tsv"],
+        ),
+        (
+            "predict_yeast",
+            [
+                "predict",
+                str(inputs["pramila"]),
+                "--model",
+                f"{o}/cy_model.h5",
+                "--series-subset",
+                "Cy3",
+                "--output",
+                f"{o}/py.h5ad",
+                "--quiet",
+                "--threads",
+                "1",
+            ],
+            ["py.h5ad"],
+        ),
+        (
+            "explain_yeast",
+            [
+                "explain",
+                f"{o}/cy.h5ad",
+                "--model",
+                f"{o}/cy_model.h5",
+                "--key-added",
+                "ex",
+                "--n-steps",
+                "20",
+                "--output",
+                f"{o}/ey.h5ad",
+                "--table",
+                f"{o}/ey.tsv",
+                "--quiet",
+                "--threads",
+                "1",
+            ],
+            ["ey.h5ad", "ey.tsv"],
+        ),
+        (
+            "forecast_yeast",
+            [
+                "forecast",
+                str(inputs["spellman"]),
+                *yeast,
+                "--series-subset",
+                "cdc15",
+                "--holdout-steps",
+                "4",
+                "--output",
+                f"{o}/fy.h5ad",
+                "--model-out",
+                f"{o}/fy_model.h5",
+                "--metrics-table",
+                f"{o}/fy.tsv",
+                *fast,
+            ],
+            ["fy.h5ad", "fy_model.h5", "fy.tsv"],
+        ),
+        (
+            "embed_yeast",
+            [
+                "embed",
+                str(inputs["spellman"]),
+                *yeast,
+                "--series-subset",
+                "cdc15",
+                "--scale",
+                "sequence",
+                "--cluster",
+                "kmeans",
+                "--n-clusters",
+                "8",
+                "--eval-label",
+                "cell_cycle_800",
+                "--output",
+                f"{o}/ey2.h5ad",
+                "--model-out",
+                f"{o}/ey2_model.h5",
+                "--metrics-table",
+                f"{o}/ey2.tsv",
+                *fast,
+            ],
+            ["ey2.h5ad", "ey2_model.h5", "ey2.tsv"],
+        ),
+        (
+            "predict_embed_yeast",
+            [
+                "predict",
+                str(inputs["spellman"]),
+                "--model",
+                f"{o}/ey2_model.h5",
+                "--key-added",
+                "p",
+                "--output",
+                f"{o}/pey.h5ad",
+                "--quiet",
+                "--threads",
+                "1",
+            ],
+            ["pey.h5ad"],
+        ),
+        (
+            "classify_pbmc",
+            [
+                "classify",
+                str(inputs["pbmc"]),
+                "--layout",
+                "profile",
+                "--label",
+                "bulk_labels",
+                "--output",
+                f"{o}/cp.h5ad",
+                "--model-out",
+                f"{o}/cp_model.h5",
+                "--metrics-table",
+                f"{o}/cp.tsv",
+                *fast,
+            ],
+            ["cp.h5ad", "cp_model.h5", "cp.tsv"],
+        ),
+        (
+            "predict_pbmc",
+            [
+                "predict",
+                str(inputs["pbmc"]),
+                "--model",
+                f"{o}/cp_model.h5",
+                "--output",
+                f"{o}/pp.h5ad",
+                "--quiet",
+                "--threads",
+                "1",
+            ],
+            ["pp.h5ad"],
+        ),
+        (
+            "explain_pbmc",
+            [
+                "explain",
+                f"{o}/cp.h5ad",
+                "--model",
+                f"{o}/cp_model.h5",
+                "--key-added",
+                "ex",
+                "--target",
+                "CD14+ Monocyte",
+                "--n-steps",
+                "20",
+                "--max-per-class",
+                "30",
+                "--output",
+                f"{o}/ep.h5ad",
+                "--table",
+                f"{o}/ep.tsv",
+                "--quiet",
+                "--threads",
+                "1",
+            ],
+            ["ep.h5ad", "ep.tsv"],
+        ),
+        (
+            "embed_pbmc",
+            [
+                "embed",
+                str(inputs["pbmc"]),
+                "--layout",
+                "profile",
+                "--cluster",
+                "kmeans",
+                "--n-clusters",
+                "5",
+                "--eval-label",
+                "bulk_labels",
+                "--output",
+                f"{o}/emp.h5ad",
+                "--model-out",
+                f"{o}/emp_model.h5",
+                *fast,
+            ],
+            ["emp.h5ad", "emp_model.h5"],
+        ),
+        (
+            "classify_krumsiek",
+            [
+                "classify",
+                str(inputs["krumsiek"]),
+                *k_obs,
+                "--label",
+                "cell_type",
+                "--output",
+                f"{o}/ck.h5ad",
+                "--model-out",
+                f"{o}/ck_model.h5",
+                "--metrics-table",
+                f"{o}/ck.tsv",
+                *fast,
+            ],
+            ["ck.h5ad", "ck_model.h5", "ck.tsv"],
+        ),
+        (
+            "predict_krumsiek",
+            [
+                "predict",
+                str(inputs["krumsiek"]),
+                "--model",
+                f"{o}/ck_model.h5",
+                "--output",
+                f"{o}/pk.h5ad",
+                "--quiet",
+                "--threads",
+                "1",
+            ],
+            ["pk.h5ad"],
+        ),
+        (
+            "explain_krumsiek",
+            [
+                "explain",
+                f"{o}/ck.h5ad",
+                "--model",
+                f"{o}/ck_model.h5",
+                "--key-added",
+                "ex",
+                "--n-steps",
+                "20",
+                "--output",
+                f"{o}/ek.h5ad",
+                "--quiet",
+                "--threads",
+                "1",
+            ],
+            ["ek.h5ad"],
+        ),
+        (
+            "forecast_krumsiek",
+            [
+                "forecast",
+                str(inputs["krumsiek"]),
+                *k_obs,
+                "--horizon",
+                "3",
+                "--output",
+                f"{o}/fk.h5ad",
+                "--model-out",
+                f"{o}/fk_model.h5",
+                "--metrics-table",
+                f"{o}/fk.tsv",
+                *fast,
+            ],
+            ["fk.h5ad", "fk_model.h5", "fk.tsv"],
+        ),
+        (
+            "predict_forecast_krumsiek",
+            [
+                "predict",
+                str(inputs["krumsiek"]),
+                "--model",
+                f"{o}/fk_model.h5",
+                "--output",
+                f"{o}/pfk.h5ad",
+                "--quiet",
+                "--threads",
+                "1",
+            ],
+            ["pfk.h5ad"],
+        ),
+        (
+            "explain_forecast_krumsiek",
+            [
+                "explain",
+                f"{o}/fk.h5ad",
+                "--model",
+                f"{o}/fk_model.h5",
+                "--key-added",
+                "ex",
+                "--target",
+                "Gata2",
+                "--n-steps",
+                "20",
+                "--output",
+                f"{o}/efk.h5ad",
+                "--quiet",
+                "--threads",
+                "1",
+            ],
+            ["efk.h5ad"],
+        ),
+        (
+            "embed_krumsiek",
+            [
+                "embed",
+                str(inputs["krumsiek"]),
+                *k_obs,
+                "--cluster",
+                "kmeans",
+                "--n-clusters",
+                "2",
+                "--output",
+                f"{o}/ek2.h5ad",
+                "--model-out",
+                f"{o}/ek2_model.h5",
+                *fast,
+            ],
+            ["ek2.h5ad", "ek2_model.h5"],
+        ),
     ]
 
 
@@ -136,9 +459,13 @@ def main() -> int:
             if args.only and name not in args.only.split(","):
                 continue
             run = subprocess.run(
-                [sys.executable, "-m", "anndata_rnn", *argv], env=env, capture_output=True, text=True
+                [sys.executable, "-m", "anndata_rnn", *argv],
+                env=env,
+                capture_output=True,
+                text=True,
             )
-            entry = {"rc": run.returncode, "stdout": run.stdout}
+            # the printed paths name this run's temporary folder
+            entry = {"rc": run.returncode, "stdout": run.stdout.replace(tmp, "TMP")}
             if run.returncode != 0:
                 entry["stderr"] = run.stderr[-2000:]
                 print(f"{name}: exit {run.returncode}\n{run.stderr[-2000:]}", file=sys.stderr)
