@@ -361,17 +361,6 @@ def _test_metrics(index, labels: Labels, proba: np.ndarray, test_ids: np.ndarray
     return classification_metrics(targets[chosen], proba[test_ids][chosen], labels.classes)
 
 
-def _test_metrics(index, labels: Labels, proba: np.ndarray, test_ids: np.ndarray) -> dict:
-    if labels.level == "unit":
-        unit_proba = pool_units(index, proba)
-        units = np.unique(index.unit[test_ids])
-        units = units[labels.codes[units] >= 0]
-        return classification_metrics(labels.codes[units], unit_proba[units], labels.classes)
-    targets = labels.sequence_targets(index, test_ids)
-    chosen = targets >= 0
-    return classification_metrics(targets[chosen], proba[test_ids][chosen], labels.classes)
-
-
 def _write_results(target, index: SequenceIndex, classes, level, proba, embedding, key):
     """The inverse of the sequence index: per unit / per step values into obs/var and obsm/varm."""
     classes = np.asarray(classes, dtype=object)
