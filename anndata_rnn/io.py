@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import anndata as ad
@@ -71,28 +74,49 @@ def check_output_path(output: str | os.PathLike, *, inputs: tuple = ()):
         raise InputError(f"output path {str(output)!r} is a directory: give a file name")
 
 
-def write_h5ad(adata: AnnData, path: str | os.PathLike) -> None:
-    """Write atomically: a temporary file in the same directory, renamed when complete."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; renamed to ``path`` only if the block succeeds.
+
+    The one way every output (h5ad, model file, table, report) is written: a failure or Ctrl-C
+    leaves no partial file behind.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path)
     try:
-        adata.write_h5ad(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a TSV atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        frame.to_csv(tmp, sep="\t", index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def temporary_name(path: Path) -> Path:
+    """A hidden name in the same directory (same file system, so the rename is atomic)."""
+    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+
+
+def write_h5ad(adata: AnnData, path: str | os.PathLike, *, atomic: bool = True) -> None:
+    """Write an AnnData (atomically, unless the caller already stages ``path``)."""
+    with atomic_path(path) if atomic else contextlib.nullcontext(path) as target:
+        adata.write_h5ad(target)
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike, *, atomic: bool = True) -> None:
+    """Write a TSV (atomically, unless the caller already stages ``path``)."""
+    with atomic_path(path) if atomic else contextlib.nullcontext(path) as target:
+        frame.to_csv(target, sep="\t", index=False)
+
+
+def versions() -> dict:
+    """Versions of Python and the packages a result depends on (stored with every result)."""
+    out = {"python": platform.python_version()}
+    for package in ("anndata-rnn", "anndata", "scanpy", "torch", "numpy", "scikit-learn", "h5py"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "unknown"
+    return out
 
 
 def uns_safe(value):

@@ -14,24 +14,30 @@ value is checked (type, shape, dtype) before use, so a hostile file can only be 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
-from .errors import ModelFileError
+from .errors import InputError, ModelFileError
+from .io import atomic_path
 from .networks import CELLS, TASK_MODULES, build_module
-from .preprocessing import SCALE_CHOICES, Preprocessor
+from .preprocessing import IMPUTATION_CHOICES, SCALE_CHOICES, FeatureSource, Preprocessor
 from .sequences import LAYOUTS
 
 FORMAT_NAME = "anndata-rnn-model"
 FORMAT_VERSION = 1
 
 _STRING = h5py.string_dtype("utf-8")
+
+log = logging.getLogger("anndata_rnn")
 
 
 class Model:
@@ -86,41 +92,37 @@ class Model:
         )
 
     # -- saving --------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the model to ``path`` (HDF5). Written to a temporary name, then renamed."""
+    def save(self, path: str | os.PathLike, *, atomic: bool = True) -> None:
+        """Write the model to ``path`` (HDF5): to a temporary name, then renamed, unless the
+        caller already stages ``path`` (``atomic=False``)."""
         path = Path(path)
         config = dict(self.config)
         config["format"] = FORMAT_NAME
         config["format_version"] = FORMAT_VERSION
         config["preprocessing"] = self.preprocessor.config()
         text = json.dumps(_plain(config), allow_nan=False)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = FORMAT_NAME
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["config"] = text
-                weights = f.create_group("weights")
-                for name, tensor in self.module.state_dict().items():
-                    weights.create_dataset(name, data=tensor.detach().cpu().numpy())
-                arrays = self.preprocessor.arrays()
-                f.create_dataset(
-                    "features/names",
-                    data=np.asarray(arrays["features"], dtype=object),
-                    dtype=_STRING,
-                )
-                f.create_dataset("preprocessing/mean", data=arrays["mean"])
-                f.create_dataset("preprocessing/std", data=arrays["std"])
-                for name, value in self.arrays.items():
-                    value = np.asarray(value)
-                    if value.dtype == object:
-                        f.create_dataset(f"arrays/{name}", data=value, dtype=_STRING)
-                    else:
-                        f.create_dataset(f"arrays/{name}", data=value)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        staged = atomic_path(path) if atomic else contextlib.nullcontext(path)
+        with staged as target, h5py.File(target, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["config"] = text
+            weights = f.create_group("weights")
+            for name, tensor in self.module.state_dict().items():
+                weights.create_dataset(name, data=tensor.detach().cpu().numpy())
+            arrays = self.preprocessor.arrays()
+            f.create_dataset(
+                "features/names",
+                data=np.asarray(arrays["features"], dtype=object),
+                dtype=_STRING,
+            )
+            f.create_dataset("preprocessing/mean", data=arrays["mean"])
+            f.create_dataset("preprocessing/std", data=arrays["std"])
+            for name, value in self.arrays.items():
+                value = np.asarray(value)
+                if value.dtype == object:
+                    f.create_dataset(f"arrays/{name}", data=value, dtype=_STRING)
+                else:
+                    f.create_dataset(f"arrays/{name}", data=value)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -177,8 +179,11 @@ class Model:
         std = _read_float(f, "preprocessing/std", where, (n_stats,))
         if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
             raise ModelFileError(f"{where} has invalid preprocessing statistics")
+        # files written before the imputation setting was stored: forecasters filled causally
+        implied = "causal" if config["task"] == "forecast" else "interpolate"
         preprocessor = Preprocessor.from_stored(
-            config["preprocessing"], {"features": features, "mean": mean, "std": std}
+            {"imputation": implied, **config["preprocessing"]},
+            {"features": features, "mean": mean, "std": std},
         )
         n_inputs = config.get("n_inputs")
         if not isinstance(n_inputs, int) or not 0 < n_inputs < 10_000_000:
@@ -333,6 +338,7 @@ def _check_config(config: dict, where: str) -> None:
         "dt_mean": number(prep.get("dt_mean")),
         "dt_std": number(prep.get("dt_std")) and prep["dt_std"] > 0,
         "scale": prep.get("scale") in SCALE_CHOICES,
+        "imputation": prep.get("imputation", "interpolate") in IMPUTATION_CHOICES,
     }
     for name, ok in checks.items():
         if not ok:
@@ -353,3 +359,40 @@ def _plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def check_gene_overlap(prep: Preprocessor, source: FeatureSource, min_gene_overlap: float) -> dict:
+    """Match the data's features to the model's; error below ``min_gene_overlap``, warn on gaps."""
+    if prep.layout == "var-series":
+        return {"n_model_features": 1, "n_missing": 0, "overlap": 1.0}
+    if prep.source_kind == "rep":
+        if len(source.feature_names) != len(prep.features):
+            raise InputError(
+                f"the model reads {len(prep.features)} columns of obsm[{prep.source_name!r}] but "
+                f"the data has {len(source.feature_names)}: compute the representation the same "
+                "way as for training"
+            )
+        return {"n_model_features": len(prep.features), "n_missing": 0, "overlap": 1.0}
+    missing = prep.missing_features(source.feature_names)
+    overlap = 1 - len(missing) / len(prep.features)
+    if overlap < min_gene_overlap:
+        raise InputError(
+            f"only {len(prep.features) - len(missing)} of the model's {len(prep.features)} genes "
+            f"({overlap:.0%}) are in the data, below min_gene_overlap={min_gene_overlap:g}: "
+            "check that var_names use the same gene identifiers as at training (or give "
+            "--gene-symbols COLUMN)"
+        )
+    if len(missing):
+        message = (
+            f"{len(missing)} of the model's {len(prep.features)} genes are missing from the data "
+            f"(overlap {overlap:.1%}); they are filled with the training mean"
+        )
+        warnings.warn(message, UserWarning, stacklevel=3)
+        log.warning(message)
+    else:
+        log.info("all %d model genes found in the data", len(prep.features))
+    return {
+        "n_model_features": len(prep.features),
+        "n_missing": len(missing),
+        "overlap": overlap,
+    }

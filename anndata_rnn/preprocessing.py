@@ -28,6 +28,11 @@ log = logging.getLogger("anndata_rnn")
 
 NORMALIZE_CHOICES = ("auto", "always", "never")
 SCALE_CHOICES = ("feature", "sequence")
+#: how missing values inside a sequence are filled: linear interpolation along time (sees later
+#: steps; classify, embed) or the last observed value (causal; forecast)
+IMPUTATION_CHOICES = ("interpolate", "causal")
+#: sequences encoded per chunk (bounds the memory of one read)
+CHUNK_SEQUENCES = 4096
 
 
 def resolve_rep(adata: AnnData, use_rep: str) -> str:
@@ -154,6 +159,7 @@ class Preprocessor:
     dt_mean: float = 0.0
     dt_std: float = 1.0
     scale: str = "feature"
+    imputation: str = "interpolate"
 
     # -- configuration ----------------------------------------------------------------------
     def config(self) -> dict:
@@ -167,6 +173,7 @@ class Preprocessor:
             "dt_mean": self.dt_mean,
             "dt_std": self.dt_std,
             "scale": self.scale,
+            "imputation": self.imputation,
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -187,6 +194,7 @@ class Preprocessor:
             dt_mean=float(config["dt_mean"]),
             dt_std=float(config["dt_std"]),
             scale=config["scale"],
+            imputation=config.get("imputation", "interpolate"),
         )
 
     def missing_features(self, data_features: np.ndarray) -> np.ndarray:
@@ -343,9 +351,9 @@ class Preprocessor:
             values = (values - self.mean.astype(np.float32)) / self.std.astype(np.float32)
         values[~valid] = 0.0
         if self.use_time and self.layout != "profile":
-            dt = (_time_gaps(times) - self.dt_mean) / self.dt_std
+            dt = gap_channel(self, _time_gaps(times))
             dt[~valid] = 0.0
-            values = np.concatenate([values, dt[..., None].astype(np.float32)], axis=-1)
+            values = np.concatenate([values, dt[..., None]], axis=-1)
         return values.astype(np.float32)
 
     def inverse_values(self, standardized: np.ndarray) -> np.ndarray:
@@ -389,3 +397,152 @@ def _zscore_within(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     std = np.sqrt(var)
     std = np.where(std > 1e-8, std, 1.0)
     return ((vals - mean) / std).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding: the one path from a sequence index to standardized network inputs
+
+
+@dataclass
+class Encoded:
+    """Standardized sequences and what was really observed (imputed values are never targets).
+
+    ``values`` ``(n, steps, n_features [+ 1 time-gap channel])`` float32, 0 on padding;
+    ``observed`` ``(n, steps, n_features)`` bool, True where a real step had a value;
+    ``n_missing`` ``(n,)`` values of each sequence that were missing and imputed.
+    """
+
+    values: np.ndarray
+    observed: np.ndarray
+    lengths: np.ndarray
+    times: np.ndarray
+    n_features: int
+    n_missing: np.ndarray
+
+    @property
+    def imputed(self) -> int:
+        return int(self.n_missing.sum())
+
+    def missing_fraction(self, prep: Preprocessor) -> np.ndarray:
+        """Fraction of each sequence's values that were missing before imputation."""
+        n_features = 1 if prep.layout == "var-series" else len(prep.features)
+        return self.n_missing / np.maximum(self.lengths * n_features, 1)
+
+
+def encode(
+    index: SequenceIndex,
+    source: FeatureSource,
+    prep: Preprocessor,
+    sequence_ids: np.ndarray | None = None,
+    *,
+    chunk: int = CHUNK_SEQUENCES,
+) -> Encoded:
+    """Read, transform, assemble, impute and standardize sequences, chunk by chunk.
+
+    Only the obs rows a chunk needs are read; missing values are filled as ``prep.imputation``
+    says (interpolation along time, or the last observed value), then with the training mean.
+    """
+    if sequence_ids is None:
+        sequence_ids = np.arange(index.n_sequences)
+    parts, observed, missing = [], [], []
+    for start in range(0, len(sequence_ids), chunk):
+        ids = sequence_ids[start : start + chunk]
+        rows = index.obs_rows(ids)
+        block = prep.transform_rows(source.read_rows(rows), source.feature_names)
+        raw = assemble(index, ids, rows, block)
+        seen = ~np.isnan(raw) & index.mask[ids][..., None]
+        observed.append(seen)
+        missing.append((~seen & index.mask[ids][..., None]).sum(axis=(1, 2)))
+        if prep.imputation == "causal":
+            raw = causal_fill(raw, ~np.isnan(raw), prep.mean)
+        parts.append(prep.transform_sequences(raw, index.times[ids]))
+    n_inputs = len(prep.mean) + int(prep.use_time and prep.layout != "profile")
+    width = index.chunk_size if index.layout == "profile" else n_inputs
+    return Encoded(
+        values=np.concatenate(parts)
+        if parts
+        else np.zeros((0, index.max_steps, width), np.float32),
+        observed=np.concatenate(observed) if observed else np.zeros((0, index.max_steps, 0), bool),
+        lengths=index.lengths[sequence_ids].astype(np.int64),
+        times=index.times[sequence_ids],
+        n_features=len(prep.mean),
+        n_missing=np.concatenate(missing) if missing else np.zeros(0, dtype=np.int64),
+    )
+
+
+def causal_fill(raw: np.ndarray, seen: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Missing values -> the last observed value of the same sequence and feature, else the
+    training mean: no input ever carries information from a later step."""
+    if seen.all():
+        return raw
+    steps = np.arange(raw.shape[1])[None, :, None]
+    last_seen = np.maximum.accumulate(np.where(seen, steps, -1), axis=1)
+    n, _, f = raw.shape
+    filled = raw[np.arange(n)[:, None, None], np.maximum(last_seen, 0), np.arange(f)[None, None, :]]
+    filled = np.where(last_seen >= 0, filled, mean.astype(np.float32))
+    return np.where(seen, raw, filled).astype(np.float32)
+
+
+def gap_channel(prep: Preprocessor, gaps: np.ndarray) -> np.ndarray:
+    """Raw time gaps -> the standardized time-gap input channel."""
+    return ((np.nan_to_num(gaps, nan=0.0) - prep.dt_mean) / prep.dt_std).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# forecaster inputs: each step carries the time gap to the step it predicts
+
+
+def network_inputs(
+    enc: Encoded, prep: Preprocessor, ids: np.ndarray, last_gap: np.ndarray | None = None
+) -> np.ndarray:
+    """Inputs ``(n, steps, n_inputs)``: features of step t and the time gap to step t + 1.
+
+    ``last_gap`` is the raw gap from each sequence's last step to the step forecast after it.
+    """
+    x = enc.values[ids].copy()
+    if not prep.use_time:
+        return x
+    lengths = enc.lengths[ids]
+    gap = x[..., -1].copy()
+    gap[:, :-1] = x[:, 1:, -1]  # the gap to the next step is the next step's own gap channel
+    last = np.zeros(len(ids)) if last_gap is None else np.asarray(last_gap, dtype=np.float64)
+    gap[np.arange(len(ids)), lengths - 1] = gap_channel(prep, last)
+    gap[np.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0.0
+    x[..., -1] = gap
+    return x
+
+
+def teacher_forcing(enc: Encoded, prep: Preprocessor, ids: np.ndarray):
+    """Inputs, next-step targets and the mask of targets really observed."""
+    x = network_inputs(enc, prep, ids)
+    f = enc.n_features
+    y = np.zeros((len(ids), x.shape[1], f), dtype=np.float32)
+    observed = np.zeros((len(ids), x.shape[1], f), dtype=bool)
+    y[:, :-1] = enc.values[ids, 1:, :f]
+    observed[:, :-1] = enc.observed[ids, 1:]
+    return x, y, observed
+
+
+def future_gaps(enc: Encoded, future_times, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Times ``(n, horizon)`` of the future steps of every sequence and the gaps between them."""
+    n = len(enc.lengths)
+    last = enc.times[np.arange(n), enc.lengths - 1]
+    if future_times is not None:
+        times = np.tile(np.asarray(future_times, dtype=np.float64), (n, 1))
+    else:
+        dt = np.diff(enc.times, axis=1)
+        with np.errstate(all="ignore"):
+            median = np.nanmedian(np.where(np.isfinite(dt), dt, np.nan), axis=1)
+        median = np.where(np.isfinite(median) & (median > 0), median, 1.0)
+        times = last[:, None] + median[:, None] * np.arange(1, horizon + 1)[None, :]
+    gaps = np.diff(np.concatenate([last[:, None], times], axis=1), axis=1)
+    return times, gaps
+
+
+def holdout_gaps(full: Encoded, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Times ``(n, k)`` of the held-out last steps and the gaps leading to each."""
+    n = len(full.lengths)
+    cols = full.lengths[:, None] - k + np.arange(k)[None, :]
+    times = full.times[np.arange(n)[:, None], cols]
+    before = full.times[np.arange(n)[:, None], cols - 1]
+    return times, times - before

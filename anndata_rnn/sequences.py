@@ -26,7 +26,7 @@ backed file in chunks (:meth:`SequenceIndex.obs_rows`, :func:`assemble`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -147,6 +147,74 @@ class SequenceIndex:
     def sequences_of_units(self, units: np.ndarray) -> np.ndarray:
         """Sequence ids whose unit is in ``units`` (a split is made of units, never of steps)."""
         return np.flatnonzero(np.isin(self.unit, units))
+
+    @property
+    def where(self) -> str:
+        """The axis whose rows are the units: ``"var"`` for var-series, else ``"obs"``."""
+        return "var" if self.layout == "var-series" else "obs"
+
+    def frame(self, adata: AnnData) -> pd.DataFrame:
+        """``adata.var`` or ``adata.obs``: where unit-level columns live."""
+        return adata.var if self.where == "var" else adata.obs
+
+    def write_column(self, adata: AnnData, key: str, rows: np.ndarray, categories=None) -> str:
+        """One value per obs (var) row into ``obs[key]`` (``var``); returns its path."""
+        set_column(self.frame(adata), key, rows, categories)
+        return f"{self.where}/{key}"
+
+    def write_matrix(self, adata: AnnData, key: str, rows: np.ndarray) -> str:
+        """One row per obs (var) into ``obsm[key]`` (``varm``); returns its path."""
+        getattr(adata, f"{self.where}m")[key] = rows
+        return f"{self.where}m/{key}"
+
+    def truncate(self, k: int) -> SequenceIndex:
+        """The same sequences without their last ``k`` steps (held out from every fit)."""
+        if k <= 0:
+            return self
+        steps, times, lengths = self.steps.copy(), self.times.copy(), self.lengths
+        for s in range(self.n_sequences):
+            steps[s, lengths[s] - k : lengths[s]] = -1
+            times[s, lengths[s] - k : lengths[s]] = np.nan
+        return replace(self, steps=steps, times=times, notes=[])
+
+    def with_width(self, n_features: int) -> SequenceIndex:
+        """profile: the steps for ``n_features`` selected genes, ``chunk_size`` per step."""
+        n_chunks = int(np.ceil(n_features / self.chunk_size))
+        steps = np.tile(np.arange(n_chunks), (self.n_sequences, 1))
+        return replace(
+            self, steps=steps, times=steps.astype(np.float64), gene_order=np.arange(n_features)
+        )
+
+    def step_rows(self, sequence_ids: np.ndarray):
+        """obs rows of the real steps of some sequences, and their (sequence, step) positions."""
+        steps = self.steps[sequence_ids]
+        seq, pos = np.nonzero(steps >= 0)
+        return steps[seq, pos], sequence_ids[seq], pos
+
+    def check_future_after(self, future_times) -> None:
+        """Future time points must come after every series' last time point."""
+        if future_times is None or not len(future_times):
+            return
+        last = np.nanmax(self.times, axis=1)
+        late = last >= future_times[0]
+        if late.any():
+            s = int(np.flatnonzero(late)[0])
+            raise InputError(
+                f"future time {future_times[0]:g} is not after the last time point "
+                f"{last[s]:g} of series {self.sequence_series[s]!r}: give future time points "
+                "after every series' end (or leave them out to use each series' median time gap)"
+            )
+
+    def check_holdout(self, k: int) -> None:
+        """Holding out the last ``k`` steps must leave at least 2 in every sequence."""
+        short = self.lengths < k + 2
+        if short.any():
+            s = int(np.flatnonzero(short)[0])
+            raise InputError(
+                f"holdout_steps={k} leaves fewer than 2 steps in series "
+                f"{self.sequence_series[s]!r} ({self.lengths[s]} time points): lower "
+                "--holdout-steps or drop short series (--series-subset)"
+            )
 
     def obs_rows(self, sequence_ids: np.ndarray) -> np.ndarray:
         """Sorted obs rows needed to assemble these sequences (the read request for a chunk)."""
@@ -285,6 +353,98 @@ def build_index(
     )
 
 
+@dataclass(frozen=True)
+class SequenceSpec:
+    """How an AnnData becomes sequences: the keys a model records and replays on new data.
+
+    Validated once on construction; :meth:`keys` is the dict stored in the model config and
+    :meth:`from_keys` reads it back. ``extra`` holds task keys recorded in the same dict
+    (``label_key``, ``eval_label``).
+    """
+
+    layout: str
+    series_key: str | None = None
+    time_key: str | None = None
+    series_subset: tuple[str, ...] | None = None
+    order_key: str | None = None
+    chunk_size: int = 32
+    layer: str | None = None
+    use_rep: str | None = None
+    key_added: str = "rnn"
+    extra: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self):
+        check_layout(self.layout)
+        if self.series_subset is not None:
+            object.__setattr__(self, "series_subset", tuple(self.series_subset) or None)
+
+    def keys(self) -> dict:
+        return {
+            "layout": self.layout,
+            **dict(self.extra),
+            "series_key": self.series_key,
+            "time_key": self.time_key,
+            "series_subset": list(self.series_subset) if self.series_subset else None,
+            "order_key": self.order_key,
+            "chunk_size": self.chunk_size,
+            "layer": self.layer,
+            "use_rep": self.use_rep,
+            "key_added": self.key_added,
+        }
+
+    @classmethod
+    def from_keys(cls, keys: dict, *, series_subset=None) -> SequenceSpec:
+        """The spec a model's stored keys describe (``series_subset`` overrides the stored one)."""
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        subset = series_subset if series_subset is not None else keys.get("series_subset")
+        return cls(
+            layout=keys["layout"],
+            series_key=keys.get("series_key"),
+            time_key=keys.get("time_key"),
+            series_subset=subset,
+            order_key=keys.get("order_key"),
+            chunk_size=int(keys.get("chunk_size") or 32),
+            layer=keys.get("layer"),
+            use_rep=keys.get("use_rep"),
+            key_added=keys.get("key_added") or "rnn",
+            extra=tuple((k, v) for k, v in keys.items() if k not in known),
+        )
+
+    def get(self, name: str):
+        return dict(self.extra).get(name)
+
+    def index(
+        self, adata: AnnData, *, n_features: int | None = None, var_mask=None
+    ) -> SequenceIndex:
+        """The sequence index of ``adata`` (reads only obs/var, never X)."""
+        if self.layout == "obs-series" and self.series_key is None:
+            raise InputError(
+                "layout obs-series needs series_key (the obs column naming each subject/series)"
+            )
+        if self.layout == "var-series" and self.time_key is None:
+            raise InputError("layout var-series needs time_key (the obs column of time points)")
+        return build_index(
+            adata,
+            layout=self.layout,
+            series_key=self.series_key,
+            time_key=self.time_key,
+            series_subset=list(self.series_subset) if self.series_subset else None,
+            chunk_size=self.chunk_size,
+            n_features=n_features,
+            var_mask=var_mask,
+        )
+
+
+def bool_column(frame: pd.DataFrame, key: str, where: str) -> np.ndarray:
+    """A boolean selection column (e.g. ``gene_subset``); NaN counts as False."""
+    if key not in frame.columns:
+        raise InputError(f"{where} has no column {key!r}; available: {', '.join(frame.columns)}")
+    column = frame[key]
+    if column.dtype != bool and not set(column.dropna().unique()) <= {0, 1}:
+        raise InputError(f"{where}[{key!r}] must be boolean to select genes")
+    return column.fillna(False).to_numpy(dtype=bool)
+
+
 def assemble(
     index: SequenceIndex, sequence_ids: np.ndarray, rows: np.ndarray, block: np.ndarray
 ) -> np.ndarray:
@@ -330,6 +490,14 @@ class Labels:
     classes: np.ndarray
     codes: np.ndarray  # per unit (level "unit") or per obs row (level "step"); -1 = missing
     notes: list[str] = field(default_factory=list)
+
+    def recode(self, classes) -> Labels:
+        """The same labels coded in a model's class order (classes it lacks become -1)."""
+        classes = np.asarray(classes, dtype=object)
+        remap = {c: i for i, c in enumerate(classes)}
+        codes = np.array([remap.get(str(c), -1) for c in self.classes])
+        recoded = np.where(self.codes >= 0, codes[self.codes], -1)
+        return Labels(self.key, self.level, classes, recoded, self.notes)
 
     def sequence_targets(self, index: SequenceIndex, sequence_ids: np.ndarray) -> np.ndarray:
         """Targets for some sequences: ``(n,)`` for unit labels, ``(n, max_steps)`` for steps."""
@@ -444,3 +612,13 @@ def pool_units(index: SequenceIndex, per_sequence: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         out /= counts.reshape(-1, *([1] * (per_sequence.ndim - 1)))
     return out
+
+
+def set_column(frame: pd.DataFrame, key: str, values: np.ndarray, categories=None) -> None:
+    """Write one result column; object values become a categorical with string categories."""
+    if categories is not None:
+        frame[key] = pd.Categorical(
+            [None if v is None else str(v) for v in values], categories=[str(c) for c in categories]
+        )
+    else:
+        frame[key] = np.asarray(values, dtype=np.float64)

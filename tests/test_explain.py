@@ -233,10 +233,11 @@ def test_profile_importance_follows_gene_names_not_positions(pbmc):
 
 def test_time_gap_channel_is_never_attributed(krumsiek):
     """The baseline differs from the input in expression only; gene and step sums agree."""
-    from anndata_rnn.preprocessing import FeatureSource
-    from anndata_rnn.tl._classify import build_sequences
-    from anndata_rnn.tl._common import encode
-    from anndata_rnn.tl._explain import _baseline_values
+    import torch
+
+    from anndata_rnn.attribution import baseline_values
+    from anndata_rnn.preprocessing import FeatureSource, encode
+    from anndata_rnn.sequences import SequenceSpec
 
     adata = krumsiek_series(krumsiek)
     adata = adata[adata.obs["series"] != "0_1"].copy()  # one series shorter than the rest
@@ -249,12 +250,13 @@ def test_time_gap_channel_is_never_attributed(krumsiek):
         test_fraction=0.2,
         **TINY,
     )
-    index = build_sequences(adata, model.config["keys"])
+    index = SequenceSpec.from_keys(model.config["keys"]).index(adata)
     source = FeatureSource(adata)
-    values, lengths, _ = encode(index, source, model.preprocessor, np.arange(index.n_sequences))
+    encoded = encode(index, source, model.preprocessor)
+    values, lengths = torch.from_numpy(encoded.values), torch.from_numpy(encoded.lengths)
     assert values.shape[-1] == 12  # 11 genes + the time gap
     for baseline in ("mean", "zero"):
-        base = _baseline_values(values, lengths, model.preprocessor, baseline, 11, "obs-series")
+        base = baseline_values(values, lengths, model.preprocessor, baseline, 11, "obs-series")
         np.testing.assert_array_equal(base[..., 11], values[..., 11])
         padding = ~index.mask
         np.testing.assert_array_equal(base[padding], values[padding])
@@ -371,8 +373,8 @@ def test_gpu_gradient_mode_trains_rnns_only():
     """cuDNN RNNs need train mode for a backward pass: only they switch, dropout stays off."""
     import torch
 
+    from anndata_rnn.attribution import gradient_mode
     from anndata_rnn.networks import build_module
-    from anndata_rnn.tl._explain import _gradient_mode
 
     config = {
         "architecture": {"hidden": [8, 4], "cell": "lstm", "dropout": 0.5, "bidirectional": False},
@@ -382,8 +384,8 @@ def test_gpu_gradient_mode_trains_rnns_only():
     module = build_module("classify", 3, config)
     rnns = [m for m in module.modules() if isinstance(m, torch.nn.RNNBase)]
     dropouts = [m for m in module.modules() if isinstance(m, torch.nn.Dropout)]
-    with _gradient_mode(module, torch.device("cuda")):
+    with gradient_mode(module, torch.device("cuda")):
         assert all(m.training for m in rnns) and not any(m.training for m in dropouts)
     assert not any(m.training for m in module.modules())
-    with _gradient_mode(module, torch.device("cpu")):
+    with gradient_mode(module, torch.device("cpu")):
         assert not any(m.training for m in module.modules())

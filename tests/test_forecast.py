@@ -15,7 +15,8 @@ from sklearn.linear_model import Ridge
 
 from anndata_rnn import InputError, Model, tl
 from anndata_rnn.cli import main
-from anndata_rnn.tl._forecast import _causal_fill, regression_metrics
+from anndata_rnn.metrics import regression_metrics
+from anndata_rnn.preprocessing import causal_fill
 
 KEY = "rnn"
 
@@ -325,7 +326,7 @@ def test_refusals(small):
 
 def test_causal_fill_and_metrics():
     raw = np.array([[[np.nan], [1.0], [np.nan], [3.0]]], dtype=np.float32)
-    filled = _causal_fill(raw, ~np.isnan(raw), np.array([7.0]))
+    filled = causal_fill(raw, ~np.isnan(raw), np.array([7.0]))
     np.testing.assert_array_equal(filled[0, :, 0], [7.0, 1.0, 1.0, 3.0])
     y = np.array([[1.0], [2.0], [3.0], [4.0]])
     seen = np.ones_like(y, dtype=bool)

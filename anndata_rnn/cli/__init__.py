@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
-#: (module in this package, command object name); one entry per command
-COMMANDS = [
-    ("classify", "classify"),
-    ("forecast", "forecast"),
-    ("embed", "embed"),
-    ("predict", "predict"),
-    ("explain", "explain"),
-    ("inspect_cmd", "inspect"),
-    ("demo", "demo"),
-]
+from .classify import classify
+from .demo import demo
+from .embed import embed
+from .explain import explain
+from .forecast import forecast
+from .inspect_cmd import inspect
+from .predict import predict
+
+#: one entry per command, in the order ``--help`` lists them
+COMMANDS = [classify, forecast, embed, predict, explain, inspect, demo]
 
 
 @click.group(
@@ -34,5 +32,5 @@ def main():
     matplotlib.use("Agg")  # plots are written to files (reports), never shown
 
 
-for _module, _name in COMMANDS:
-    main.add_command(getattr(importlib.import_module(f".{_module}", __name__), _name))
+for _command in COMMANDS:
+    main.add_command(_command)

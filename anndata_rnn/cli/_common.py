@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import AnnDataRNNError, InputError
-from ..io import check_output_path, write_table
+from ..io import check_output_path, temporary_name, write_table
 
 log = logging.getLogger("anndata_rnn")
 
@@ -230,9 +230,7 @@ class Outputs:
         check_output_path(final, inputs=self.inputs)
         if any(final.resolve() == f.resolve() for _, f in self.pending):
             raise InputError(f"output path {str(final)!r} is given twice: use distinct file names")
-        tmp = final.with_name(
-            f".{final.stem}.partial-{os.getpid()}{final.suffix}"
-        )  # keep the suffix
+        tmp = temporary_name(final)
         self.pending.append((tmp, final))
         return tmp
 
@@ -293,12 +291,12 @@ def print_metrics(metrics: dict, title: str = "test split") -> None:
         click.echo(" | ".join(cells))
 
 
-def write_metrics_table(metrics: dict, path) -> None:
-    write_table(metrics_frame(metrics), path)
+def write_metrics_table(metrics: dict, path, *, atomic: bool = True) -> None:
+    write_table(metrics_frame(metrics), path, atomic=atomic)
 
 
-def train_and_write(input, output, model_out, metrics_table, key: str, train):
-    """Read ``input``, run ``train(adata) -> Model``, write the h5ad, model and metrics table.
+def train_and_write(input, output, model_out, metrics_table, train):
+    """Read ``input``, run ``train(adata) -> TaskResult``, write the h5ad, model and metrics.
 
     All outputs appear together or not at all (temporary names renamed at the end).
     """
@@ -308,16 +306,16 @@ def train_and_write(input, output, model_out, metrics_table, key: str, train):
         out_tmp = outputs.add(output)
         model_tmp = outputs.add(model_out)
         table_tmp = outputs.add(metrics_table)
-        adata = read_h5ad(input)
-        model = train(adata)
-        model.save(model_tmp)
-        write_h5ad(adata, out_tmp)
+        result = train(read_h5ad(input))
+        result.model.save(model_tmp, atomic=False)
+        write_h5ad(result.adata, out_tmp, atomic=False)
         if table_tmp:
-            write_metrics_table(adata.uns[key]["metrics"], table_tmp)
-        outputs.write_report(adata, key)
+            write_metrics_table(result.metrics, table_tmp, atomic=False)
+        outputs.write_report(result.adata, result.key)
         outputs.commit()
-    echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output, model_out)
-    return adata
+    echo_written(result.written + [f"uns/{result.key}"], output, model_out)
+    print_metrics(result.metrics, title=result.title)
+    return result
 
 
 def echo_written(written, output, model_out=None) -> None:

@@ -7,7 +7,6 @@ import click
 from ._common import (
     common_options,
     device_options,
-    print_metrics,
     report_option,
     train_and_write,
 )
@@ -62,14 +61,12 @@ def classify(
     """
     from .. import tl
 
-    key = kw["key_added"]
-    adata = train_and_write(
+    train_and_write(
         input,
         output,
         model_out,
         metrics_table,
-        key,
-        lambda adata: tl.classify(
+        lambda adata: tl.classify.run(
             adata,
             label_key=label_key,
             class_weights=class_weights,
@@ -82,4 +79,3 @@ def classify(
             **network_kwargs(kw),
         ),
     )
-    print_metrics(adata.uns[key]["metrics"])

@@ -71,7 +71,7 @@ def demo(out_dir, epochs, seed, device, overwrite, quiet):
                 "baseline_comparison.png",
             )
         }
-        model = tl.classify(
+        result = tl.classify.run(
             adata,
             label_key="cell_cycle_800",
             layout="var-series",
@@ -85,9 +85,9 @@ def demo(out_dir, epochs, seed, device, overwrite, quiet):
             overwrite=overwrite,
             quiet=quiet,
         )
-        model.save(paths["model.h5"])
-        write_h5ad(adata, paths["spellman_cdc15_classified.h5ad"])
-        write_metrics_table(adata.uns["rnn"]["metrics"], paths["metrics.tsv"])
+        result.model.save(paths["model.h5"], atomic=False)
+        write_h5ad(adata, paths["spellman_cdc15_classified.h5ad"], atomic=False)
+        write_metrics_table(result.metrics, paths["metrics.tsv"], atomic=False)
         pl.training_history(adata, save=paths["training_history.png"])
         pl.baseline_comparison(adata, save=paths["baseline_comparison.png"])
         outputs.commit()
@@ -99,4 +99,4 @@ def demo(out_dir, epochs, seed, device, overwrite, quiet):
     click.echo("  model.h5                        the trained model (apply: anndata-rnn predict)")
     click.echo("  metrics.tsv                     test metrics, RNN vs baseline")
     click.echo("  training_history.png, baseline_comparison.png")
-    print_metrics(adata.uns["rnn"]["metrics"], title="held-out genes")
+    print_metrics(result.metrics, title="held-out genes")

@@ -7,7 +7,6 @@ import click
 from ._common import (
     common_options,
     device_options,
-    print_metrics,
     report_option,
     train_and_write,
 )
@@ -139,14 +138,12 @@ def embed(
     """
     from .. import tl
 
-    key = kw["key_added"]
-    adata = train_and_write(
+    train_and_write(
         input,
         output,
         model_out,
         metrics_table,
-        key,
-        lambda adata: tl.embed(
+        lambda adata: tl.embed.run(
             adata,
             scale=scale,
             max_missing=max_missing,
@@ -173,4 +170,3 @@ def embed(
             **sequence_kwargs(kw),
         ),
     )
-    print_metrics(adata.uns[key]["metrics"], title="clustered units")

@@ -124,7 +124,7 @@ def explain(
     """
     from .. import tl
     from ..model import Model
-    from ..tl._explain import importance_table
+    from ..tl import importance_table
 
     with Outputs(inputs=(input, model_path)) as outputs:
         out_tmp = outputs.add(output)
@@ -136,9 +136,8 @@ def explain(
                 "sequences (it attributes time points): leave out --table and read "
                 "uns[key]['step_importance'] / obsm[key_step_importance]"
             )
-        adata = read_h5ad(input)
-        tl.explain(
-            adata,
+        result = tl.explain.run(
+            read_h5ad(input),
             model,
             target=target,
             method=method,
@@ -155,12 +154,12 @@ def explain(
             overwrite=overwrite,
             quiet=quiet,
         )
-        record = adata.uns[key_added]
+        adata, record = result.adata, result.record
         has_genes = f"{key_added}_importance" in adata.varm or "feature_importance" in record
         ranked = importance_table(adata, key_added, top) if has_genes else None
         if table_tmp and ranked is not None:
-            write_table(ranked, table_tmp)
-        write_h5ad(adata, out_tmp)
+            write_table(ranked, table_tmp, atomic=False)
+        write_h5ad(adata, out_tmp, atomic=False)
         outputs.write_report(adata, key_added)
         outputs.commit()
     explained = record["explain"]

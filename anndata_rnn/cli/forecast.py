@@ -8,7 +8,6 @@ from ..errors import InputError
 from ._common import (
     common_options,
     device_options,
-    print_metrics,
     report_option,
     train_and_write,
 )
@@ -116,14 +115,12 @@ def forecast(
         )
     arguments = sequence_kwargs(kw)
     del arguments["order_key"], arguments["chunk_size"]
-    key = kw["key_added"]
-    adata = train_and_write(
+    train_and_write(
         input,
         output,
         model_out,
         metrics_table,
-        key,
-        lambda adata: tl.forecast(
+        lambda adata: tl.forecast.run(
             adata,
             horizon=horizon,
             future_times=future_times,
@@ -139,9 +136,3 @@ def forecast(
             **network_kwargs(kw),
         ),
     )
-    evaluation = adata.uns[key].get("evaluation", {})
-    title = "test split"
-    if "kind" in evaluation:
-        units = "test" if evaluation.get("units") == "test" else "all"
-        title = f"{units} sequences ({evaluation['n_sequences']}), {evaluation['kind']}"
-    print_metrics(adata.uns[key]["metrics"], title=title)

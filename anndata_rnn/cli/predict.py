@@ -67,9 +67,8 @@ def predict(
     with Outputs(inputs=(input, model_path)) as outputs:
         out_tmp = outputs.add(output)
         model = Model.load(model_path)
-        adata = read_h5ad(input)
-        tl.predict(
-            adata,
+        result = tl.predict.run(
+            read_h5ad(input),
             model,
             key_added=key_added,
             gene_symbols=gene_symbols,
@@ -81,14 +80,9 @@ def predict(
             overwrite=overwrite,
             quiet=quiet,
         )
-        key = key_added or model.config["keys"].get("key_added", "rnn")
-        write_h5ad(adata, out_tmp)
-        outputs.write_report(adata, key)
+        write_h5ad(result.adata, out_tmp, atomic=False)
+        outputs.write_report(result.adata, result.key)
         outputs.commit()
-    echo_written(list(adata.uns[key]["written"]) + [f"uns/{key}"], output)
-    if "metrics" in adata.uns[key]:
-        title = {
-            "classify": "labelled entries of this data",
-            "forecast": "sequences of this data (one step ahead)",
-        }.get(model.task, "this data")
-        print_metrics(adata.uns[key]["metrics"], title=title)
+    echo_written(result.written + [f"uns/{result.key}"], output)
+    if "metrics" in result.record:
+        print_metrics(result.metrics, title=result.title)

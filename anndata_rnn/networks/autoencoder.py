@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .encoder import CELLS, RNNEncoder, build_encoder
+from .inference import masked_mean, predict_in_batches, step_mask
 
 
 class SequenceAutoencoder(nn.Module):
@@ -69,10 +70,14 @@ def masked_mse(
 ) -> torch.Tensor:
     """Mean squared error over the real steps and the reconstructed features only."""
     target = x[..., : reconstruction.shape[-1]]
-    steps = torch.arange(x.shape[1], device=x.device)[None, :]
-    mask = (steps < lengths.to(x.device)[:, None]).to(x.dtype)[..., None]
-    squared = (reconstruction - target) ** 2 * mask
-    return squared.sum() / (mask.sum() * reconstruction.shape[-1]).clamp_min(1.0)
+    mask = step_mask(lengths, x.shape[1], x.device)[..., None].expand_as(reconstruction)
+    return masked_mean((reconstruction - target) ** 2, mask)
+
+
+def sequence_errors(reconstruction: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor):
+    """Each sequence's reconstruction MSE over its real steps ``(batch,)``."""
+    squared = ((reconstruction - x[..., : reconstruction.shape[-1]]) ** 2).mean(dim=-1)
+    return masked_mean(squared, step_mask(lengths, x.shape[1], x.device), dim=1)
 
 
 def build(n_inputs: int, config: dict) -> SequenceAutoencoder:
@@ -85,3 +90,17 @@ def build(n_inputs: int, config: dict) -> SequenceAutoencoder:
         int(arch["n_outputs"]),
         time_channel=bool(arch.get("time_channel", False)),
     )
+
+
+def embed_sequences(
+    module: SequenceAutoencoder, values, lengths, device, batch_size: int = 512, steps=False
+):
+    """``(sequence latent, per-step latent or None, per-sequence reconstruction MSE)``."""
+
+    def step(net, x, n):
+        per_step, z = net.encode_steps(x, n)
+        errors = sequence_errors(net.decode(z, x), x, n)
+        return (z, errors, per_step) if steps else (z, errors)
+
+    outputs = predict_in_batches(step, module, values, lengths, device, batch_size=batch_size)
+    return outputs[0], (outputs[2] if steps else None), outputs[1]

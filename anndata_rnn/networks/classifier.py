@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .encoder import RNNEncoder, build_encoder
+from .inference import predict_in_batches
 
 
 class SequenceClassifier(nn.Module):
@@ -29,3 +30,13 @@ def build(n_inputs: int, config: dict) -> SequenceClassifier:
     """The classifier described by a model config (``architecture``, ``classes``, ``label_level``)."""
     encoder = build_encoder(n_inputs, config["architecture"])
     return SequenceClassifier(encoder, len(config["classes"]), level=config["label_level"])
+
+
+def predict_proba(module: SequenceClassifier, values, lengths, device, batch_size: int = 512):
+    """``(probabilities, embeddings)`` of every sequence as numpy arrays (eval mode, batched)."""
+
+    def step(net, x, n):
+        logits, embedding = net(x, n)
+        return torch.softmax(logits, dim=-1), embedding
+
+    return predict_in_batches(step, module, values, lengths, device, batch_size=batch_size)

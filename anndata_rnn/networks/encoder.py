@@ -42,26 +42,36 @@ class RNNEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out_size = size_in
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, state=None):
+        """``(steps, final)``; see :meth:`run` to pass and receive recurrent states."""
+        out, final, _ = self.run(x, lengths, state)
+        return out, final
+
+    def run(self, x: torch.Tensor, lengths: torch.Tensor, state=None):
+        """``(steps, final, states)``: ``states`` holds every layer's recurrent state after each
+        sequence's last real step; pass it back as ``state`` to continue the sequences."""
         max_len = x.shape[1]
         out = x
         final = None
+        states = []
         # packing costs time; skip it when no sequence in the batch is padded
         full = bool((lengths == max_len).all())
         for i, layer in enumerate(self.layers):
+            hx = None if state is None else state[i]
             if full:
-                out, hidden = layer(out)
+                out, hidden = layer(out, hx)
             else:
                 packed = pack_padded_sequence(
                     out, lengths.cpu(), batch_first=True, enforce_sorted=False
                 )
-                packed_out, hidden = layer(packed)
+                packed_out, hidden = layer(packed, hx)
                 out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=max_len)
+            states.append(hidden)
             h = hidden[0] if isinstance(hidden, tuple) else hidden  # LSTM gives (h, c)
             final = torch.cat([h[-2], h[-1]], dim=1) if self.bidirectional else h[-1]
             if i < len(self.layers) - 1:
                 out = self.dropout(out)
-        return out, final
+        return out, final, states
 
 
 def build_encoder(n_inputs: int, architecture: dict) -> RNNEncoder:

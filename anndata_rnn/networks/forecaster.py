@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .encoder import RNNEncoder, build_encoder
+from .inference import predict_in_batches
 
 
 class SequenceForecaster(nn.Module):
@@ -47,24 +47,7 @@ class SequenceForecaster(nn.Module):
         recurrent state of every layer after each sequence's last real step (pass it back as
         ``state`` to continue the sequences).
         """
-        max_len = x.shape[1]
-        full = bool((lengths == max_len).all())
-        out = x
-        states = []
-        layers = self.encoder.layers
-        for i, layer in enumerate(layers):
-            hx = None if state is None else state[i]
-            if full:
-                out, hidden = layer(out, hx)
-            else:
-                packed = pack_padded_sequence(
-                    out, lengths.cpu(), batch_first=True, enforce_sorted=False
-                )
-                packed_out, hidden = layer(packed, hx)
-                out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=max_len)
-            states.append(hidden)
-            if i < len(layers) - 1:
-                out = self.encoder.dropout(out)
+        out, _, states = self.encoder.run(x, lengths, state)
         change = self.head(self.dropout(out))
         prediction = x[..., : self.n_outputs] + change if self.residual else change
         return prediction, out, states
@@ -76,3 +59,35 @@ def build(n_inputs: int, config: dict) -> SequenceForecaster:
     return SequenceForecaster(
         encoder, int(config["n_outputs"]), residual=bool(config.get("residual", True))
     )
+
+
+def rollout(module: SequenceForecaster, x, lengths, later_gaps, device, batch_size: int = 512):
+    """One-step forecasts along ``x`` and the rollout of ``1 + later_gaps.shape[1]`` steps.
+
+    ``x`` must carry, at each sequence's last step, the gap channel to the first step rolled
+    out; ``later_gaps`` (``(n, k)``, already standardized, or ``None`` for a model without a
+    time channel) are the gap channels of the following rolled-out steps: each prediction is
+    fed back with them as the next input. Returns standardized numpy arrays
+    ``(one_step, hidden, final_hidden, rollout)``.
+    """
+    n_more = later_gaps.shape[1]
+    use_time = module.encoder.layers[0].input_size > module.n_outputs
+
+    def step(net, xb, nb, gaps):
+        prediction, out, state = net(xb, nb)
+        rows = torch.arange(len(nb), device=xb.device)
+        last = (nb - 1).to(xb.device)
+        current = prediction[rows, last]
+        rolled = [current]
+        gaps = torch.as_tensor(gaps).to(xb.device)
+        ones = torch.ones(len(nb), dtype=torch.int64)
+        for j in range(n_more):
+            inp = current[:, None, :]
+            if use_time:
+                inp = torch.cat([inp, gaps[:, j, None, None]], dim=-1)
+            next_prediction, _, state = net(inp, ones, state)
+            current = next_prediction[:, 0]
+            rolled.append(current)
+        return prediction, out, out[rows, last], torch.stack(rolled, dim=1)[..., : net.n_outputs]
+
+    return predict_in_batches(step, module, x, lengths, device, later_gaps, batch_size=batch_size)

@@ -3,65 +3,34 @@
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
 import torch
 from anndata import AnnData
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.utils.class_weight import compute_class_weight
 
+from ..baselines import logistic_baseline
 from ..errors import InputError
-from ..model import Model
-from ..networks import build_module
-from ..preprocessing import FeatureSource, Preprocessor
+from ..metrics import classification_metrics
+from ..networks import architecture, build_module
+from ..networks.classifier import predict_proba
+from ..preprocessing import Preprocessor, encode
+from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
     Labels,
     SequenceIndex,
+    SequenceSpec,
     broadcast_to_rows,
     pool_units,
     read_labels,
     scatter_steps,
 )
-from ..training import fit
-from ._common import (  # noqa: F401  (architecture: re-exported for other tasks)
-    architecture,
-    build_sequences,
-    check_keys_free,
-    encode,
-    fit_preprocessor,
-    log_split,
-    make_split,
-    sequence_keys,
-    set_column,
-    split_from_column,
-    store_uns,
-    target_of,
-    training_index,
-    training_setup,
-    versions,
-)
-from ._metrics import classification_metrics
+from ..training import TrainConfig, fit
 
 log = logging.getLogger("anndata_rnn")
 
 
-@torch.no_grad()
-def run_network(module, values: torch.Tensor, lengths: torch.Tensor, device, batch_size=512):
-    """Forward pass in batches; returns ``(probabilities, embeddings)`` as numpy arrays."""
-    module.eval()
-    module.to(device)
-    probs, embeddings = [], []
-    for start in range(0, len(values), batch_size):
-        x = values[start : start + batch_size].to(device)
-        n = lengths[start : start + batch_size]
-        logits, embedding = module(x, n)
-        probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
-        embeddings.append(embedding.cpu().numpy())
-    return np.concatenate(probs), np.concatenate(embeddings)
-
-
+@task_api
 def classify(
     adata: AnnData,
     *,
@@ -151,101 +120,73 @@ def classify(
     Writes ``{key}_pred`` (categorical), ``{key}_conf``, ``{key}_split`` to obs (var for
     var-series), ``{key}_proba`` and ``X_{key}`` to obsm (varm) and ``uns[key]``.
     """
-    target = target_of(adata, copy)
-    key = key_added
-    arch, train_config, torch_device = training_setup(
-        hidden=hidden,
-        cell=cell,
-        dropout=dropout,
-        bidirectional=bidirectional,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        patience=patience,
+    spec = SequenceSpec(
+        layout,
+        series_key,
+        time_key,
+        series_subset,
+        order_key,
+        chunk_size,
+        layer,
+        use_rep,
+        key_added,
+        extra=(("label_key", label_key),),
+    )
+    run = start_training(
+        adata,
+        spec,
+        architecture=architecture(hidden, cell, dropout, bidirectional),
+        train_config=TrainConfig(max_epochs, batch_size, lr, patience),
         seed=seed,
         device=device,
+        copy=copy,
+        gene_subset=gene_subset,
     )
-    keys = sequence_keys(
-        layout=layout,
-        label_key=label_key,
-        series_key=series_key,
-        time_key=time_key,
-        series_subset=series_subset,
-        order_key=order_key,
-        chunk_size=chunk_size,
-        layer=layer,
-        use_rep=use_rep,
-        key_added=key,
-    )
-    source = FeatureSource(target, layer=layer, use_rep=use_rep)
-    index = training_index(target, keys, gene_subset)
-    labels = read_labels(target, index, label_key)
+    target, key = run.target, run.key
+    labels = read_labels(target, run.index, label_key)
     for note in labels.notes:
         log.info(note)
     check_keys_free(target, output_targets(layout, key), overwrite)
 
     # split by unit (series / gene / cell)
     if labels.level == "unit":
-        usable = labels.codes >= 0
-        strata = labels.codes
-    else:
-        # obs-series step labels: one sequence per unit, usable when any step is labelled
-        usable = (labels.sequence_targets(index, np.arange(index.n_sequences)) >= 0).any(axis=1)
+        usable, strata = labels.codes >= 0, labels.codes
+    else:  # obs-series step labels: one sequence per unit, usable when any step is labelled
+        usable = (labels.sequence_targets(run.index, np.arange(run.index.n_sequences)) >= 0).any(1)
         strata = None
-    if split_key is not None:
-        split = split_from_column(target, index, split_key)
-        split = np.where(usable, split, "unused")
-    else:
-        split = make_split(
-            index.n_units,
-            usable=usable,
-            strata=strata,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-        )
-    _check_training_classes(labels, index, split)
-    ids = {
-        name: index.sequences_of_units(np.flatnonzero(split == name))
-        for name in ("train", "val", "test")
-    }
-    log_split(layout, split)
-
+    split = run.choose_split(
+        split_key=split_key,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        usable=usable,
+        strata=strata,
+    )
+    _check_training_classes(labels, run.index, split)
     prep = Preprocessor(
         layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
     )
-    fit_preprocessor(
+    enc = run.prepare(
+        split,
         prep,
-        target,
-        source,
-        index,
-        ids["train"],
         normalize=normalize,
         n_top_genes=n_top_genes,
         gene_subset=gene_subset,
         order_key=order_key,
     )
-    if layout == "profile":
-        index = build_sequences(target, keys, n_features=len(prep.features))
-
-    all_ids = np.arange(index.n_sequences)
-    values, lengths, imputed = encode(index, source, prep, all_ids)
-    if imputed:
-        log.info(
-            "imputed %d missing values (interpolation along time, then training mean)", imputed
-        )
-    y = torch.from_numpy(labels.sequence_targets(index, all_ids))
+    index, ids = run.index, run.ids
+    values, lengths = torch.from_numpy(enc.values), torch.from_numpy(enc.lengths)
+    y = torch.from_numpy(labels.sequence_targets(index, np.arange(index.n_sequences)))
 
     config = {
         "task": "classify",
         "layout": layout,
-        "keys": keys,
-        "architecture": arch,
+        "keys": spec.keys(),
+        "architecture": run.architecture,
         "classes": [str(c) for c in labels.classes],
         "label_level": labels.level,
         "n_inputs": int(values.shape[-1]),
         "train": {
-            **train_config.to_dict(),
+            **run.train_config.to_dict(),
             "class_weights": bool(class_weights),
             "val_fraction": val_fraction,
             "test_fraction": test_fraction,
@@ -254,29 +195,24 @@ def classify(
         "seed": seed,
     }
     module = build_module("classify", config["n_inputs"], config)
-
-    weight = None
-    if class_weights:
-        train_y = y[ids["train"]].numpy().ravel()
-        train_y = train_y[train_y >= 0]
-        present = np.unique(train_y)
-        w = np.ones(len(labels.classes))
-        w[present] = compute_class_weight("balanced", classes=present, y=train_y)
-        weight = torch.tensor(w, dtype=torch.float32, device=torch_device)
+    weight = (
+        _class_weights(y, ids["train"], len(labels.classes), run.device) if class_weights else None
+    )
     criterion = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=-1)
 
-    def loss_fn(net, batch):
+    def scored(net, batch):
         x, n, target_y = batch
         logits, _ = net(x, n)
         if net.level == "step":
             target_y = target_y[:, : logits.shape[1]]
+        return logits, target_y
+
+    def loss_fn(net, batch):
+        logits, target_y = scored(net, batch)
         return criterion(logits.reshape(-1, logits.shape[-1]), target_y.reshape(-1))
 
     def accuracy(net, batch):
-        x, n, target_y = batch
-        logits, _ = net(x, n)
-        if net.level == "step":
-            target_y = target_y[:, : logits.shape[1]]
+        logits, target_y = scored(net, batch)
         labelled = target_y >= 0
         return (logits.argmax(-1)[labelled] == target_y[labelled]).sum(), labelled.sum()
 
@@ -291,16 +227,16 @@ def classify(
         loss_fn,
         subset("train"),
         subset("val") if len(ids["val"]) else None,
-        train_config,
-        device=torch_device,
+        run.train_config,
+        device=run.device,
         seed=seed,
         quiet=quiet,
         description=f"classify ({layout})",
         val_metric=("accuracy", accuracy),
     )
 
-    proba, embedding = run_network(module, values, lengths, torch_device)
-    baseline_proba = _logistic_baseline(values, lengths, y, ids["train"], labels, seed)
+    proba, embedding = predict_proba(module, values, lengths, run.device)
+    baseline_proba = logistic_baseline(values, lengths, y, ids["train"], labels, seed)
     metrics = {}
     if len(ids["test"]):
         metrics["rnn"] = _test_metrics(index, labels, proba, ids["test"])
@@ -310,52 +246,39 @@ def classify(
         log.warning("no test split (test_fraction=0): no metrics computed")
 
     written = _write_results(target, index, labels.classes, labels.level, proba, embedding, key)
-    split_rows = broadcast_to_rows(index, np.asarray(split, dtype=object))
-    frame = target.var if layout == "var-series" else target.obs
-    set_column(frame, f"{key}_split", split_rows, categories=["train", "val", "test", "unused"])
-
-    config["metrics"] = {
-        name: {m: v for m, v in values_.items() if np.ndim(v) == 0}
-        for name, values_ in metrics.items()
-    }
-    config["versions"] = versions()
-    config["device"] = str(torch_device)
-    store_uns(
-        target,
-        key,
-        {
-            "task": "classify",
-            "layout": layout,
-            "label_key": label_key,
-            "level": labels.level,
-            "classes": [str(c) for c in labels.classes],
-            "params": {
-                **{k: v for k, v in keys.items() if v is not None},
-                **arch,
-                **config["train"],
-                "normalize": normalize,
-                "n_top_genes": n_top_genes,
-                "gene_subset": gene_subset,
-                "scale": scale,
-            },
-            "preprocessing": {
-                "normalized": prep.normalize,
-                "n_features": len(prep.features),
-                "n_imputed": imputed,
-            },
-            "metrics": metrics,
-            "history": {k: np.asarray(v) if isinstance(v, list) else v for k, v in history.items()},
-            "written": written,
-            "seed": seed,
-            "device": str(torch_device),
-            "versions": config["versions"],
-            "notes": index.notes + labels.notes,
+    run.write_split()  # not listed in "written", as before
+    classes = [str(c) for c in labels.classes]
+    return run.finish(
+        config,
+        module,
+        head={"label_key": label_key, "level": labels.level, "classes": classes},
+        params={
+            "normalize": normalize,
+            "n_top_genes": n_top_genes,
+            "gene_subset": gene_subset,
+            "scale": scale,
         },
+        preprocessing={
+            "normalized": prep.normalize,
+            "n_features": len(prep.features),
+            "n_imputed": enc.imputed,
+        },
+        metrics=metrics,
+        written=written,
+        history=history,
+        notes=labels.notes,
+        arrays={"classes": np.asarray(classes, dtype=object)},
     )
-    model = Model(
-        config, prep, module.cpu(), arrays={"classes": np.asarray(config["classes"], dtype=object)}
-    )
-    return (model, target) if copy else model
+
+
+def _class_weights(y: torch.Tensor, train_ids, n_classes: int, device) -> torch.Tensor:
+    """Balanced class weights from the training labels (classes absent from them weigh 1)."""
+    train_y = y[train_ids].numpy().ravel()
+    train_y = train_y[train_y >= 0]
+    present = np.unique(train_y)
+    w = np.ones(n_classes)
+    w[present] = compute_class_weight("balanced", classes=present, y=train_y)
+    return torch.tensor(w, dtype=torch.float32, device=device)
 
 
 def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
@@ -370,38 +293,27 @@ def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
     ]
 
 
-def apply_classifier(
-    target: AnnData,
-    model: Model,
-    *,
-    key: str,
-    source: FeatureSource,
-    index: SequenceIndex,
-    device,
-    batch_size: int,
-) -> dict:
+def apply_classifier(opened: OpenedModel, key: str, batch_size: int) -> dict:
     """Predict with a saved classifier; writes the same keys as training (no split)."""
+    model, index, target = opened.model, opened.index, opened.target
     classes = np.asarray(model.classes, dtype=object)
-    all_ids = np.arange(index.n_sequences)
-    values, lengths, imputed = encode(index, source, model.preprocessor, all_ids)
-    proba, embedding = run_network(model.module, values, lengths, device, batch_size)
+    enc = encode(index, opened.source, model.preprocessor)
+    proba, embedding = predict_proba(
+        model.module, enc.values, enc.lengths, opened.device, batch_size
+    )
     written = _write_results(
         target, index, classes, model.config["label_level"], proba, embedding, key
     )
-    out = {"written": written, "n_imputed": imputed}
-    label_key = model.config["keys"].get("label_key")
-    frame = target.var if model.layout == "var-series" else target.obs
-    if label_key in frame.columns:
+    out = {"written": written, "n_imputed": enc.imputed}
+    label_key = opened.spec.get("label_key")
+    if label_key in index.frame(target).columns:
         try:
             labels = read_labels(target, index, label_key)
         except InputError:
             return out
         # evaluate on every labelled unit of the new data, in the model's class order
-        remap = {c: i for i, c in enumerate(classes)}
-        codes = np.array([remap.get(str(c), -1) for c in labels.classes])
-        labels.codes = np.where(labels.codes >= 0, codes[labels.codes], -1)
-        labels.classes = classes
-        out["metrics"] = {"rnn": _test_metrics(index, labels, proba, all_ids)}
+        labels = labels.recode(classes)
+        out["metrics"] = {"rnn": _test_metrics(index, labels, proba, np.arange(index.n_sequences))}
     return out
 
 
@@ -449,36 +361,12 @@ def _test_metrics(index, labels: Labels, proba: np.ndarray, test_ids: np.ndarray
     return classification_metrics(targets[chosen], proba[test_ids][chosen], labels.classes)
 
 
-def _logistic_baseline(values, lengths, y, train_ids, labels: Labels, seed: int) -> np.ndarray:
-    """Logistic regression on the same preprocessed inputs and split; proba like the RNN's."""
-    x = values.numpy()
-    targets = y.numpy()
-    model = LogisticRegression(max_iter=1000, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        if labels.level == "unit":
-            flat = x.reshape(len(x), -1)
-            chosen = train_ids[targets[train_ids] >= 0]
-            model.fit(flat[chosen], targets[chosen])
-            raw = model.predict_proba(flat)
-        else:
-            train_mask = np.zeros(targets.shape, dtype=bool)
-            train_mask[train_ids] = targets[train_ids] >= 0
-            model.fit(x[train_mask], targets[train_mask])
-            raw = model.predict_proba(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
-    proba = np.zeros((*raw.shape[:-1], len(labels.classes)))
-    proba[..., model.classes_] = raw
-    return proba
-
-
-def _write_results(target, index, classes, level, proba, embedding, key) -> list[str]:
+def _write_results(target, index: SequenceIndex, classes, level, proba, embedding, key):
     """The inverse of the sequence index: per unit / per step values into obs/var and obsm/varm."""
     classes = np.asarray(classes, dtype=object)
     if level == "unit":
-        unit_proba = pool_units(index, proba)
-        unit_embedding = pool_units(index, embedding)
-        rows_proba = broadcast_to_rows(index, unit_proba)
-        rows_embedding = broadcast_to_rows(index, unit_embedding)
+        rows_proba = broadcast_to_rows(index, pool_units(index, proba))
+        rows_embedding = broadcast_to_rows(index, pool_units(index, embedding))
     else:
         rows_proba = scatter_steps(index, proba)
         rows_embedding = scatter_steps(index, embedding)
@@ -486,17 +374,9 @@ def _write_results(target, index, classes, level, proba, embedding, key) -> list
     pred = np.full(len(rows_proba), None, dtype=object)
     pred[predicted] = classes[rows_proba[predicted].argmax(axis=1)]
     conf = np.where(predicted, np.nan_to_num(rows_proba).max(axis=1), np.nan)
-    if index.layout == "var-series":
-        frame, matrices, rows, mats = target.var, target.varm, "var", "varm"
-    else:
-        frame, matrices, rows, mats = target.obs, target.obsm, "obs", "obsm"
-    set_column(frame, f"{key}_pred", pred, categories=classes)
-    set_column(frame, f"{key}_conf", conf)
-    matrices[f"{key}_proba"] = rows_proba.astype(np.float64)
-    matrices[f"X_{key}"] = rows_embedding.astype(np.float32)
     return [
-        f"{rows}/{key}_pred",
-        f"{rows}/{key}_conf",
-        f"{mats}/{key}_proba",
-        f"{mats}/X_{key}",
+        index.write_column(target, f"{key}_pred", pred, categories=classes),
+        index.write_column(target, f"{key}_conf", conf),
+        index.write_matrix(target, f"{key}_proba", rows_proba.astype(np.float64)),
+        index.write_matrix(target, f"X_{key}", rows_embedding.astype(np.float32)),
     ]

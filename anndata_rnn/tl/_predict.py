@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 
 import numpy as np
 from anndata import AnnData
 
 from ..errors import InputError
+from ..io import versions
 from ..model import Model
-from ..preprocessing import FeatureSource
-from ..training import resolve_device, seed_everything
-from ._classify import build_sequences
-from ._common import check_gene_overlap, check_keys_free, store_uns, target_of, versions
+from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
+from . import _classify, _embed, _forecast
 
 log = logging.getLogger("anndata_rnn")
 
-#: task -> (module in this package, function applying the model, function listing output keys)
+#: task -> (function applying a saved model, function listing the keys it writes)
 APPLIERS = {
-    "classify": ("._classify", "apply_classifier", "output_targets"),
-    "forecast": ("._forecast", "apply_forecaster", "output_targets"),
-    "embed": ("._embed", "apply_embedding", "output_targets"),
+    "classify": (_classify.apply_classifier, _classify.output_targets),
+    "forecast": (_forecast.apply_forecaster, _forecast.output_targets),
+    "embed": (_embed.apply_embedding, _embed.output_targets),
+}
+#: what the metrics of a prediction were computed on, per task
+TITLES = {
+    "classify": "labelled entries of this data",
+    "forecast": "sequences of this data (one step ahead)",
 }
 
 
+@task_api
 def predict(
     adata: AnnData,
     model: Model | str,
@@ -76,8 +80,6 @@ def predict(
     del quiet  # prediction has no progress bar; kept for a uniform signature
     if isinstance(model, str):
         model = Model.load(model)
-    if not 0 < min_gene_overlap <= 1:
-        raise InputError(f"min_gene_overlap must be in (0, 1], got {min_gene_overlap}")
     if layout is not None and layout != model.layout:
         raise InputError(
             f"the model was trained on layout {model.layout!r}, not {layout!r}: use a model "
@@ -85,61 +87,46 @@ def predict(
         )
     if model.task not in APPLIERS:
         raise InputError(f"models of task {model.task!r} cannot be applied with predict")
-    target = target_of(adata, copy)
+    apply, output_targets = APPLIERS[model.task]
     key = key_added or model.config["keys"].get("key_added", "rnn")
-    seed_everything(seed)
-    torch_device = resolve_device(device)
-    module_name, apply_name, targets_name = APPLIERS[model.task]
-    task_module = importlib.import_module(module_name, __package__)
-    keys = dict(model.config["keys"])
-    if series_subset is not None:
-        keys["series_subset"] = list(series_subset)
-    targets = [
-        t
-        for t in getattr(task_module, targets_name)(model.layout, key)
-        if not t[1].endswith("_split")
-    ]
-    check_keys_free(target, targets, overwrite)
-    source = FeatureSource(
-        target, layer=keys.get("layer"), use_rep=keys.get("use_rep"), gene_symbols=gene_symbols
-    )
-    overlap = check_gene_overlap(model.preprocessor, source, min_gene_overlap)
-    n_features = len(model.features) if model.layout == "profile" else None
-    index = build_sequences(target, keys, n_features=n_features)
-    for note in index.notes:
-        log.info(note)
-    result = getattr(task_module, apply_name)(
-        target,
+
+    def check_targets(target, model):
+        targets = [t for t in output_targets(model.layout, key) if not t[1].endswith("_split")]
+        check_keys_free(target, targets, overwrite)
+
+    opened = open_model(
+        adata,
         model,
-        key=key,
-        source=source,
-        index=index,
-        device=torch_device,
-        batch_size=batch_size,
+        copy=copy,
+        seed=seed,
+        device=device,
+        gene_symbols=gene_symbols,
+        min_gene_overlap=min_gene_overlap,
+        series_subset=series_subset,
+        check_targets=check_targets,
     )
-    store_uns(
-        target,
-        key,
-        {
-            "task": model.task,
-            "layout": model.layout,
-            "mode": "predict",
-            "classes": np.asarray(model.classes, dtype=object),
-            "params": {k: v for k, v in keys.items() if v is not None},
-            "predict_params": {
-                "key_added": key,
-                "gene_symbols": gene_symbols,
-                "min_gene_overlap": min_gene_overlap,
-                "layout": layout,
-                "batch_size": batch_size,
-            },
-            "gene_overlap": overlap,
-            "training_metrics": model.config.get("metrics", {}),
-            "seed": seed,
-            "device": str(torch_device),
-            "versions": versions(),
-            "notes": index.notes,
-            **result,
+    result = apply(opened, key, batch_size)
+    record = {
+        "task": model.task,
+        "layout": model.layout,
+        "mode": "predict",
+        "classes": np.asarray(model.classes, dtype=object),
+        "params": {k: v for k, v in opened.spec.keys().items() if v is not None},
+        "predict_params": {
+            "key_added": key,
+            "gene_symbols": gene_symbols,
+            "min_gene_overlap": min_gene_overlap,
+            "layout": layout,
+            "batch_size": batch_size,
         },
-    )
-    return target if copy else None
+        "gene_overlap": opened.overlap,
+        "training_metrics": model.config.get("metrics", {}),
+        "seed": seed,
+        "device": str(opened.device),
+        "versions": versions(),
+        "notes": opened.index.notes,
+        **result,
+    }
+    store_uns(opened.target, key, record)
+    title = TITLES.get(model.task, "this data")
+    return TaskResult(opened.target, key, record, copy=copy, title=title)

@@ -37,25 +37,16 @@ def digest_h5(path: Path) -> dict[str, str]:
         items = []
         for name in sorted(obj.attrs):
             value = obj.attrs[name]
-            items.append(
-                f"{name}={np.asarray(value).tobytes().hex() if not isinstance(value, str) else value}"
-            )
+            if name == "config" and isinstance(value, str):
+                value = _config_without_new_keys(value)
+            items.append(f"{name}={_text(value)}")
         return hashlib.sha256("|".join(items).encode()).hexdigest()[:16]
 
     def visit(name, obj):
         if any(name.startswith(prefix) for prefix in IGNORED):
             return
         if isinstance(obj, h5py.Dataset):
-            data = obj[()]
-            if isinstance(data, bytes):
-                raw = data
-            else:
-                array = np.asarray(data)
-                raw = (
-                    "\x00".join(map(str, array.ravel().tolist())).encode()
-                    if array.dtype == object
-                    else array.tobytes()
-                )
+            raw = _text(obj[()]).encode()
             out[name] = (
                 f"{obj.dtype}{obj.shape}:{hashlib.sha256(raw).hexdigest()[:16]}:{attrs(obj)}"
             )
@@ -66,6 +57,26 @@ def digest_h5(path: Path) -> dict[str, str]:
         out["/"] = attrs(f)
         f.visititems(visit)
     return out
+
+
+def _text(value) -> str:
+    """A deterministic text form of an attribute or dataset value (object and compound arrays
+    hold pointers, so their bytes cannot be compared)."""
+    if isinstance(value, bytes | str):
+        return repr(value)
+    array = np.asarray(value)
+    if array.dtype == object or array.dtype.names is not None:
+        return f"{array.dtype}{array.shape}" + repr(array.tolist())
+    return f"{array.dtype}{array.shape}" + hashlib.sha256(array.tobytes()).hexdigest()
+
+
+def _config_without_new_keys(text: str) -> str:
+    """A model config without the keys the redesign added on purpose (issue 11: the imputation
+    mode is now a stored preprocessing setting)."""
+    config = json.loads(text)
+    if isinstance(config, dict) and isinstance(config.get("preprocessing"), dict):
+        config["preprocessing"].pop("imputation", None)
+    return json.dumps(config)
 
 
 def digest_file(path: Path) -> dict[str, str]:
@@ -453,7 +464,8 @@ def main() -> int:
                 capture_output=True,
                 text=True,
             )
-            entry = {"rc": run.returncode, "stdout": run.stdout}
+            # the printed paths name this run's temporary folder
+            entry = {"rc": run.returncode, "stdout": run.stdout.replace(tmp, "TMP")}
             if run.returncode != 0:
                 entry["stderr"] = run.stderr[-2000:]
                 print(f"{name}: exit {run.returncode}\n{run.stderr[-2000:]}", file=sys.stderr)

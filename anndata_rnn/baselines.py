@@ -1,0 +1,107 @@
+"""The honest baselines every task reports beside its network, on the same inputs and split.
+
+- classification: logistic regression (scikit-learn) on the flattened standardized inputs;
+- forecasting: a linear autoregression (ridge on the last ``lags`` steps and time gaps);
+- embedding: PCA with as many components as the latent + k-means.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.preprocessing import StandardScaler
+
+from .clustering import cluster_matrix
+from .preprocessing import Encoded, Preprocessor, gap_channel, network_inputs
+from .sequences import Labels, SequenceIndex, pool_units
+
+
+def logistic_baseline(values, lengths, y, train_ids, labels: Labels, seed: int) -> np.ndarray:
+    """Logistic regression on the same preprocessed inputs and split; proba like the RNN's."""
+    x = values.numpy()
+    targets = y.numpy()
+    model = LogisticRegression(max_iter=1000, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if labels.level == "unit":
+            flat = x.reshape(len(x), -1)
+            chosen = train_ids[targets[train_ids] >= 0]
+            model.fit(flat[chosen], targets[chosen])
+            raw = model.predict_proba(flat)
+        else:
+            train_mask = np.zeros(targets.shape, dtype=bool)
+            train_mask[train_ids] = targets[train_ids] >= 0
+            model.fit(x[train_mask], targets[train_mask])
+            raw = model.predict_proba(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
+    proba = np.zeros((*raw.shape[:-1], len(labels.classes)))
+    proba[..., model.classes_] = raw
+    return proba
+
+
+def _lag_design(x: np.ndarray, positions: np.ndarray, lags: int) -> np.ndarray:
+    """``(len(positions), lags * n_inputs)``: inputs at steps t, t-1, ... (clamped at 0)."""
+    seq, t = positions
+    cols = [x[seq, np.maximum(t - j, 0)] for j in range(lags)]
+    return np.concatenate(cols, axis=1)
+
+
+def fit_linear_ar(enc: Encoded, prep: Preprocessor, train_ids: np.ndarray, lags: int) -> RidgeCV:
+    """Ridge on the last ``lags`` inputs (features + gap to the next step) -> change to t + 1."""
+    x = network_inputs(enc, prep, train_ids)
+    f = enc.n_features
+    lengths = enc.lengths[train_ids]
+    valid = np.arange(x.shape[1])[None, :] < (lengths[:, None] - 1)
+    positions = np.nonzero(valid)
+    design = _lag_design(x, positions, lags)
+    seq, t = positions
+    change = enc.values[train_ids][seq, t + 1, :f] - x[seq, t, :f]
+    model = RidgeCV(alphas=np.logspace(-3, 3, 7))
+    model.fit(design, change)
+    return model
+
+
+def ar_forecast(ar: RidgeCV, x: np.ndarray, lengths: np.ndarray, later_gaps, prep, lags: int):
+    """The linear AR's one-step forecasts along ``x`` and its rollout (like :func:`~anndata_rnn.networks.forecaster.rollout`)."""
+    f = ar.coef_.shape[0] if ar.coef_.ndim == 2 else 1
+    n, steps = x.shape[:2]
+    valid = np.arange(steps)[None, :] < lengths[:, None]
+    positions = np.nonzero(valid)
+    one_step = np.zeros((n, steps, f), dtype=np.float32)
+    seq, t = positions
+    change = ar.predict(_lag_design(x, positions, lags)).reshape(len(seq), f)
+    one_step[seq, t] = x[seq, t, :f] + change
+    # rollout: a window of the last `lags` inputs, fed with the AR's own predictions
+    window = np.stack([x[np.arange(n), np.maximum(lengths - 1 - j, 0)] for j in range(lags)], 1)
+    step = one_step[np.arange(n), lengths - 1]
+    rolled = [step]
+    gaps = gap_channel(prep, later_gaps)
+    for j in range(later_gaps.shape[1]):
+        new = step if not prep.use_time else np.concatenate([step, gaps[:, j, None]], axis=1)
+        window = np.concatenate([new[:, None], window[:, :-1]], axis=1)
+        step = window[:, 0, :f] + ar.predict(window.reshape(n, -1)).reshape(n, f)
+        rolled.append(step.astype(np.float32))
+    return one_step, np.stack(rolled, axis=1)
+
+
+def pca_kmeans_baseline(features: np.ndarray, n_components: int, n_clusters: int, seed: int):
+    """z-scored features -> PCA (as many components as the latent) -> k-means."""
+    scaled = StandardScaler().fit_transform(np.asarray(features, dtype=np.float64))
+    n_components = max(1, min(n_components, *scaled.shape))
+    pca = PCA(n_components=n_components, random_state=seed)
+    scores = pca.fit_transform(scaled)
+    codes, _ = cluster_matrix(scores, method="kmeans", n_clusters=n_clusters, seed=seed)
+    return scores, codes, n_components, float(pca.explained_variance_ratio_.sum())
+
+
+def unit_features(index: SequenceIndex, values: np.ndarray) -> np.ndarray:
+    """Flattened preprocessed inputs per unit (a gene's sequences over its series concatenated)."""
+    order = np.argsort(index.unit, kind="stable")
+    counts = np.bincount(index.unit, minlength=index.n_units)
+    flat = values.reshape(len(values), -1)[order]
+    if (counts == counts[0]).all():
+        return flat.reshape(index.n_units, -1)
+    return pool_units(index, values.reshape(len(values), -1))  # unequal: mean over sequences

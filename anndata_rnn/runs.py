@@ -1,0 +1,375 @@
+"""The skeleton every tool (``anndata_rnn.tl``) composes: a run from settings to results.
+
+- :func:`start_training` validates the settings, seeds, picks the device and builds the index;
+- :meth:`TrainingRun.prepare` splits, fits the preprocessing on the training units and encodes;
+- :meth:`TrainingRun.finish` writes the split column and the ``uns`` record and builds the model;
+- :func:`open_model` opens a saved model on new data (load, gene overlap, index) for predict and
+  explain.
+
+Every tool returns a :class:`TaskResult` through :func:`task_api`: the public function gives the
+scanpy-style return value, ``tool.run`` the result object the command line prints.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from .errors import InputError
+from .io import uns_safe, versions
+from .model import Model, check_gene_overlap
+from .preprocessing import Encoded, FeatureSource, Preprocessor, encode
+from .sequences import SequenceIndex, SequenceSpec, bool_column, broadcast_to_rows
+from .splits import log_split, make_split, split_from_column
+from .training import TrainConfig, resolve_device, seed_everything
+
+log = logging.getLogger("anndata_rnn")
+
+IMPUTATION_LOG = {
+    "interpolate": "imputed %d missing values (interpolation along time, then training mean)",
+    "causal": "imputed %d missing values (last observed value, then the training mean); they are "
+    "inputs only, never targets or scored values",
+}
+
+
+@dataclass
+class TaskResult:
+    """What a tool did: the annotated AnnData, the model (training tools), the metrics and the
+    written keys. ``record`` is the content stored in ``uns[key]``."""
+
+    adata: AnnData
+    key: str
+    record: dict
+    model: Model | None = None
+    copy: bool = False
+    title: str = "test split"
+
+    @property
+    def metrics(self) -> dict:
+        return self.record.get("metrics", {})
+
+    @property
+    def written(self) -> list[str]:
+        return list(self.record.get("written", []))
+
+    def returned(self):
+        """scanpy style: the model (training) or None; with ``copy`` the annotated copy too."""
+        if self.model is not None:
+            return (self.model, self.adata) if self.copy else self.model
+        return self.adata if self.copy else None
+
+
+def task_api(run):
+    """The public tool: ``run``'s signature and docstring, scanpy's return value.
+
+    ``tool.run(...)`` returns the :class:`TaskResult` itself (used by the command line).
+    """
+
+    @functools.wraps(run)
+    def public(adata, *args, **kwargs):
+        return run(adata, *args, **kwargs).returned()
+
+    public.run = run
+    return public
+
+
+def target_of(adata: AnnData, copy: bool) -> AnnData:
+    if adata.isbacked and not copy:
+        raise InputError(
+            "the AnnData is opened backed (read-only on disk): pass copy=True to get the results "
+            "in memory"
+        )
+    return adata.copy() if copy else adata
+
+
+def check_keys_free(adata: AnnData, targets: list[tuple[str, str]], overwrite: bool) -> None:
+    """Refuse to overwrite existing result keys unless asked to."""
+    if overwrite:
+        return
+    taken = [f"{attr}[{key!r}]" for attr, key in targets if key in _mapping(adata, attr)]
+    if taken:
+        raise InputError(
+            f"the output keys {', '.join(taken)} already exist: choose another key_added "
+            "(--key-added) or pass --overwrite"
+        )
+
+
+def _mapping(adata: AnnData, attr: str):
+    if attr in ("obs", "var"):
+        return getattr(adata, attr).columns
+    return getattr(adata, attr).keys()
+
+
+def store_uns(adata: AnnData, key: str, content: dict) -> None:
+    adata.uns[key] = uns_safe(content)
+
+
+def history_record(history: dict) -> dict:
+    return {k: np.asarray(v) if isinstance(v, list) else v for k, v in history.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class TrainingRun:
+    """One training run of a tool, from settings to the written record."""
+
+    target: AnnData
+    spec: SequenceSpec
+    source: FeatureSource
+    index: SequenceIndex
+    architecture: dict
+    train_config: TrainConfig
+    device: torch.device
+    seed: int
+    copy: bool
+    split: np.ndarray | None = None
+    ids: dict = field(default_factory=dict)
+    prep: Preprocessor | None = None
+    encoded: Encoded | None = None
+
+    @property
+    def key(self) -> str:
+        return self.spec.key_added
+
+    def choose_split(
+        self,
+        *,
+        split_key: str | None,
+        val_fraction: float,
+        test_fraction: float,
+        usable: np.ndarray | None = None,
+        strata: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Units -> train / val / test / unused: from a column, or seeded (stratified)."""
+        if split_key is not None:
+            split = split_from_column(self.target, self.index, split_key)
+            return split if usable is None else np.where(usable, split, "unused")
+        return make_split(
+            self.index.n_units,
+            usable=np.ones(self.index.n_units, dtype=bool) if usable is None else usable,
+            strata=strata,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=self.seed,
+        )
+
+    def prepare(
+        self,
+        split: np.ndarray,
+        prep: Preprocessor,
+        *,
+        normalize: str,
+        n_top_genes: int | None,
+        gene_subset: str | None,
+        order_key: str | None = None,
+        fit_index: SequenceIndex | None = None,
+    ) -> Encoded:
+        """Fit ``prep`` on the training units (on ``fit_index`` when given) and encode.
+
+        Sets ``split``, ``ids`` (train / val / test sequence ids), ``prep`` and ``encoded``
+        (every sequence of ``fit_index`` or of the run's index).
+        """
+        self.split = split
+        self.ids = {
+            name: self.index.sequences_of_units(np.flatnonzero(split == name))
+            for name in ("train", "val", "test")
+        }
+        log_split(self.index.layout, split)
+        layout, target = self.index.layout, self.target
+        if layout == "profile" and order_key is not None and order_key not in target.var.columns:
+            raise InputError(f"var has no column {order_key!r} (order_key)")
+        index = self.index if fit_index is None else fit_index
+        prep.fit(
+            self.source,
+            index,
+            self.ids["train"],
+            normalize=normalize,
+            n_top_genes=n_top_genes,
+            gene_subset=(
+                bool_column(target.var, gene_subset, "var")
+                if (gene_subset is not None and layout != "var-series")
+                else None
+            ),
+            gene_order=(
+                target.var[order_key].to_numpy() if (layout == "profile" and order_key) else None
+            ),
+        )
+        self.prep = prep
+        if layout == "profile":  # the steps follow the number of selected genes
+            self.index = index = self.index.with_width(len(prep.features))
+        self.encoded = encode(index, self.source, prep)
+        if self.encoded.imputed:
+            log.info(IMPUTATION_LOG[prep.imputation], self.encoded.imputed)
+        return self.encoded
+
+    def exclude_units(self, usable: np.ndarray, why: str) -> None:
+        """Units that cannot be trained on become "unused" (they are still embedded)."""
+        if not usable.all():
+            log.info(
+                "%d of %d units %s: embedded but not trained on or clustered",
+                int((~usable).sum()),
+                self.index.n_units,
+                why,
+            )
+        self.split = np.where(usable, self.split, "unused")
+        for name in ("train", "val", "test"):
+            self.ids[name] = self.index.sequences_of_units(np.flatnonzero(self.split == name))
+        if len(self.ids["train"]) == 0:
+            raise InputError(
+                "no training sequences left (all units miss too many values or are not in the "
+                "training split): raise max_missing or check the split"
+            )
+
+    def write_split(self, categories=("train", "val", "test", "unused")) -> str:
+        """The split of every unit into ``{key}_split`` of obs (var); returns its path."""
+        split_rows = broadcast_to_rows(self.index, np.asarray(self.split, dtype=object))
+        return self.index.write_column(
+            self.target, f"{self.key}_split", split_rows, categories=list(categories)
+        )
+
+    def finish(
+        self,
+        config: dict,
+        module: torch.nn.Module,
+        *,
+        head: dict,
+        params: dict,
+        preprocessing: dict,
+        metrics: dict,
+        written: list[str],
+        history: dict,
+        tail: dict | None = None,
+        text_in_config: bool = True,
+        notes: list[str] | None = None,
+        arrays: dict | None = None,
+        title: str = "test split",
+    ) -> TaskResult:
+        """Write ``uns[key]``, complete ``config`` and build the model."""
+        index, key = self.index, self.key
+        config["metrics"] = {
+            name: {
+                m: v
+                for m, v in values.items()
+                if np.ndim(v) == 0 and (text_in_config or not isinstance(v, str))
+            }
+            for name, values in metrics.items()
+        }
+        config["versions"] = versions()
+        config["device"] = str(self.device)
+        record = {
+            "task": config["task"],
+            "layout": index.layout,
+            **head,
+            "params": {
+                **{k: v for k, v in self.spec.keys().items() if v is not None},
+                **{k: v for k, v in config["architecture"].items() if k != "time_channel"},
+                **config["train"],
+                **params,
+            },
+            "preprocessing": preprocessing,
+            "metrics": metrics,
+            **(tail or {}),
+            "history": history_record(history),
+            "written": written,
+            "seed": self.seed,
+            "device": str(self.device),
+            "versions": config["versions"],
+            "notes": index.notes + (notes or []),
+        }
+        store_uns(self.target, key, record)
+        model = Model(config, self.prep, module.cpu(), arrays=arrays)
+        return TaskResult(self.target, key, record, model=model, copy=self.copy, title=title)
+
+
+def start_training(
+    adata: AnnData,
+    spec: SequenceSpec,
+    *,
+    architecture: dict,
+    train_config: TrainConfig,
+    seed: int,
+    device: str,
+    copy: bool,
+    gene_subset: str | None = None,
+) -> TrainingRun:
+    """Validate, seed, pick the device and build the sequence index (once) of a training run.
+
+    In var-series ``gene_subset`` (a boolean var column) picks the genes that become sequences.
+    """
+    target = target_of(adata, copy)
+    train_config.validate()
+    seed_everything(seed)
+    torch_device = resolve_device(device)
+    source = FeatureSource(target, layer=spec.layer, use_rep=spec.use_rep)
+    var_mask = None
+    if spec.layout == "var-series" and gene_subset is not None:
+        var_mask = bool_column(target.var, gene_subset, "var")
+    index = spec.index(target, var_mask=var_mask)
+    for note in index.notes:
+        log.info(note)
+    return TrainingRun(
+        target, spec, source, index, architecture, train_config, torch_device, seed, copy
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# applying a saved model
+
+
+@dataclass
+class OpenedModel:
+    """A saved model opened on new data: where its sequences come from and how genes matched."""
+
+    target: AnnData
+    model: Model
+    spec: SequenceSpec
+    source: FeatureSource
+    index: SequenceIndex
+    overlap: dict
+    device: torch.device
+
+
+def open_model(
+    adata: AnnData,
+    model: Model | str,
+    *,
+    copy: bool,
+    seed: int,
+    device: str,
+    gene_symbols: str | None,
+    min_gene_overlap: float,
+    series_subset=None,
+    check_targets=None,
+) -> OpenedModel:
+    """Load (when given a path), seed, match genes and build the model's index on ``adata``.
+
+    ``check_targets(target, model)`` runs once the target exists, before anything is computed
+    (the output-key checks of the calling tool).
+    """
+    if isinstance(model, str):
+        model = Model.load(model)
+    if not 0 < min_gene_overlap <= 1:
+        raise InputError(f"min_gene_overlap must be in (0, 1], got {min_gene_overlap}")
+    target = target_of(adata, copy)
+    seed_everything(seed)
+    torch_device = resolve_device(device)
+    spec = SequenceSpec.from_keys(model.config["keys"], series_subset=series_subset)
+    if check_targets is not None:
+        check_targets(target, model)
+    source = FeatureSource(
+        target, layer=spec.layer, use_rep=spec.use_rep, gene_symbols=gene_symbols
+    )
+    overlap = check_gene_overlap(model.preprocessor, source, min_gene_overlap)
+    n_features = len(model.features) if model.layout == "profile" else None
+    index = spec.index(target, n_features=n_features)
+    for note in index.notes:
+        log.info(note)
+    return OpenedModel(target, model, spec, source, index, overlap, torch_device)

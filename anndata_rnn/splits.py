@@ -1,0 +1,104 @@
+"""Splitting units (series, genes or observations) into train / val / test, never steps."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from anndata import AnnData
+from sklearn.model_selection import train_test_split
+
+from .errors import InputError
+from .sequences import SequenceIndex
+
+log = logging.getLogger("anndata_rnn")
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Both fractions in [0, 1) and leaving training data."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise InputError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1:
+        raise InputError(
+            f"val_fraction + test_fraction = {val_fraction + test_fraction:g} leaves no training "
+            "data: make their sum < 1"
+        )
+
+
+def split_from_column(adata: AnnData, index: SequenceIndex, split_key: str) -> np.ndarray:
+    """Per-unit split names from a user column (train / val / test) in obs or var."""
+    frame, where = index.frame(adata), index.where
+    if split_key not in frame.columns:
+        raise InputError(
+            f"{where} has no split column {split_key!r}; available: {', '.join(frame.columns)}"
+        )
+    column = frame[split_key].astype(str).str.lower().replace({"validation": "val", "valid": "val"})
+    values = column.to_numpy(dtype=object)
+    bad = sorted(set(values) - set(SPLIT_NAMES))
+    if bad:
+        raise InputError(
+            f"{where}[{split_key!r}] has values {bad[:5]}: use only train, val and test"
+        )
+    if index.layout == "var-series":
+        return values[index.unit_rows]
+    if index.layout == "profile":
+        return values
+    out = np.empty(index.n_units, dtype=object)
+    for s in range(index.n_sequences):
+        rows = index.steps[s][index.steps[s] >= 0]
+        levels = set(values[rows])
+        if len(levels) > 1:
+            raise InputError(
+                f"series {index.unit_names[index.unit[s]]!r} has several split values "
+                f"{sorted(levels)} in obs[{split_key!r}]: a series must stay in one split"
+            )
+        out[index.unit[s]] = levels.pop()
+    return out
+
+
+def make_split(
+    n_units: int,
+    *,
+    usable: np.ndarray,
+    strata: np.ndarray | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> np.ndarray:
+    """Seeded split of units into train/val/test, stratified when the labels allow it."""
+    check_fractions(val_fraction, test_fraction)
+    units = np.flatnonzero(usable)
+    if len(units) < 2:
+        raise InputError(f"only {len(units)} usable sequence(s): need at least 2 to train")
+    split = np.full(n_units, "unused", dtype=object)
+
+    def cut(pool, fraction, rng_seed):
+        if fraction <= 0 or len(pool) < 2:
+            return pool, pool[:0]
+        size = max(1, int(round(fraction * len(pool))))
+        if size >= len(pool):
+            size = len(pool) - 1
+        stratify = None if strata is None else strata[pool]
+        try:
+            return train_test_split(pool, test_size=size, random_state=rng_seed, stratify=stratify)
+        except ValueError:  # a class too small to stratify: plain seeded split
+            return train_test_split(pool, test_size=size, random_state=rng_seed)
+
+    rest, test = cut(units, test_fraction, seed)
+    val_share = val_fraction / (1 - test_fraction) if test_fraction < 1 else 0
+    train, val = cut(rest, val_share, seed + 1)
+    split[train], split[val], split[test] = "train", "val", "test"
+    return split
+
+
+def log_split(layout: str, split: np.ndarray) -> None:
+    """Log the number of units in each part of the split."""
+    unit = {"obs-series": "series", "var-series": "gene", "profile": "observation"}[layout]
+    log.info(
+        "split by %s: %d train, %d val, %d test",
+        unit,
+        *(int((split == name).sum()) for name in ("train", "val", "test")),
+    )

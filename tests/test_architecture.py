@@ -1,0 +1,87 @@
+"""The import rules of ARCHITECTURE.md and the size of the tasks, checked on the source tree."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "anndata_rnn"
+
+#: layer of each top-level part (ARCHITECTURE.md, "Who may import whom")
+LAYERS = {
+    "errors": 1,
+    "io": 2,
+    "sequences": 2,
+    "training": 2,
+    "metrics": 2,
+    "datasets": 2,
+    "networks": 2,
+    "preprocessing": 3,
+    "splits": 3,
+    "clustering": 3,
+    "baselines": 4,
+    "model": 4,
+    "forecasting": 5,
+    "attribution": 5,
+    "runs": 6,
+    "tl": 7,
+    "pl": 7,
+    "report": 7,
+    "cli": 8,
+    "__init__": 9,
+    "__main__": 9,
+}
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        yield path, parts
+
+
+def _imported_parts(path: Path, parts: tuple[str, ...]):
+    """Top-level parts of the package that a module imports (relative or absolute)."""
+    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - (node.level - 1)])
+                target = base + (node.module.split(".") if node.module else [])
+                names = target or [alias.name for alias in node.names]
+                if not target:  # "from . import x" at the top level
+                    yield from ([alias.name] for alias in node.names)
+                    continue
+                yield names
+            elif node.module and node.module.split(".")[0] == "anndata_rnn":
+                yield node.module.split(".")[1:] or ["__init__"]
+
+
+def test_no_import_runs_up_a_layer():
+    wrong = []
+    for path, parts in _modules():
+        own = LAYERS[parts[0]]
+        for target in _imported_parts(path, parts):
+            if target[0] == parts[0]:
+                continue  # inside one part (a package's own modules)
+            if LAYERS[target[0]] >= own:
+                wrong.append(f"{'.'.join(parts)} imports {'.'.join(target)}")
+    assert not wrong, wrong
+
+
+def test_no_task_imports_another_and_nothing_imports_by_name():
+    for path, parts in _modules():
+        text = path.read_text()
+        assert "import_module" not in text and "__import__" not in text, path
+        if parts[0] == "tl" and parts[-1] not in ("__init__", "_predict"):
+            tasks = {
+                target[1]
+                for target in _imported_parts(path, parts)
+                if target[0] == "tl" and len(target) > 1
+            }
+            assert not tasks, f"{path.name} imports task modules {tasks}"
+
+
+def test_tasks_are_thin():
+    lengths = {p.name: len(p.read_text().splitlines()) for p in (PACKAGE / "tl").glob("*.py")}
+    assert sum(lengths.values()) <= 2000, lengths
+    assert max(lengths.values()) <= 400, lengths
