@@ -26,10 +26,10 @@ LAYERS = {
     "runs": 6,
     "tl": 7,
     "pl": 7,
-    "report": 7,
-    "cli": 8,
-    "__init__": 9,
-    "__main__": 9,
+    "report": 8,
+    "cli": 9,
+    "__init__": 10,
+    "__main__": 10,
 }
 
 
