@@ -1,7 +1,8 @@
 """Synthetic counts-like single-cell data for the benchmarks (sparse CSR, ~16 % non-zero).
 
 Cells belong to one of ``n_classes`` classes; each class has its own marker genes, which are
-detected more often and at higher counts, so there is something to learn. Non-zero values are
+detected more often and at higher counts, so there is something to learn (a logistic
+regression on 1,400 cells gets roughly 0.85 test accuracy, not 1.0). Non-zero values are
 ``1 + Poisson(rate)``: non-negative integers, so anndata-rnn's ``normalize="auto"`` treats them as
 raw counts (normalize_total + log1p), as it would real counts.
 
@@ -42,8 +43,8 @@ class Spec:
         genes = rng.permutation(self.n_genes)
         for c in range(self.n_classes):
             markers = genes[c * n_markers : (c + 1) * n_markers]
-            prob[c, markers] = np.minimum(prob[c, markers] * 2.5 + 0.1, 0.9)
-            lam[c, markers] *= 3.0
+            prob[c, markers] = np.minimum(prob[c, markers] * 1.6 + 0.04, 0.9)
+            lam[c, markers] *= 1.7
         return prob.astype(np.float32), lam
 
 
