@@ -63,7 +63,14 @@ def test_tiny_run_writes_json_and_table(tmp_path, bench):
     rv = result["train"]["rnn_vs_baseline"]
     assert {"rnn", "baseline_package", "baseline_sklearn"} <= set(rv)
     assert rv["baseline_sklearn"]["fit_seconds"] > 0
+    assert result["train"]["package_timing"] in ("log", "difference")
     env = result["environment"]
     assert {"device", "torch", "torch_threads", "cpu_count", "date"} <= set(env)
     table = (out / "benchmark.md").read_text()
     assert "`train_ratio`" in table and "`predict_ratio`" in table and "fp32 GEMM" in table
+
+
+def test_training_time_from_log(bench):
+    records = [(1.0, "split"), (2.0, "checked X"), (9.5, "classify (profile): 3 epochs, best 3")]
+    assert bench.training_seconds_from_log(records, 3) == 7.5
+    assert bench.training_seconds_from_log(records, 4) is None  # falls back to the difference
