@@ -1,0 +1,76 @@
+"""The benchmark script works: its --tiny mode end to end (seconds), and its pieces."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/run.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("anndata_rnn_benchmarks_run", BENCH / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_synthetic_file_reads_back(tmp_path, bench):
+    synthetic = bench._synthetic
+    spec = synthetic.Spec(n_genes=64)
+    info = synthetic.write_h5ad(tmp_path / "x.h5ad", 250, spec, chunk_rows=100)
+    adata = ad.read_h5ad(tmp_path / "x.h5ad")
+    assert adata.shape == (250, 64)
+    assert adata.X.format == "csr" and adata.X.nnz == info["nnz"]
+    values = adata.X.data
+    assert (values >= 1).all() and np.array_equal(values, np.round(values))  # counts
+    assert 0.1 < info["nnz"] / (250 * 64) < 0.4
+
+
+def test_flop_count_and_skip_rule(bench):
+    # one LSTM layer, 2 inputs, 3 hidden, 5 steps: 2 * 4 * (2 + 3) * 3 * 5
+    assert bench.lstm_flops_per_sequence(2, (3,), steps=5) == 600
+    gib = bench.GIB
+    runs = [
+        {"cells": 100_000, "peak_rss_bytes": 2.6 * gib, "returncode": 0},
+        {"cells": 300_000, "peak_rss_bytes": 6.5 * gib, "returncode": 0},
+    ]
+    reason = bench._skip_reason(runs, 1_000_000, 8.0)
+    assert reason and "extrapolates to 20.1 GiB" in reason
+    flat = [dict(r, peak_rss_bytes=2.0 * gib) for r in runs]  # streamed: flat memory
+    assert bench._skip_reason(flat, 1_000_000, 8.0) is None
+
+
+def test_tiny_run_writes_json_and_table(tmp_path, bench):
+    out = tmp_path / "out"
+    code = bench.main(["--tiny", "--out", str(out), "--work-dir", str(tmp_path / "work")])
+    result = json.loads((out / "benchmark.json").read_text())
+    assert code == 0, result["errors"]
+    summary = result["summary"]
+    for key in ("train_ratio", "predict_ratio", "gemm_gflops", "lstm_train_fraction_of_gemm"):
+        assert summary[key] is not None and summary[key] > 0 and math.isfinite(summary[key]), key
+    assert summary["peak_rss_gib"]["1000"] > 0
+    rv = result["train"]["rnn_vs_baseline"]
+    assert {"rnn", "baseline_package", "baseline_sklearn"} <= set(rv)
+    assert rv["baseline_sklearn"]["fit_seconds"] > 0
+    assert result["train"]["package_timing"] in ("log", "difference")
+    env = result["environment"]
+    assert {"device", "torch", "torch_threads", "cpu_count", "date"} <= set(env)
+    table = (out / "benchmark.md").read_text()
+    assert "`train_ratio`" in table and "`predict_ratio`" in table and "fp32 GEMM" in table
+
+
+def test_training_time_from_log(bench):
+    records = [(1.0, "split"), (2.0, "checked X"), (9.5, "classify (profile): 3 epochs, best 3")]
+    assert bench.training_seconds_from_log(records, 3) == 7.5
+    assert bench.training_seconds_from_log(records, 4) is None  # falls back to the difference
