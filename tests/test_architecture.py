@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "anndata_rnn"
 #: layer of each top-level part (ARCHITECTURE.md, "Who may import whom")
 LAYERS = {
     "errors": 1,
+    "distributed": 1,
     "io": 2,
     "sequences": 2,
     "training": 2,

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .. import distributed
+
 
 @torch.no_grad()
 def predict_in_batches(
@@ -25,17 +27,17 @@ def predict_in_batches(
     """
     module.eval()
     module.to(device)
-    parts: list[list[np.ndarray]] = []
-    for start in range(0, len(values), batch_size):
+    starts = range(0, len(values), batch_size)
+    per_batch = []
+    # under torchrun every rank runs its share of the batches; they are gathered in order
+    for start in starts[distributed.rank() :: distributed.world_size()]:
         batch = slice(start, start + batch_size)
         x = torch.as_tensor(values[batch]).to(device)
         n = torch.as_tensor(np.asarray(lengths[batch], dtype=np.int64))
         outputs = step(module, x, n, *(e[batch] for e in extra))
-        if not parts:
-            parts = [[] for _ in outputs]
-        for collected, output in zip(parts, outputs, strict=True):
-            collected.append(output.cpu().numpy())
-    return tuple(np.concatenate(collected) for collected in parts)
+        per_batch.append(tuple(output.cpu().numpy() for output in outputs))
+    per_batch = distributed.gather_batches(per_batch)
+    return tuple(np.concatenate(collected) for collected in zip(*per_batch, strict=True))
 
 
 def step_mask(lengths: torch.Tensor, n_steps: int, device) -> torch.Tensor:
