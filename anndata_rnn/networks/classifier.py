@@ -1,31 +1,129 @@
-"""Classification head: one label per sequence or per step."""
+"""Classification head: one label per sequence or per step.
+
+The model config's ``architecture`` may carry these keys (absent keys give the original model,
+so model files written before them load and behave as before):
+
+- ``linear_path`` (bool, absent = False): add a linear layer on the flattened standardized input
+  to the logits (Wide & Deep); ``linear_l2`` (float) is its L2 penalty; unit-level models need
+  ``max_steps`` (steps the linear layer reads; longer sequences are cut, shorter padded).
+- ``recurrent`` (bool, absent = True): False keeps only the linear path (the ablation
+  "linear path alone", trained the same way).
+- ``pooling``: ``"last"`` (absent: the final hidden state), ``"mean"`` or ``"attention"`` over the
+  hidden states of the real steps (unit level only).
+- ``conv`` (list of channel sizes, absent/empty = none): a temporal convolution branch beside the
+  recurrence (LSTM-FCN); its pooled features join the recurrent ones before the head.
+- ``downsample`` (int, absent = 1): average windows of this many steps before the recurrence.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .blocks import POOLINGS, AttentionPool, LinearPath, TemporalConv, downsample, step_mask
 from .encoder import RNNEncoder, build_encoder
+
+DEFAULT_LINEAR_L2 = 1e-3
 
 
 class SequenceClassifier(nn.Module):
-    """Encoder + linear head; ``level="unit"`` classifies whole sequences, ``"step"`` each step."""
+    """Recurrent encoder + linear head, optionally beside a linear path on the raw input.
 
-    def __init__(self, encoder: RNNEncoder, n_classes: int, level: str = "unit"):
+    ``level="unit"`` classifies whole sequences, ``"step"`` each step. ``forward(x, lengths)``
+    returns ``(logits, embedding)``; the embedding is the recurrent representation the head reads
+    (the linear path's logits when ``encoder`` is None, i.e. the linear path alone).
+    """
+
+    def __init__(
+        self,
+        encoder: RNNEncoder | None,
+        n_classes: int,
+        level: str = "unit",
+        *,
+        n_inputs: int | None = None,
+        linear_path: bool = False,
+        linear_l2: float = DEFAULT_LINEAR_L2,
+        max_steps: int | None = None,
+        pooling: str = "last",
+        conv: tuple[int, ...] = (),
+        downsample: int = 1,
+    ):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if encoder is None and not linear_path:
+            raise ValueError("a classifier without a recurrent encoder needs linear_path=True")
+        if level == "step" and (conv or downsample > 1 or pooling != "last"):
+            raise ValueError("conv, downsample and pooling apply to unit-level labels only")
         self.encoder = encoder
         self.level = level
+        self.pooling = pooling
+        self.downsample = int(downsample)
+        self.linear = None
+        if linear_path:
+            if n_inputs is None or (level == "unit" and not max_steps):
+                raise ValueError("the linear path needs n_inputs (and max_steps for unit labels)")
+            self.linear = LinearPath(
+                n_inputs,
+                n_classes,
+                max_steps=int(max_steps) if level == "unit" else None,
+                l2=linear_l2,
+            )
+        if encoder is None:
+            return
         self.dropout = nn.Dropout(encoder.dropout.p)
-        self.head = nn.Linear(encoder.out_size, n_classes)
+        self.attention = AttentionPool(encoder.out_size) if pooling == "attention" else None
+        self.conv = TemporalConv(n_inputs, tuple(conv)) if conv else None
+        size = encoder.out_size + (self.conv.out_size if self.conv is not None else 0)
+        self.head = nn.Linear(size, n_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         """Returns ``(logits, embedding)``; shapes follow the level (per sequence or per step)."""
-        steps, final = self.encoder(x, lengths)
-        embedding = final if self.level == "unit" else steps
-        return self.head(self.dropout(embedding)), embedding
+        wide = self.linear(x, lengths) if self.linear is not None else None
+        if self.encoder is None:
+            return wide, wide
+        xr, lr = downsample(x, lengths, self.downsample)
+        steps, final = self.encoder(xr, lr)
+        if self.level == "step":
+            embedding = steps
+        elif self.pooling == "last":
+            embedding = final
+        else:
+            mask = step_mask(lr, steps.shape[1], x.device)
+            if self.pooling == "mean":
+                embedding = (steps * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(1)
+            else:
+                embedding = self.attention(steps, mask)
+        if self.conv is not None:
+            mask = step_mask(lengths, x.shape[1], x.device)
+            embedding = torch.cat([embedding, self.conv(x, mask)], dim=-1)
+        logits = self.head(self.dropout(embedding))
+        if wide is not None:
+            logits = logits + wide
+        return logits, embedding
+
+    def penalty(self) -> torch.Tensor | float:
+        """L2 term of the linear path, added to the training loss by :func:`training.fit`."""
+        return self.linear.penalty() if self.linear is not None else 0.0
 
 
 def build(n_inputs: int, config: dict) -> SequenceClassifier:
-    """The classifier described by a model config (``architecture``, ``classes``, ``label_level``)."""
-    encoder = build_encoder(n_inputs, config["architecture"])
-    return SequenceClassifier(encoder, len(config["classes"]), level=config["label_level"])
+    """The classifier described by a model config (``architecture``, ``classes``, ``label_level``).
+
+    See the module docstring for the optional architecture keys.
+    """
+    arch = config["architecture"]
+    recurrent = bool(arch.get("recurrent", True))
+    encoder = build_encoder(n_inputs, arch) if recurrent else None
+    return SequenceClassifier(
+        encoder,
+        len(config["classes"]),
+        level=config["label_level"],
+        n_inputs=n_inputs,
+        linear_path=bool(arch.get("linear_path", False)),
+        linear_l2=float(arch.get("linear_l2", DEFAULT_LINEAR_L2)),
+        max_steps=arch.get("max_steps"),
+        pooling=arch.get("pooling", "last"),
+        conv=tuple(arch.get("conv") or ()),
+        downsample=int(arch.get("downsample", 1)),
+    )
