@@ -328,6 +328,7 @@ def _check_config(config: dict, where: str) -> None:
         "source_kind": prep.get("source_kind") in ("X", "layer", "rep"),
         "source_name": isinstance(prep.get("source_name"), str),
         "normalize": isinstance(prep.get("normalize"), bool),
+        "log1p": isinstance(prep.get("log1p", False), bool),
         "target_sum": number(prep.get("target_sum")) and prep["target_sum"] >= 0,
         "use_time": isinstance(prep.get("use_time"), bool),
         "dt_mean": number(prep.get("dt_mean")),

@@ -45,14 +45,30 @@ def main():
         data = prepare_classification(
             adata, label_key="bulk_labels", layout="profile", seed=seed, gene_order=order
         )
-        emit({"dataset": "pbmc68k_reduced", "seed": seed, "model": "logreg",
-              "f1_macro": baseline(data)["f1_macro"], "order": args.order})
+        emit(
+            {
+                "dataset": "pbmc68k_reduced",
+                "seed": seed,
+                "model": "logreg",
+                "f1_macro": baseline(data)["f1_macro"],
+                "order": args.order,
+            }
+        )
         for name in args.variants:
             arch, train = VARIANTS[name]
             metrics, history, seconds = train_classifier(data, arch_extra=arch, train=train)
-            emit({"dataset": "pbmc68k_reduced", "seed": seed, "model": name,
-                  "f1_macro": metrics["f1_macro"], "accuracy": metrics["accuracy"],
-                  "seconds": round(seconds, 1), "order": args.order, **summary(history)})
+            emit(
+                {
+                    "dataset": "pbmc68k_reduced",
+                    "seed": seed,
+                    "model": name,
+                    "f1_macro": metrics["f1_macro"],
+                    "accuracy": metrics["accuracy"],
+                    "seconds": round(seconds, 1),
+                    "order": args.order,
+                    **summary(history),
+                }
+            )
 
 
 if __name__ == "__main__":
