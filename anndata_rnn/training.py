@@ -133,8 +133,9 @@ def fit(
     """Mini-batch Adam with early stopping on the validation loss (best weights restored).
 
     ``loss_fn(module, batch)`` returns the mean loss of a batch (tensors already on ``device``).
-    When the module has a ``penalty()`` method (the L2 term of a linear path), it is added to the
-    training loss (never to the validation loss or the reported losses).
+    When the module has a ``penalty()`` method (the L2 term of a linear path, on the scale of a
+    summed loss), ``penalty() / n_train`` is added to the mean training loss (never to the
+    validation loss or the reported losses); ``n_train`` is the number of training sequences.
     ``val_metric = (name, fn)`` with ``fn(module, batch) -> (total, count)`` adds a validation
     metric to the progress bar and the history. ``initial_candidate=True`` counts the untrained
     weights as a candidate for the best (a forecaster starting at persistence or a fitted AR
@@ -196,7 +197,7 @@ def _penalty(module) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
-def _train_step(module, loss_fn, batch, optimizer, where: str) -> float:
+def _train_step(module, loss_fn, batch, optimizer, where: str, n_train: int = 1) -> float:
     optimizer.zero_grad()
     loss = loss_fn(module, batch)
     if not torch.isfinite(loss):
@@ -205,7 +206,7 @@ def _train_step(module, loss_fn, batch, optimizer, where: str) -> float:
             "rate (--lr) or check the input for extreme values"
         )
     penalty = _penalty(module)
-    (loss + penalty if penalty is not None else loss).backward()
+    (loss + penalty / n_train if penalty is not None else loss).backward()
     torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
     optimizer.step()
     return loss.item()
@@ -238,7 +239,7 @@ def _fit_epochs(module, loss_fn, train, val, config, device, seed, quiet, descri
         total, count = 0.0, 0
         for batch in train_loader:
             batch = tuple(t.to(device) for t in batch)
-            loss = _train_step(module, loss_fn, batch, optimizer, f"epoch {epoch}")
+            loss = _train_step(module, loss_fn, batch, optimizer, f"epoch {epoch}", len(train[0]))
             steps += 1
             total += loss * len(batch[0])
             count += len(batch[0])
@@ -343,7 +344,7 @@ def _fit_steps(
             batches = iter(train_loader)
             batch = next(batches)
         batch = tuple(t.to(device) for t in batch)
-        loss = _train_step(module, loss_fn, batch, optimizer, f"step {step + 1}")
+        loss = _train_step(module, loss_fn, batch, optimizer, f"step {step + 1}", len(train[0]))
         step += 1
         bar.update(1)
         total += loss * len(batch[0])

@@ -201,3 +201,23 @@ def test_failed_fit_is_detected():
 def test_epoch_schedule_still_available():
     history = toy_fit("epochs", max_epochs=3, batch_size=16)
     assert history["epochs_run"] == 3 and history["steps_run"] == 9
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_warm_start_reproduces_logistic_regression(n_classes):
+    """init_linear copies sklearn's fit: the untrained joint model is the logistic baseline."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, lengths = batch(n=5, steps=7)
+    x = torch.cat([x] * 4)
+    lengths = torch.full((20,), 7)
+    y = np.arange(20) % n_classes
+    flat = x.numpy().reshape(20, -1)
+    lr = LogisticRegression(max_iter=1000).fit(flat, y)
+    config = classifier_config(linear_path=True, max_steps=7)
+    config["classes"] = config["classes"][:n_classes]
+    module = build_module("classify", 4, config).eval()
+    module.init_linear(lr.coef_, lr.intercept_, lr.classes_)
+    proba = torch.softmax(module(x, lengths)[0], -1).detach().numpy()
+    np.testing.assert_allclose(proba, lr.predict_proba(flat), atol=1e-5)
+    assert float(module.penalty()) == pytest.approx(float((lr.coef_**2).sum() / 2), rel=1e-4)

@@ -52,7 +52,7 @@ class TemporalConv(nn.Module):
         for size, kernel in zip(channels, kernels, strict=False):
             blocks.append(
                 nn.Sequential(
-                    nn.Conv1d(size_in, size, kernel, padding="same"),
+                    nn.Conv1d(size_in, size, kernel, padding=kernel // 2),
                     nn.BatchNorm1d(size),
                     nn.ReLU(),
                 )
@@ -63,8 +63,9 @@ class TemporalConv(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = (x * mask[..., None]).transpose(1, 2)  # (batch, features, steps)
-        for block in self.blocks:
-            h = block(h) * mask[:, None, :]
+        steps = h.shape[2]
+        for block in self.blocks:  # an even kernel gives one extra step at the end: cut it
+            h = block(h)[:, :, :steps] * mask[:, None, :]
         return h.sum(dim=2) / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
@@ -94,15 +95,19 @@ class LinearPath(nn.Module):
 
     ``max_steps`` given: unit-level, the whole padded sequence is flattened (padding zero; a longer
     sequence is cut to ``max_steps`` steps, a shorter one padded). ``max_steps=None``: per step,
-    the step's own features. Starts at zero, so joint training starts from the deep part alone.
-    ``penalty()`` is the L2 term ``l2 * ||W||^2`` added to the training loss by
-    :func:`anndata_rnn.training.fit`.
+    the step's own features. Starts at zero (joint training then starts from the deep part
+    alone) unless set from a fitted linear model (:meth:`set_weights`).
+
+    ``penalty()`` is ``||W||^2 / (2 C)``; :func:`anndata_rnn.training.fit` divides it by the
+    number of training sequences and adds it to the mean training loss, which is the objective
+    of scikit-learn's ``LogisticRegression(C=C)`` for the linear path alone (C = 1 is sklearn's
+    default, the task's baseline).
     """
 
-    def __init__(self, n_inputs: int, n_outputs: int, *, max_steps: int | None, l2: float):
+    def __init__(self, n_inputs: int, n_outputs: int, *, max_steps: int | None, c: float):
         super().__init__()
         self.max_steps = max_steps
-        self.l2 = float(l2)
+        self.c = float(c)
         size = n_inputs * (max_steps or 1)
         self.linear = nn.Linear(size, n_outputs)
         nn.init.zeros_(self.linear.weight)
@@ -120,4 +125,11 @@ class LinearPath(nn.Module):
         return self.linear(x.flatten(1))
 
     def penalty(self) -> torch.Tensor:
-        return self.l2 * (self.linear.weight**2).sum()
+        return (self.linear.weight**2).sum() / (2 * self.c)
+
+    @torch.no_grad()
+    def set_weights(self, coef, intercept) -> None:
+        """Copy a fitted linear model: ``coef`` ``(n_outputs, in_features)``, ``intercept``."""
+        w = self.linear.weight
+        self.linear.weight.copy_(torch.as_tensor(coef, dtype=w.dtype).reshape(w.shape))
+        self.linear.bias.copy_(torch.as_tensor(intercept, dtype=w.dtype).reshape(-1))

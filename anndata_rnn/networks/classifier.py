@@ -4,8 +4,9 @@ The model config's ``architecture`` may carry these keys (absent keys give the o
 so model files written before them load and behave as before):
 
 - ``linear_path`` (bool, absent = False): add a linear layer on the flattened standardized input
-  to the logits (Wide & Deep); ``linear_l2`` (float) is its L2 penalty; unit-level models need
-  ``max_steps`` (steps the linear layer reads; longer sequences are cut, shorter padded).
+  to the logits (Wide & Deep); ``linear_c`` (float, default 1) is its inverse L2 strength as
+  scikit-learn's ``C``; unit-level models need ``max_steps`` (steps the linear layer reads;
+  longer sequences are cut, shorter padded).
 - ``recurrent`` (bool, absent = True): False keeps only the linear path (the ablation
   "linear path alone", trained the same way).
 - ``pooling``: ``"last"`` (absent: the final hidden state), ``"mean"`` or ``"attention"`` over the
@@ -17,13 +18,14 @@ so model files written before them load and behave as before):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from .blocks import POOLINGS, AttentionPool, LinearPath, TemporalConv, downsample, step_mask
 from .encoder import RNNEncoder, build_encoder
 
-DEFAULT_LINEAR_L2 = 1e-3
+DEFAULT_LINEAR_C = 1.0
 
 
 class SequenceClassifier(nn.Module):
@@ -42,7 +44,7 @@ class SequenceClassifier(nn.Module):
         *,
         n_inputs: int | None = None,
         linear_path: bool = False,
-        linear_l2: float = DEFAULT_LINEAR_L2,
+        linear_c: float = DEFAULT_LINEAR_C,
         max_steps: int | None = None,
         pooling: str = "last",
         conv: tuple[int, ...] = (),
@@ -67,7 +69,7 @@ class SequenceClassifier(nn.Module):
                 n_inputs,
                 n_classes,
                 max_steps=int(max_steps) if level == "unit" else None,
-                l2=linear_l2,
+                c=linear_c,
             )
         if encoder is None:
             return
@@ -102,6 +104,36 @@ class SequenceClassifier(nn.Module):
             logits = logits + wide
         return logits, embedding
 
+    @torch.no_grad()
+    def init_linear(self, coef, intercept, classes=None) -> None:
+        """Start the linear path at a fitted linear classifier (e.g. the task's logistic
+        regression on the same flattened inputs) and the recurrent head at zero, so the untrained
+        model *is* that classifier and training (with ``fit(..., initial_candidate=True)``)
+        starts from it.
+
+        ``coef`` ``(k, in_features)`` and ``intercept`` ``(k,)`` as scikit-learn gives them;
+        ``classes`` are the class codes they belong to (default all); a binary model's single
+        row is the logit of ``classes[1]``. Classes the fitted model never saw get a bias of
+        -10 (probability ~0), as the baseline gives them.
+        """
+        if self.linear is None:
+            raise ValueError("this classifier has no linear path")
+        n_classes = self.linear.linear.out_features
+        classes = list(range(n_classes)) if classes is None else [int(c) for c in classes]
+        coef = np.atleast_2d(np.asarray(coef, dtype=np.float32))
+        intercept = np.atleast_1d(np.asarray(intercept, dtype=np.float32))
+        weight = np.zeros((n_classes, coef.shape[1]), dtype=np.float32)
+        bias = np.full(n_classes, -10.0, dtype=np.float32)
+        if coef.shape[0] == 1 and len(classes) == 2:
+            bias[classes] = 0.0
+            weight[classes[1]], bias[classes[1]] = coef[0], intercept[0]
+        else:
+            weight[classes], bias[classes] = coef, intercept
+        self.linear.set_weights(weight, bias)
+        if self.encoder is not None:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
     def penalty(self) -> torch.Tensor | float:
         """L2 term of the linear path, added to the training loss by :func:`training.fit`."""
         return self.linear.penalty() if self.linear is not None else 0.0
@@ -121,7 +153,7 @@ def build(n_inputs: int, config: dict) -> SequenceClassifier:
         level=config["label_level"],
         n_inputs=n_inputs,
         linear_path=bool(arch.get("linear_path", False)),
-        linear_l2=float(arch.get("linear_l2", DEFAULT_LINEAR_L2)),
+        linear_c=float(arch.get("linear_c", DEFAULT_LINEAR_C)),
         max_steps=arch.get("max_steps"),
         pooling=arch.get("pooling", "last"),
         conv=tuple(arch.get("conv") or ()),

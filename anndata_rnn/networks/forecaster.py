@@ -85,7 +85,9 @@ class SequenceForecaster(nn.Module):
         self.ar.bias.copy_(torch.as_tensor(intercept, dtype=self.ar.bias.dtype).reshape(-1))
 
     def penalty(self) -> torch.Tensor | float:
-        """L2 term of the AR path, added to the training loss by :func:`training.fit`."""
+        """L2 term of the AR path ``linear_l2 * ||W||^2`` (summed-loss scale: :func:`training.fit`
+        divides it by the number of training sequences); 0 by default, the AR path being
+        regularized by starting at the ridge fit and by early stopping."""
         if self.ar is None or not self.linear_l2:
             return 0.0
         return self.linear_l2 * (self.ar.weight**2).sum()

@@ -115,7 +115,31 @@ def prepare_classification(
     }
 
 
-def train_classifier(data, *, arch_extra=None, train=None, hidden=(128, 64), cell="lstm"):
+def warm_start(module, data):
+    """The wiring proposed for the task: fit the task's logistic baseline (same inputs, same
+    settings as ``_logistic_baseline``) and start the linear path there."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = data["values"].numpy(), data["y"].numpy()
+    train_ids = data["ids"]["train"]
+    model = LogisticRegression(max_iter=1000, random_state=data["seed"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if data["labels"].level == "unit":
+            chosen = train_ids[y[train_ids] >= 0]
+            model.fit(x[chosen].reshape(len(chosen), -1), y[chosen])
+        else:
+            mask = np.zeros(y.shape, dtype=bool)
+            mask[train_ids] = y[train_ids] >= 0
+            model.fit(x[mask], y[mask])
+    module.init_linear(model.coef_, model.intercept_, model.classes_)
+
+
+def train_classifier(
+    data, *, arch_extra=None, train=None, hidden=(128, 64), cell="lstm", warm=False
+):
     """Build + fit one classifier variant; returns ``(test metrics, history, seconds)``."""
     seed = data["seed"]
     seed_everything(seed)
@@ -148,6 +172,8 @@ def train_classifier(data, *, arch_extra=None, train=None, hidden=(128, 64), cel
 
     config_train = TrainConfig(**(train or {}))
     t0 = time.time()
+    if warm:
+        warm_start(module, data)
     history = fit(
         module,
         loss_fn,
@@ -157,6 +183,7 @@ def train_classifier(data, *, arch_extra=None, train=None, hidden=(128, 64), cel
         device=torch.device("cpu"),
         seed=seed,
         quiet=True,
+        initial_candidate=warm,
     )
     seconds = time.time() - t0
     proba, _ = run_network(module, values, lengths, torch.device("cpu"))

@@ -29,6 +29,7 @@ VARIANTS = {
     "old_steps": ({}, {}),
     "new": (NEW, {}),
     "linear": ({"linear_path": True, "recurrent": False}, {}),
+    "new_cold": (NEW, {}),
     "new_mean": ({**NEW, "pooling": "mean"}, {}),
     "new_attention": ({**NEW, "pooling": "attention"}, {}),
     "new_conv": ({**NEW, "conv": [64, 64, 64]}, {}),
@@ -100,7 +101,10 @@ def main():
         emit({"dataset": name, "seed": seed, "model": "logreg", "accuracy": acc, "f1_macro": f1})
         for variant in args.variants:
             arch, train = VARIANTS[variant]
-            metrics, history, seconds = train_classifier(data, arch_extra=arch, train=train)
+            warm = bool(arch.get("linear_path")) and not variant.endswith("_cold")
+            metrics, history, seconds = train_classifier(
+                data, arch_extra=arch, train=train, warm=warm
+            )
             emit(
                 {
                     "dataset": name,

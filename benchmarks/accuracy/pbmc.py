@@ -16,16 +16,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import baseline, emit, prepare_classification, summary, train_classifier  # noqa: E402
 
 VARIANTS = {
-    # the model before issue 12: no linear path, epoch schedule
-    "old": ({}, {"schedule": "epochs"}),
-    "old_steps": ({}, {}),
-    "new": ({"linear_path": True}, {}),
-    "linear": ({"linear_path": True, "recurrent": False}, {}),
-    "new_l2_1e-4": ({"linear_path": True, "linear_l2": 1e-4}, {}),
-    "new_l2_1e-2": ({"linear_path": True, "linear_l2": 1e-2}, {}),
-    "linear_l2_1e-4": ({"linear_path": True, "recurrent": False, "linear_l2": 1e-4}, {}),
-    "linear_l2_1e-2": ({"linear_path": True, "recurrent": False, "linear_l2": 1e-2}, {}),
-    "new_mean": ({"linear_path": True, "pooling": "mean"}, {}),
+    # name: (architecture keys, TrainConfig keys, warm start of the linear path from the LR)
+    "old": ({}, {"schedule": "epochs"}, False),  # the model before issue 12
+    "old_steps": ({}, {}, False),
+    "new": ({"linear_path": True}, {}, True),
+    "linear": ({"linear_path": True, "recurrent": False}, {}, True),
+    "new_cold": ({"linear_path": True}, {}, False),
+    "linear_cold": ({"linear_path": True, "recurrent": False}, {}, False),
 }
 
 
@@ -55,8 +52,10 @@ def main():
             }
         )
         for name in args.variants:
-            arch, train = VARIANTS[name]
-            metrics, history, seconds = train_classifier(data, arch_extra=arch, train=train)
+            arch, train, warm = VARIANTS[name]
+            metrics, history, seconds = train_classifier(
+                data, arch_extra=arch, train=train, warm=warm
+            )
             emit(
                 {
                     "dataset": "pbmc68k_reduced",
