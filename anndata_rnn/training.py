@@ -129,6 +129,7 @@ def fit(
     description: str = "training",
     val_metric: tuple[str, Callable] | None = None,
     initial_candidate: bool = False,
+    reference_loss: float | None = None,
 ) -> dict:
     """Mini-batch Adam with early stopping on the validation loss (best weights restored).
 
@@ -139,7 +140,9 @@ def fit(
     ``val_metric = (name, fn)`` with ``fn(module, batch) -> (total, count)`` adds a validation
     metric to the progress bar and the history. ``initial_candidate=True`` counts the untrained
     weights as a candidate for the best (a forecaster starting at persistence or a fitted AR
-    never ends worse than its start on the validation set).
+    never ends worse than its start on the validation set). ``reference_loss`` is the loss a
+    model that learned nothing has (default: the loss of the weights given, i.e. ~ln K for a
+    fresh K-class classifier); pass it when the weights are warm-started (e.g. ``ln K``).
 
     The schedule follows ``config.schedule`` (see :class:`TrainConfig`). Returns the training
     history: per evaluation ``train_loss``, ``val_loss`` (and the metric); ``best_epoch``,
@@ -171,10 +174,12 @@ def fit(
             initial_candidate,
         )
     final_loss = _train_set_loss(module, loss_fn, train, config.batch_size, device, seed)
+    reference = start_loss if reference_loss is None else float(reference_loss)
     history["start_loss"] = start_loss
+    history["reference_loss"] = reference
     history["final_train_loss"] = final_loss
     history["failed_fit"] = bool(
-        math.isfinite(start_loss) and final_loss > start_loss * (1 - FAILED_FIT_TOLERANCE)
+        math.isfinite(reference) and final_loss > reference * (1 - FAILED_FIT_TOLERANCE)
     )
     if history["failed_fit"]:
         log.warning(
@@ -182,7 +187,7 @@ def fit(
             "learned nothing; try more steps (--epochs), a higher learning rate (--lr) or "
             "smaller batches (--batch-size)",
             description,
-            start_loss,
+            reference,
             final_loss,
         )
     module.eval()

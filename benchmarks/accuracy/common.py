@@ -184,6 +184,7 @@ def train_classifier(
         seed=seed,
         quiet=True,
         initial_candidate=warm,
+        reference_loss=math.log(len(labels.classes)) if warm else None,
     )
     seconds = time.time() - t0
     proba, _ = run_network(module, values, lengths, torch.device("cpu"))
