@@ -154,7 +154,7 @@ def fit(
     """
     config.validate()
     module.to(device)
-    start_loss = _train_set_loss(module, loss_fn, train, config.batch_size, device, seed)
+    start_loss = dataset_loss(module, loss_fn, train, config.batch_size, device, seed)
     if config.schedule == "epochs":
         history = _fit_epochs(
             module, loss_fn, train, val, config, device, seed, quiet, description, val_metric
@@ -173,7 +173,7 @@ def fit(
             val_metric,
             initial_candidate,
         )
-    final_loss = _train_set_loss(module, loss_fn, train, config.batch_size, device, seed)
+    final_loss = dataset_loss(module, loss_fn, train, config.batch_size, device, seed)
     reference = start_loss if reference_loss is None else float(reference_loss)
     history["start_loss"] = start_loss
     history["reference_loss"] = reference
@@ -192,6 +192,12 @@ def fit(
         )
     module.eval()
     return history
+
+
+def _param_groups(module, lr: float):
+    """``module.param_groups(lr)`` when the module defines learning rates per part."""
+    groups = getattr(module, "param_groups", None)
+    return groups(lr) if groups is not None else module.parameters()
 
 
 def _penalty(module) -> torch.Tensor | None:
@@ -217,7 +223,8 @@ def _train_step(module, loss_fn, batch, optimizer, where: str, n_train: int = 1)
     return loss.item()
 
 
-def _train_set_loss(module, loss_fn, train, batch_size, device, seed) -> float:
+def dataset_loss(module, loss_fn, train, batch_size=256, device="cpu", seed=0) -> float:
+    """Mean loss of ``module`` over a whole data set (eval mode, no gradients)."""
     if len(train[0]) == 0:
         return math.nan
     loader = make_loader(train, max(batch_size, 256), shuffle=False, seed=seed)
@@ -227,7 +234,7 @@ def _train_set_loss(module, loss_fn, train, batch_size, device, seed) -> float:
 def _fit_epochs(module, loss_fn, train, val, config, device, seed, quiet, description, val_metric):
     """The original schedule: ``max_epochs`` passes, patience counted in epochs."""
     optimizer = torch.optim.Adam(
-        module.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        _param_groups(module, config.lr), lr=config.lr, weight_decay=config.weight_decay
     )
     train_loader = make_loader(train, config.batch_size, shuffle=True, seed=seed)
     has_val = val is not None and len(val[0]) > 0
@@ -321,12 +328,15 @@ def _fit_steps(
     """Training counted in optimizer steps (see :class:`TrainConfig`)."""
     plan = schedule_for(len(train[0]), config)
     optimizer = torch.optim.Adam(
-        module.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        _param_groups(module, config.lr), lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = None
     if config.lr_patience:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=0.5, patience=config.lr_patience, min_lr=config.lr / 100
+            optimizer,
+            factor=0.5,
+            patience=config.lr_patience,
+            min_lr=[g["lr"] / 100 for g in optimizer.param_groups],
         )
     train_loader = make_loader(train, plan["batch_size"], shuffle=True, seed=seed)
     has_val = val is not None and len(val[0]) > 0

@@ -7,6 +7,7 @@ so model files written before them load and behave as before):
   to the logits (Wide & Deep); ``linear_c`` (float, default 1) is its inverse L2 strength as
   scikit-learn's ``C``; unit-level models need ``max_steps`` (steps the linear layer reads;
   longer sequences are cut, shorter padded).
+- ``linear_lr`` (float, absent = 1): learning-rate multiplier of the linear path.
 - ``recurrent`` (bool, absent = True): False keeps only the linear path (the ablation
   "linear path alone", trained the same way).
 - ``pooling``: ``"last"`` (absent: the final hidden state), ``"mean"`` or ``"attention"`` over the
@@ -49,6 +50,7 @@ class SequenceClassifier(nn.Module):
         pooling: str = "last",
         conv: tuple[int, ...] = (),
         downsample: int = 1,
+        linear_lr: float = 1.0,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -61,6 +63,7 @@ class SequenceClassifier(nn.Module):
         self.level = level
         self.pooling = pooling
         self.downsample = int(downsample)
+        self.linear_lr = float(linear_lr)
         self.linear = None
         if linear_path:
             if n_inputs is None or (level == "unit" and not max_steps):
@@ -103,6 +106,16 @@ class SequenceClassifier(nn.Module):
         if wide is not None:
             logits = logits + wide
         return logits, embedding
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer groups: the linear path learns at ``linear_lr`` × ``lr`` (Wide & Deep gives
+        its wide part its own optimizer), the rest at ``lr``."""
+        if self.linear is None or self.linear_lr == 1.0:
+            return [{"params": list(self.parameters()), "lr": lr}]
+        wide = set(map(id, self.linear.parameters()))
+        rest = [p for p in self.parameters() if id(p) not in wide]
+        groups = [{"params": list(self.linear.parameters()), "lr": lr * self.linear_lr}]
+        return groups + ([{"params": rest, "lr": lr}] if rest else [])
 
     @torch.no_grad()
     def init_linear(self, coef, intercept, classes=None) -> None:
@@ -158,4 +171,5 @@ def build(n_inputs: int, config: dict) -> SequenceClassifier:
         pooling=arch.get("pooling", "last"),
         conv=tuple(arch.get("conv") or ()),
         downsample=int(arch.get("downsample", 1)),
+        linear_lr=float(arch.get("linear_lr", 1.0)),
     )

@@ -28,6 +28,7 @@ from sklearn.linear_model import RidgeCV
 
 import anndata_rnn.tl._forecast as task
 from anndata_rnn import datasets, tl
+from anndata_rnn.training import dataset_loss
 
 torch.set_num_threads(1)
 ORIGINAL_BUILD, ORIGINAL_FIT = task.build_module, task.fit
@@ -58,6 +59,8 @@ def install(variant: str, init: str) -> None:
         if variant == "old_epochs":
             config.schedule = "epochs"
         if getattr(module, "ar", None) is not None and init == "ridge":
+            # a fit that learned nothing stays at persistence, the zero-initialized start
+            kwargs["reference_loss"] = dataset_loss(module, loss_fn, train)
             ridge_init(module, train)
             kwargs["initial_candidate"] = True
         history = ORIGINAL_FIT(module, loss_fn, train, val, config, **kwargs)

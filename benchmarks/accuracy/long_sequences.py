@@ -29,7 +29,7 @@ VARIANTS = {
     "old_steps": ({}, {}),
     "new": (NEW, {}),
     "linear": ({"linear_path": True, "recurrent": False}, {}),
-    "new_cold": (NEW, {}),
+    "new_warm": (NEW, {}),
     "new_mean": ({**NEW, "pooling": "mean"}, {}),
     "new_attention": ({**NEW, "pooling": "attention"}, {}),
     "new_conv": ({**NEW, "conv": [64, 64, 64]}, {}),
@@ -101,7 +101,7 @@ def main():
         emit({"dataset": name, "seed": seed, "model": "logreg", "accuracy": acc, "f1_macro": f1})
         for variant in args.variants:
             arch, train = VARIANTS[variant]
-            warm = bool(arch.get("linear_path")) and not variant.endswith("_cold")
+            warm = variant.endswith("_warm")
             metrics, history, seconds = train_classifier(
                 data, arch_extra=arch, train=train, warm=warm
             )

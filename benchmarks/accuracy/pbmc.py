@@ -22,6 +22,8 @@ VARIANTS = {
     "new": ({"linear_path": True}, {}, True),
     "linear": ({"linear_path": True, "recurrent": False}, {}, True),
     "new_cold": ({"linear_path": True}, {}, False),
+    "new_lr10": ({"linear_path": True, "linear_lr": 10}, {}, False),
+    "linear_lr10": ({"linear_path": True, "recurrent": False, "linear_lr": 10}, {}, False),
     "linear_cold": ({"linear_path": True, "recurrent": False}, {}, False),
 }
 
