@@ -221,3 +221,19 @@ def test_warm_start_reproduces_logistic_regression(n_classes):
     proba = torch.softmax(module(x, lengths)[0], -1).detach().numpy()
     np.testing.assert_allclose(proba, lr.predict_proba(flat), atol=1e-5)
     assert float(module.penalty()) == pytest.approx(float((lr.coef_**2).sum() / 2), rel=1e-4)
+
+
+def test_new_architecture_defaults():
+    from anndata_rnn.networks.classifier import new_architecture
+
+    short = new_architecture(ARCH, max_steps=24)
+    assert short["linear_path"] and short["max_steps"] == 24 and "downsample" not in short
+    long = new_architecture(ARCH, max_steps=150)
+    assert long["downsample"] == 5 and long["pooling"] == "mean"
+    assert "downsample" not in new_architecture(ARCH, max_steps=150, level="step")
+    kept = new_architecture({**ARCH, "pooling": "last"}, max_steps=150, linear_path=False)
+    assert kept["pooling"] == "last" and not kept["linear_path"]
+    config = {**classifier_config(), "architecture": long}
+    module = build_module("classify", 4, config)
+    x = torch.randn(2, 150, 4)
+    assert module(x, torch.tensor([150, 40]))[0].shape == (2, 3)

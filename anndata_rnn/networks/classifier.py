@@ -19,6 +19,8 @@ so model files written before them load and behave as before):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -27,6 +29,33 @@ from .blocks import POOLINGS, AttentionPool, LinearPath, TemporalConv, downsampl
 from .encoder import RNNEncoder, build_encoder
 
 DEFAULT_LINEAR_C = 1.0
+#: unit-level sequences longer than this are read by the recurrence in windows (see below)
+LONG_SEQUENCE_STEPS = 64
+#: ... so that it sees about this many steps
+RECURRENT_STEPS = 32
+
+
+def new_architecture(
+    arch: dict, *, max_steps: int, level: str = "unit", linear_path: bool = True
+) -> dict:
+    """The architecture keys of a new classifier (what the task stores in the model config).
+
+    Adds ``linear_path`` (default on), ``linear_c`` and ``max_steps`` (the steps the linear
+    path reads) to ``arch`` (from ``tl._common.architecture``). Unit-level sequences longer than
+    ``LONG_SEQUENCE_STEPS`` steps are averaged in windows of ``ceil(max_steps /
+    RECURRENT_STEPS)`` steps before the recurrence (``downsample``) and the hidden states are
+    mean-pooled (``pooling="mean"``): measured on few long sequences (benchmarks/accuracy/
+    long_sequences.py), the last hidden state after 150 steps stays at chance, the pooled
+    windowed recurrence learns the shape. Keys already in ``arch`` are kept.
+    """
+    out = dict(arch)
+    out.setdefault("linear_path", bool(linear_path))
+    out.setdefault("linear_c", DEFAULT_LINEAR_C)
+    out.setdefault("max_steps", int(max_steps))
+    if level == "unit" and max_steps > LONG_SEQUENCE_STEPS:
+        out.setdefault("downsample", math.ceil(max_steps / RECURRENT_STEPS))
+        out.setdefault("pooling", "mean")
+    return out
 
 
 class SequenceClassifier(nn.Module):
