@@ -40,8 +40,9 @@ class TrainConfig:
     - validation every ``eval_every`` steps (0: ``max(steps_per_epoch, 10)``);
     - early stopping after ``max(patience * steps_per_epoch, min_steps // 2)`` steps without a
       better validation loss, never before ``min_steps`` steps;
-    - the learning rate halves after ``lr_patience`` evaluations without improvement
-      (``ReduceLROnPlateau``; 0 turns it off), down to ``lr / 100``.
+    - the learning rate halves after ``lr_patience`` evaluations without improvement of the
+      validation loss (``ReduceLROnPlateau``; None: half the early-stopping patience, at least
+      2 evaluations; 0 turns it off), down to ``lr / 100``.
     """
 
     max_epochs: int = 100
@@ -53,7 +54,7 @@ class TrainConfig:
     min_steps: int = 600
     min_batch: int = 8
     eval_every: int = 0
-    lr_patience: int = 4
+    lr_patience: int | None = None
 
     def validate(self) -> None:
         if self.max_epochs < 1:
@@ -66,7 +67,7 @@ class TrainConfig:
             raise InputError(f"patience must be >= 1, got {self.patience}")
         if self.schedule not in SCHEDULES:
             raise InputError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.min_steps < 0 or self.eval_every < 0 or self.lr_patience < 0:
+        if self.min_steps < 0 or self.eval_every < 0 or (self.lr_patience or 0) < 0:
             raise InputError("min_steps, eval_every and lr_patience must be >= 0")
         if self.min_batch < 1:
             raise InputError(f"min_batch must be >= 1, got {self.min_batch}")
@@ -147,7 +148,7 @@ def fit(
     The schedule follows ``config.schedule`` (see :class:`TrainConfig`). Returns the training
     history: per evaluation ``train_loss``, ``val_loss`` (and the metric); ``best_epoch``,
     ``epochs_run``, ``stopped_early``; ``steps_run``, ``best_step``, ``batch_size``,
-    ``eval_every`` (steps); ``start_loss`` and ``final_train_loss`` (mean training loss of the
+    ``eval_every`` (steps), ``lr`` per evaluation; ``start_loss`` and ``final_train_loss`` (mean training loss of the
     untrained and of the returned weights, eval mode) and ``failed_fit`` (True when the final
     training loss is not ``FAILED_FIT_TOLERANCE`` below the start, e.g. still ~ln K for K
     classes: the task should warn and mark its table).
@@ -303,13 +304,18 @@ def schedule_for(n_train: int, config: TrainConfig) -> dict:
     batch = min(config.batch_size, max(config.min_batch, math.ceil(n_train / 4)))
     batch = max(1, min(batch, n_train))
     per_epoch = math.ceil(n_train / batch)
-    return {
+    out = {
         "batch_size": batch,
         "steps_per_epoch": per_epoch,
         "max_steps": max(config.max_epochs * per_epoch, config.min_steps),
         "eval_every": config.eval_every or max(per_epoch, 10),
         "patience_steps": max(config.patience * per_epoch, config.min_steps // 2),
     }
+    if config.lr_patience is None:
+        out["lr_patience"] = max(2, out["patience_steps"] // out["eval_every"] // 2)
+    else:
+        out["lr_patience"] = config.lr_patience
+    return out
 
 
 def _fit_steps(
@@ -331,11 +337,11 @@ def _fit_steps(
         _param_groups(module, config.lr), lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = None
-    if config.lr_patience:
+    if plan["lr_patience"]:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
             factor=0.5,
-            patience=config.lr_patience,
+            patience=plan["lr_patience"],
             min_lr=[g["lr"] / 100 for g in optimizer.param_groups],
         )
     train_loader = make_loader(train, plan["batch_size"], shuffle=True, seed=seed)

@@ -155,6 +155,7 @@ def test_schedule_sizes_to_the_data():
     small = schedule_for(42, config)
     assert small["batch_size"] == 11 and small["steps_per_epoch"] == 4
     assert small["max_steps"] == 600 and small["patience_steps"] == 300
+    assert small["eval_every"] == 10 and small["lr_patience"] == 15
     large = schedule_for(100_000, config)
     assert large["batch_size"] == 64 and large["eval_every"] == math.ceil(100_000 / 64)
     assert large["max_steps"] == 100 * large["steps_per_epoch"]
