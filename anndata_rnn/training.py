@@ -29,8 +29,9 @@ SCHEDULES = ("steps", "epochs")
 class TrainConfig:
     """Optimisation settings shared by every task.
 
-    ``schedule="steps"`` (sized for the data, see :func:`fit`) or ``"epochs"`` (the original
-    loop: ``max_epochs`` passes, early stopping after ``patience`` epochs without improvement).
+    ``schedule="steps"`` (sized for the data; what new runs should use) or ``"epochs"`` (the
+    original loop, still the dataclass default so existing callers are unchanged: ``max_epochs``
+    passes, early stopping after ``patience`` epochs without improvement).
     With ``"steps"``, ``max_epochs`` and ``patience`` keep their meaning as a number of passes
     over the training set, but are floored so small data still get trained:
 
@@ -50,7 +51,7 @@ class TrainConfig:
     lr: float = 1e-3
     patience: int = 10
     weight_decay: float = 0.0
-    schedule: str = "steps"
+    schedule: str = "epochs"
     min_steps: int = 600
     min_batch: int = 8
     eval_every: int = 0

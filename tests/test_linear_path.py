@@ -151,7 +151,7 @@ def test_ar_window_uses_each_sequence_end():
 
 
 def test_schedule_sizes_to_the_data():
-    config = TrainConfig()  # batch 64, 100 epochs, patience 10, min 600 steps
+    config = TrainConfig(schedule="steps")  # batch 64, 100 epochs, patience 10, min 600 steps
     small = schedule_for(42, config)
     assert small["batch_size"] == 11 and small["steps_per_epoch"] == 4
     assert small["max_steps"] == 600 and small["patience_steps"] == 300

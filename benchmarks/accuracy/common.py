@@ -170,7 +170,7 @@ def train_classifier(
             chosen = chosen[y[chosen].numpy() >= 0]
         return values[chosen], lengths[chosen], y[chosen]
 
-    config_train = TrainConfig(**(train or {}))
+    config_train = TrainConfig(**{"schedule": "steps", **(train or {})})
     t0 = time.time()
     if warm:
         warm_start(module, data)

@@ -6,7 +6,8 @@ wiring the lead will do in the task):
 
 - ``build_module``: adds ``architecture["linear_path"] = True`` (and ``recurrent=False`` for the
   linear-only ablation) to the config before the network is built;
-- ``fit``: with ``--init ridge``, first fits the same ridge AR as the task's baseline on the
+- ``fit``: the step schedule (``schedule="steps"``) except for ``old`` (the original model and
+  epoch schedule); with ``--init ridge``, first fits the same ridge AR as the task's baseline on the
   training tensors and starts the AR path there (``init_linear_ar``), and counts the untrained
   weights as a candidate for the best (``initial_candidate=True``).
 
@@ -56,8 +57,7 @@ def install(variant: str, init: str) -> None:
         return ORIGINAL_BUILD(name, n_inputs, config)
 
     def fit(module, loss_fn, train, val, config, **kwargs):
-        if variant == "old_epochs":
-            config.schedule = "epochs"
+        config.schedule = "epochs" if variant == "old" else "steps"
         if getattr(module, "ar", None) is not None and init == "ridge":
             # a fit that learned nothing stays at persistence, the zero-initialized start
             kwargs["reference_loss"] = dataset_loss(module, loss_fn, train)
