@@ -19,12 +19,12 @@ VARIANTS = {
     # name: (architecture keys, TrainConfig keys, warm start of the linear path from the LR)
     "old": ({}, {"schedule": "epochs"}, False),  # the model before issue 12
     "old_steps": ({}, {}, False),
-    "new": ({"linear_path": True}, {}, True),
-    "linear": ({"linear_path": True, "recurrent": False}, {}, True),
-    "new_cold": ({"linear_path": True}, {}, False),
+    "new": ({"linear_path": True}, {}, False),
+    "linear": ({"linear_path": True, "recurrent": False}, {}, False),
+    "new_warm": ({"linear_path": True}, {}, True),
+    "linear_warm": ({"linear_path": True, "recurrent": False}, {}, True),
     "new_lr10": ({"linear_path": True, "linear_lr": 10}, {}, False),
     "linear_lr10": ({"linear_path": True, "recurrent": False, "linear_lr": 10}, {}, False),
-    "linear_cold": ({"linear_path": True, "recurrent": False}, {}, False),
 }
 
 
