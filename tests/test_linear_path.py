@@ -238,3 +238,30 @@ def test_new_architecture_defaults():
     module = build_module("classify", 4, config)
     x = torch.randn(2, 150, 4)
     assert module(x, torch.tensor([150, 40]))[0].shape == (2, 3)
+
+
+@pytest.mark.parametrize("task", ["classify", "forecast"])
+def test_new_models_survive_the_model_file(task, tmp_path):
+    from anndata_rnn import Model
+    from anndata_rnn.preprocessing import Preprocessor
+
+    prep = Preprocessor(layout="obs-series", use_time=False)
+    prep.features = np.asarray(["g0", "g1", "g2", "g3"], dtype=object)
+    prep.mean, prep.std = np.zeros(4), np.ones(4)
+    if task == "classify":
+        config = classifier_config(linear_path=True, max_steps=7, pooling="mean", downsample=2)
+        prep.features, prep.mean, prep.std = prep.features, prep.mean, prep.std
+    else:
+        config = forecaster_config(linear_path=True)
+        config["n_outputs"] = 4
+    config.update(task=task, layout="obs-series", n_inputs=4, keys={"layout": "obs-series"})
+    module = build_module(task, 4, config).eval()
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.1) if p.requires_grad else None
+    path = tmp_path / "m.h5"
+    Model(config, prep, module).save(path)
+    back = Model.load(path).module
+    x, lengths = batch()
+    np.testing.assert_allclose(
+        back(x, lengths)[0].detach().numpy(), module(x, lengths)[0].detach().numpy(), atol=1e-6
+    )
