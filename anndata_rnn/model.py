@@ -321,6 +321,22 @@ def _check_config(config: dict, where: str) -> None:
         refuse("architecture/dropout", "a number in [0, 1)")
     if not isinstance(arch.get("bidirectional"), bool):
         refuse("architecture/bidirectional", "true or false")
+    # optional keys of the linear path and the long-sequence options (absent in older files)
+    for name in ("linear_path", "recurrent"):
+        if not isinstance(arch.get(name, False), bool):
+            refuse(f"architecture/{name}", "true or false")
+    if arch.get("pooling", "last") not in ("last", "mean", "attention"):
+        refuse("architecture/pooling", "last, mean or attention")
+    if not integer(arch.get("downsample", 1), 1, 1_000_000):
+        refuse("architecture/downsample", "a positive integer")
+    if not (arch.get("max_steps") is None or integer(arch["max_steps"], 1, 10_000_000)):
+        refuse("architecture/max_steps", "a positive integer")
+    for name in ("linear_c", "linear_lr"):
+        if not (number(arch.get(name, 1.0)) and arch.get(name, 1.0) > 0):
+            refuse(f"architecture/{name}", "a positive number")
+    conv = arch.get("conv") or []
+    if not (isinstance(conv, list) and all(integer(c, 1, 100_000) for c in conv)):
+        refuse("architecture/conv", "a list of channel sizes")
     if "classes" in config and not texts(config["classes"]):
         refuse("classes", "a list of texts")
     if config.get("label_level", "unit") not in ("unit", "step"):
@@ -333,6 +349,7 @@ def _check_config(config: dict, where: str) -> None:
         "source_kind": prep.get("source_kind") in ("X", "layer", "rep"),
         "source_name": isinstance(prep.get("source_name"), str),
         "normalize": isinstance(prep.get("normalize"), bool),
+        "log1p": isinstance(prep.get("log1p", False), bool),
         "target_sum": number(prep.get("target_sum")) and prep["target_sum"] >= 0,
         "use_time": isinstance(prep.get("use_time"), bool),
         "dt_mean": number(prep.get("dt_mean")),

@@ -143,6 +143,64 @@ def looks_like_counts(block: np.ndarray) -> tuple[bool, str]:
     return (vmin >= 0 and integer and vmax > 30), found
 
 
+def looks_like_levels(block: np.ndarray) -> tuple[bool, str]:
+    """Whether a block looks like unlogged expression levels (FPKM, TPM, CPM, RPKM...):
+    non-negative, not all integers, and heavy-tailed, i.e. a maximum above 50 (log-scale values
+    rarely pass ~20) and a 99th percentile of the positive values at least 10 times their median.
+    Returns the answer and a phrase saying what was found."""
+    values = block[np.isfinite(block)]
+    if values.size == 0:
+        return False, "no finite values"
+    vmin, vmax = float(values.min()), float(values.max())
+    positive = values[values > 0]
+    if vmin < 0 or positive.size == 0:
+        return False, f"min {vmin:.3g}, max {vmax:.3g}"
+    if positive.size > 1_000_000:  # a fixed subsample keeps the check cheap on big blocks
+        positive = np.random.default_rng(0).choice(positive, 1_000_000, replace=False)
+    median, q99 = (float(v) for v in np.quantile(positive, [0.5, 0.99]))
+    ratio = q99 / median if median > 0 else np.inf
+    integer = bool(np.all(values == np.round(values)))
+    found = (
+        f"min {vmin:.3g}, max {vmax:.3g}, {'integers' if integer else 'non-integers'}, "
+        f"99th percentile of the positive values {ratio:.3g} × their median"
+    )
+    return (not integer and vmax > 50 and ratio >= 10), found
+
+
+#: profile layout: with more genes than this (or more steps than PROFILE_MAX_STEPS), the
+#: default ``n_top_genes="auto"`` selects PROFILE_TOP_GENES highly variable genes
+PROFILE_MAX_GENES = 4000
+PROFILE_MAX_STEPS = 128
+PROFILE_TOP_GENES = 2000
+
+
+def resolve_n_top_genes(
+    n_top_genes, layout: str, n_genes: int, chunk_size: int | None
+) -> tuple[int | None, str | None]:
+    """``"auto"`` -> 2,000 genes for a wide profile (> 4,000 genes or > 128 steps), else None;
+    ``None`` or 0 -> no selection; an integer -> that many. Returns ``(n, reason)``."""
+    if n_top_genes is None or (isinstance(n_top_genes, int | np.integer) and n_top_genes == 0):
+        return None, None
+    if isinstance(n_top_genes, str):
+        if n_top_genes != "auto":
+            raise InputError(f"n_top_genes must be an integer, 0 or 'auto', got {n_top_genes!r}")
+        steps = -(-n_genes // chunk_size) if chunk_size else 0
+        wide = n_genes > PROFILE_MAX_GENES or steps > PROFILE_MAX_STEPS
+        if layout == "profile" and wide and n_genes > PROFILE_TOP_GENES:
+            reason = (
+                f"{n_genes} genes"
+                + (f" ({steps} steps of {chunk_size})" if chunk_size else "")
+                + f" in the profile layout: selecting the {PROFILE_TOP_GENES} most highly "
+                "variable genes of the training rows (scanpy); give n_top_genes=0 "
+                "(--n-top-genes 0) to keep every gene or another number"
+            )
+            return PROFILE_TOP_GENES, reason
+        return None, None
+    if int(n_top_genes) < 0:
+        raise InputError(f"n_top_genes must be >= 0, got {n_top_genes}")
+    return int(n_top_genes), None
+
+
 @dataclass
 class Preprocessor:
     """Preprocessing fitted on the training split; stored in the model file."""
@@ -151,6 +209,7 @@ class Preprocessor:
     source_kind: str = "X"
     source_name: str = ""
     normalize: bool = False
+    log1p: bool = False
     target_sum: float = 0.0
     features: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -168,6 +227,7 @@ class Preprocessor:
             "source_kind": self.source_kind,
             "source_name": self.source_name,
             "normalize": self.normalize,
+            "log1p": self.log1p,
             "target_sum": self.target_sum,
             "use_time": self.use_time,
             "dt_mean": self.dt_mean,
@@ -186,6 +246,7 @@ class Preprocessor:
             source_kind=config["source_kind"],
             source_name=config["source_name"],
             normalize=bool(config["normalize"]),
+            log1p=bool(config.get("log1p", False)),
             target_sum=float(config["target_sum"]),
             features=np.asarray(arrays["features"], dtype=object),
             mean=np.asarray(arrays["mean"], dtype=np.float64),
@@ -209,10 +270,19 @@ class Preprocessor:
         train_ids: np.ndarray,
         *,
         normalize: str = "auto",
-        n_top_genes: int | None = None,
+        n_top_genes: int | str | None = None,
         gene_subset: np.ndarray | None = None,
         gene_order: np.ndarray | None = None,
+        chunk_size: int | None = None,
     ) -> Preprocessor:
+        """Fit on the training sequences ``train_ids``.
+
+        ``normalize="auto"``: raw counts -> normalize_total + log1p; unlogged non-integer levels
+        (FPKM/TPM/CPM-like, :func:`looks_like_levels`) -> log1p only; anything else as it is.
+        ``n_top_genes``: an integer selects that many highly variable genes (training rows);
+        ``"auto"`` selects 2,000 in a wide profile (see :func:`resolve_n_top_genes`; needs
+        ``chunk_size`` to count steps); None or 0 keeps every gene.
+        """
         if normalize not in NORMALIZE_CHOICES:
             raise InputError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
         if self.scale not in SCALE_CHOICES:
@@ -233,12 +303,20 @@ class Preprocessor:
             self.normalize = True
         else:
             self.normalize = normalize == "auto" and is_counts
+        self.log1p = False
+        if source.kind != "rep" and normalize == "auto" and not self.normalize:
+            self.log1p, found_levels = looks_like_levels(block)
+            if self.log1p:
+                found = (
+                    f"{found_levels}: non-negative, non-integer, heavy-tailed, like FPKM/TPM/CPM"
+                )
         if source.kind != "rep":
-            action = (
-                "applying normalize_total + log1p (scanpy)"
-                if self.normalize
-                else "using the values as they are"
-            )
+            if self.normalize:
+                action = "applying normalize_total + log1p (scanpy)"
+            elif self.log1p:
+                action = "applying log1p only (give --normalize never to keep the values)"
+            else:
+                action = "using the values as they are"
             log.info(
                 "checked %s on %d training rows: %s -> %s",
                 source.description,
@@ -250,14 +328,20 @@ class Preprocessor:
             totals = np.nansum(block, axis=1)
             self.target_sum = float(np.median(totals[totals > 0])) if (totals > 0).any() else 1.0
             block = self._normalize(block)
+        elif self.log1p:
+            block = self._log1p(block)
 
         names = source.feature_names
         if self.layout != "var-series" and source.kind != "rep":
+            if gene_subset is None:
+                n_top_genes, reason = resolve_n_top_genes(
+                    n_top_genes, self.layout, len(names), chunk_size
+                )
+                if reason:
+                    log.info(reason)
             if gene_subset is not None:
                 keep = np.asarray(gene_subset, dtype=bool)
             elif n_top_genes is not None:
-                if n_top_genes < 1:
-                    raise InputError(f"n_top_genes must be >= 1, got {n_top_genes}")
                 keep = _highly_variable(block, n_top_genes)
             else:
                 keep = np.ones(len(names), dtype=bool)
@@ -312,11 +396,21 @@ class Preprocessor:
         out[np.isnan(block)] = np.nan
         return out
 
+    def _log1p(self, block: np.ndarray) -> np.ndarray:
+        if np.nanmin(block) < 0:
+            raise InputError(
+                "negative values in a matrix this model log-transforms (it was trained on "
+                "unlogged levels such as FPKM/TPM): give the same kind of matrix as at training"
+            )
+        return np.log1p(block).astype(np.float32)
+
     # -- applying -------------------------------------------------------------------------------
     def transform_rows(self, block: np.ndarray, data_features: np.ndarray) -> np.ndarray:
         """Normalize a raw row block and put its columns in the model's feature order."""
         if self.normalize:
             block = self._normalize(block)
+        elif self.log1p:
+            block = self._log1p(block)
         if self.layout == "var-series":
             return block
         if not (

@@ -22,15 +22,40 @@ log = logging.getLogger("anndata_rnn")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+SCHEDULES = ("steps", "epochs")
+
+
 @dataclass
 class TrainConfig:
-    """Optimisation settings shared by every task."""
+    """Optimisation settings shared by every task.
+
+    ``schedule="steps"`` (sized for the data; what new runs should use) or ``"epochs"`` (the
+    original loop, still the dataclass default so existing callers are unchanged: ``max_epochs``
+    passes, early stopping after ``patience`` epochs without improvement).
+    With ``"steps"``, ``max_epochs`` and ``patience`` keep their meaning as a number of passes
+    over the training set, but are floored so small data still get trained:
+
+    - batch size: ``min(batch_size, max(min_batch, ceil(n_train / 4)))``, so an epoch is >= 4
+      optimizer steps;
+    - at most ``max(max_epochs * steps_per_epoch, min_steps)`` optimizer steps;
+    - validation every ``eval_every`` steps (0: ``max(steps_per_epoch, 10)``);
+    - early stopping after ``max(patience * steps_per_epoch, min_steps // 2)`` steps without a
+      better validation loss, never before ``min_steps`` steps;
+    - the learning rate halves after ``lr_patience`` evaluations without improvement of the
+      validation loss (``ReduceLROnPlateau``; None: half the early-stopping patience, at least
+      2 evaluations; 0 turns it off), down to ``lr / 100``.
+    """
 
     max_epochs: int = 100
     batch_size: int = 64
     lr: float = 1e-3
     patience: int = 10
     weight_decay: float = 0.0
+    schedule: str = "epochs"
+    min_steps: int = 600
+    min_batch: int = 8
+    eval_every: int = 0
+    lr_patience: int | None = None
 
     def validate(self) -> None:
         if self.max_epochs < 1:
@@ -41,6 +66,12 @@ class TrainConfig:
             raise InputError(f"learning rate must be > 0, got {self.lr}")
         if self.patience < 1:
             raise InputError(f"patience must be >= 1, got {self.patience}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.min_steps < 0 or self.eval_every < 0 or (self.lr_patience or 0) < 0:
+            raise InputError("min_steps, eval_every and lr_patience must be >= 0")
+        if self.min_batch < 1:
+            raise InputError(f"min_batch must be >= 1, got {self.min_batch}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +114,10 @@ def make_loader(tensors: tuple[torch.Tensor, ...], batch_size: int, *, shuffle: 
     )
 
 
+#: a fit whose final training loss is not this fraction below its starting loss has failed
+FAILED_FIT_TOLERANCE = 0.02
+
+
 def fit(
     module: torch.nn.Module,
     loss_fn: Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
@@ -95,17 +130,113 @@ def fit(
     quiet: bool = False,
     description: str = "training",
     val_metric: tuple[str, Callable] | None = None,
+    initial_candidate: bool = False,
+    reference_loss: float | None = None,
 ) -> dict:
     """Mini-batch Adam with early stopping on the validation loss (best weights restored).
 
     ``loss_fn(module, batch)`` returns the mean loss of a batch (tensors already on ``device``).
+    When the module has a ``penalty()`` method (the L2 term of a linear path, on the scale of a
+    summed loss), ``penalty() / n_train`` is added to the mean training loss (never to the
+    validation loss or the reported losses); ``n_train`` is the number of training sequences.
     ``val_metric = (name, fn)`` with ``fn(module, batch) -> (total, count)`` adds a validation
-    metric to the progress bar and the history. Returns the training history.
+    metric to the progress bar and the history. ``initial_candidate=True`` counts the untrained
+    weights as a candidate for the best (a forecaster starting at persistence or a fitted AR
+    never ends worse than its start on the validation set). ``reference_loss`` is the loss a
+    model that learned nothing has (default: the loss of the weights given, i.e. ~ln K for a
+    fresh K-class classifier); pass it when the weights are warm-started (e.g. ``ln K``).
+
+    The schedule follows ``config.schedule`` (see :class:`TrainConfig`). Returns the training
+    history: per evaluation ``train_loss``, ``val_loss`` (and the metric); ``best_epoch``,
+    ``epochs_run``, ``stopped_early``; ``steps_run``, ``best_step``, ``batch_size``,
+    ``eval_every`` (steps), ``lr`` per evaluation; ``start_loss`` and ``final_train_loss`` (mean training loss of the
+    untrained and of the returned weights, eval mode) and ``failed_fit`` (True when the final
+    training loss is not ``FAILED_FIT_TOLERANCE`` below the start, e.g. still ~ln K for K
+    classes: the task should warn and mark its table).
     """
     config.validate()
     module.to(device)
+    start_loss = dataset_loss(module, loss_fn, train, config.batch_size, device, seed)
+    if config.schedule == "epochs":
+        history = _fit_epochs(
+            module, loss_fn, train, val, config, device, seed, quiet, description, val_metric
+        )
+    else:
+        history = _fit_steps(
+            module,
+            loss_fn,
+            train,
+            val,
+            config,
+            device,
+            seed,
+            quiet,
+            description,
+            val_metric,
+            initial_candidate,
+        )
+    final_loss = dataset_loss(module, loss_fn, train, config.batch_size, device, seed)
+    reference = start_loss if reference_loss is None else float(reference_loss)
+    history["start_loss"] = start_loss
+    history["reference_loss"] = reference
+    history["final_train_loss"] = final_loss
+    history["failed_fit"] = bool(
+        math.isfinite(reference) and final_loss > reference * (1 - FAILED_FIT_TOLERANCE)
+    )
+    if history["failed_fit"]:
+        log.warning(
+            "%s: the training loss stayed at its starting value (%.4f -> %.4f): the model "
+            "learned nothing; try more steps (--epochs), a higher learning rate (--lr) or "
+            "smaller batches (--batch-size)",
+            description,
+            reference,
+            final_loss,
+        )
+    module.eval()
+    return history
+
+
+def _param_groups(module, lr: float):
+    """``module.param_groups(lr)`` when the module defines learning rates per part."""
+    groups = getattr(module, "param_groups", None)
+    return groups(lr) if groups is not None else module.parameters()
+
+
+def _penalty(module) -> torch.Tensor | None:
+    penalty = getattr(module, "penalty", None)
+    if penalty is None:
+        return None
+    value = penalty()
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _train_step(module, loss_fn, batch, optimizer, where: str, n_train: int = 1) -> float:
+    optimizer.zero_grad()
+    loss = loss_fn(module, batch)
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"the training loss became {loss.item()} at {where}: lower the learning "
+            "rate (--lr) or check the input for extreme values"
+        )
+    penalty = _penalty(module)
+    (loss + penalty / n_train if penalty is not None else loss).backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
+    optimizer.step()
+    return loss.item()
+
+
+def dataset_loss(module, loss_fn, train, batch_size=256, device="cpu", seed=0) -> float:
+    """Mean loss of ``module`` over a whole data set (eval mode, no gradients)."""
+    if len(train[0]) == 0:
+        return math.nan
+    loader = make_loader(train, max(batch_size, 256), shuffle=False, seed=seed)
+    return evaluate_loss(module, loss_fn, loader, device)[0]
+
+
+def _fit_epochs(module, loss_fn, train, val, config, device, seed, quiet, description, val_metric):
+    """The original schedule: ``max_epochs`` passes, patience counted in epochs."""
     optimizer = torch.optim.Adam(
-        module.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        _param_groups(module, config.lr), lr=config.lr, weight_decay=config.weight_decay
     )
     train_loader = make_loader(train, config.batch_size, shuffle=True, seed=seed)
     has_val = val is not None and len(val[0]) > 0
@@ -116,22 +247,15 @@ def fit(
     bar = tqdm(
         range(1, config.max_epochs + 1), desc=description, disable=quiet, leave=False, unit="epoch"
     )
+    steps = 0
     for epoch in bar:
         module.train()
         total, count = 0.0, 0
         for batch in train_loader:
             batch = tuple(t.to(device) for t in batch)
-            optimizer.zero_grad()
-            loss = loss_fn(module, batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the training loss became {loss.item()} at epoch {epoch}: lower the learning "
-                    "rate (--lr) or check the input for extreme values"
-                )
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
-            optimizer.step()
-            total += loss.item() * len(batch[0])
+            loss = _train_step(module, loss_fn, batch, optimizer, f"epoch {epoch}", len(train[0]))
+            steps += 1
+            total += loss * len(batch[0])
             count += len(batch[0])
         train_loss = total / max(count, 1)
         history["train_loss"].append(train_loss)
@@ -156,9 +280,14 @@ def fit(
     bar.close()
     if best_state is not None:
         module.load_state_dict(best_state)
+    steps_per_epoch = max(len(train_loader), 1)
     history["best_epoch"] = best_epoch
     history["epochs_run"] = len(history["train_loss"])
     history["stopped_early"] = len(history["train_loss"]) < config.max_epochs
+    history["steps_run"] = steps
+    history["best_step"] = best_epoch * steps_per_epoch
+    history["batch_size"] = config.batch_size
+    history["eval_every"] = steps_per_epoch
     log.info(
         "%s: %d epochs, best epoch %d%s",
         description,
@@ -166,7 +295,129 @@ def fit(
         best_epoch,
         f" (validation loss {best_loss:.4f})" if has_val else "",
     )
-    module.eval()
+    return history
+
+
+def schedule_for(n_train: int, config: TrainConfig) -> dict:
+    """The step schedule ``config`` gives a training set of ``n_train`` samples (see
+    :class:`TrainConfig`): ``batch_size``, ``steps_per_epoch``, ``max_steps``, ``eval_every``,
+    ``patience_steps``."""
+    batch = min(config.batch_size, max(config.min_batch, math.ceil(n_train / 4)))
+    batch = max(1, min(batch, n_train))
+    per_epoch = math.ceil(n_train / batch)
+    out = {
+        "batch_size": batch,
+        "steps_per_epoch": per_epoch,
+        "max_steps": max(config.max_epochs * per_epoch, config.min_steps),
+        "eval_every": config.eval_every or max(per_epoch, 10),
+        "patience_steps": max(config.patience * per_epoch, config.min_steps // 2),
+    }
+    if config.lr_patience is None:
+        out["lr_patience"] = max(2, out["patience_steps"] // out["eval_every"] // 2)
+    else:
+        out["lr_patience"] = config.lr_patience
+    return out
+
+
+def _fit_steps(
+    module,
+    loss_fn,
+    train,
+    val,
+    config,
+    device,
+    seed,
+    quiet,
+    description,
+    val_metric,
+    initial_candidate,
+):
+    """Training counted in optimizer steps (see :class:`TrainConfig`)."""
+    plan = schedule_for(len(train[0]), config)
+    optimizer = torch.optim.Adam(
+        _param_groups(module, config.lr), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = None
+    if plan["lr_patience"]:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            factor=0.5,
+            patience=plan["lr_patience"],
+            min_lr=[g["lr"] / 100 for g in optimizer.param_groups],
+        )
+    train_loader = make_loader(train, plan["batch_size"], shuffle=True, seed=seed)
+    has_val = val is not None and len(val[0]) > 0
+    val_loader = make_loader(val, 256, shuffle=False, seed=seed) if has_val else None
+
+    history = {"train_loss": [], "val_loss": [], "lr": []}
+    best_loss, best_state, best_step = math.inf, None, 0
+    if has_val and initial_candidate:
+        best_loss = evaluate_loss(module, loss_fn, val_loader, device)[0]
+        best_state = copy.deepcopy(module.state_dict())
+    bar = tqdm(total=plan["max_steps"], desc=description, disable=quiet, leave=False, unit="step")
+    step, total, count = 0, 0.0, 0
+    batches = iter(train_loader)
+    stopped = False
+    while step < plan["max_steps"]:
+        module.train()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(train_loader)
+            batch = next(batches)
+        batch = tuple(t.to(device) for t in batch)
+        loss = _train_step(module, loss_fn, batch, optimizer, f"step {step + 1}", len(train[0]))
+        step += 1
+        bar.update(1)
+        total += loss * len(batch[0])
+        count += len(batch[0])
+        if step % plan["eval_every"] and step < plan["max_steps"]:
+            continue
+        train_loss = total / max(count, 1)
+        total, count = 0.0, 0
+        history["train_loss"].append(train_loss)
+        history["lr"].append(optimizer.param_groups[0]["lr"])
+        postfix = {"train": f"{train_loss:.4f}"}
+        monitored = train_loss
+        if has_val:
+            val_loss, metric = evaluate_loss(module, loss_fn, val_loader, device, val_metric)
+            history["val_loss"].append(val_loss)
+            postfix["val"] = f"{val_loss:.4f}"
+            if metric is not None:
+                history.setdefault(f"val_{val_metric[0]}", []).append(metric)
+                postfix[val_metric[0]] = f"{metric:.3f}"
+            monitored = val_loss
+            if val_loss < best_loss - 1e-6:
+                best_loss, best_step = val_loss, step
+                best_state = copy.deepcopy(module.state_dict())
+        else:
+            best_step = step
+        bar.set_postfix(postfix)
+        if scheduler is not None:
+            scheduler.step(monitored)
+        if has_val and step >= config.min_steps and step - best_step >= plan["patience_steps"]:
+            stopped = True
+            break
+    bar.close()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    per_epoch = plan["steps_per_epoch"]
+    history["best_step"] = best_step
+    history["steps_run"] = step
+    history["best_epoch"] = math.ceil(best_step / per_epoch)
+    history["epochs_run"] = math.ceil(step / per_epoch)
+    history["stopped_early"] = stopped
+    history["batch_size"] = plan["batch_size"]
+    history["eval_every"] = plan["eval_every"]
+    log.info(
+        "%s: %d steps (batch %d, %d per epoch), best step %d%s",
+        description,
+        step,
+        plan["batch_size"],
+        per_epoch,
+        best_step,
+        f" (validation loss {best_loss:.4f})" if has_val else "",
+    )
     return history
 
 

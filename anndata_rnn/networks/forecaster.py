@@ -24,40 +24,140 @@ class SequenceForecaster(nn.Module):
 
     ``n_outputs`` are the first ``n_outputs`` input channels (the features); a trailing time-gap
     channel, when present, is input only.
+
+    ``ar_lags > 0`` adds a linear autoregression (the "highway" of LSTNet, Lai et al. 2018) on the
+    inputs of the last ``ar_lags`` steps (features and time gaps: ``[x_t, x_{t-1}, ...]``, steps
+    before the first repeat the first, as in the task's ridge baseline), so that::
+
+        prediction = x_t (residual) + AR(x_t, ..., x_{t-lags+1}) + recurrent change
+
+    The AR layer starts at zero (the untrained model is persistence) or at a fitted ridge AR
+    (:meth:`init_linear_ar`); ``linear_l2`` is its L2 penalty. ``encoder=None`` keeps the AR path
+    alone (the ablation). With an AR path the carried ``state`` is a dict ``{"rnn": per-layer
+    states or None, "window": the last ar_lags - 1 inputs}``; without, it is the list of
+    per-layer states as before.
     """
 
-    def __init__(self, encoder: RNNEncoder, n_outputs: int, residual: bool = True):
+    def __init__(
+        self,
+        encoder: RNNEncoder | None,
+        n_outputs: int,
+        residual: bool = True,
+        *,
+        n_inputs: int | None = None,
+        ar_lags: int = 0,
+        linear_l2: float = 0.0,
+    ):
         super().__init__()
-        if encoder.bidirectional:
+        if encoder is not None and encoder.bidirectional:
             raise ValueError("a forecaster needs a unidirectional (causal) encoder")
+        if encoder is None and ar_lags < 1:
+            raise ValueError("a forecaster without a recurrent encoder needs ar_lags >= 1")
         self.encoder = encoder
         self.n_outputs = n_outputs
+        # a trailing time-gap channel when the inputs are wider than the outputs
+        self.time_channel = (
+            n_inputs if n_inputs is not None else encoder.layers[0].input_size
+        ) > n_outputs
         self.residual = residual
+        self.ar_lags = int(ar_lags)
+        self.linear_l2 = float(linear_l2)
+        self.ar = None
+        if self.ar_lags:
+            if n_inputs is None:
+                raise ValueError("the AR path needs n_inputs")
+            self.ar = nn.Linear(self.ar_lags * n_inputs, n_outputs)
+            nn.init.zeros_(self.ar.weight)
+            nn.init.zeros_(self.ar.bias)
+        if encoder is None:
+            return
         self.dropout = nn.Dropout(encoder.dropout.p)
         self.head = nn.Linear(encoder.out_size, n_outputs)
-        if residual:  # start exactly at persistence: an untrained change is zero
+        if residual or self.ar_lags:  # start exactly at persistence / the AR: no change
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+
+    @torch.no_grad()
+    def init_linear_ar(self, coef, intercept) -> None:
+        """Start the AR path at a fitted linear AR: ``coef`` ``(n_outputs, ar_lags * n_inputs)``
+        on ``[x_t, x_{t-1}, ...]`` predicting the change to the next step (as the task's ridge
+        baseline ``fit_linear_ar``), ``intercept`` ``(n_outputs,)``."""
+        if self.ar is None:
+            raise ValueError("this forecaster has no AR path (ar_lags=0)")
+        coef = torch.as_tensor(coef, dtype=self.ar.weight.dtype).reshape(self.ar.weight.shape)
+        self.ar.weight.copy_(coef)
+        self.ar.bias.copy_(torch.as_tensor(intercept, dtype=self.ar.bias.dtype).reshape(-1))
+
+    def penalty(self) -> torch.Tensor | float:
+        """L2 term of the AR path ``linear_l2 * ||W||^2`` (summed-loss scale: :func:`training.fit`
+        divides it by the number of training sequences); 0 by default, the AR path being
+        regularized by starting at the ridge fit and by early stopping."""
+        if self.ar is None or not self.linear_l2:
+            return 0.0
+        return self.linear_l2 * (self.ar.weight**2).sum()
+
+    def _autoregression(self, x, lengths, window):
+        """AR predictions ``(batch, steps, n_outputs)`` and the window to carry on."""
+        lags = self.ar_lags
+        if window is None:  # before the first step: the first step repeated
+            window = x[:, :1].expand(-1, lags - 1, -1)
+        extended = torch.cat([window, x], dim=1)  # step t of x sits at t + lags - 1
+        steps = x.shape[1]
+        # lag j of step t: extended[t + lags - 1 - j]
+        design = torch.cat(
+            [extended[:, lags - 1 - j : lags - 1 - j + steps] for j in range(lags)], dim=-1
+        )
+        ends = lengths.to(x.device) + lags - 1  # one past each sequence's last real step
+        offsets = torch.arange(lags - 1, 0, -1, device=x.device)  # oldest first
+        rows = torch.arange(len(x), device=x.device)[:, None]
+        new_window = extended[rows, ends[:, None] - offsets[None, :]]
+        return self.ar(design), new_window
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, state=None):
         """One pass over padded inputs ``x`` ``(batch, steps, n_inputs)``.
 
         Returns ``(predictions, hidden, state)``: next-step predictions ``(batch, steps,
-        n_outputs)``, last-layer outputs ``(batch, steps, hidden)`` (zeros on padding) and the
-        recurrent state of every layer after each sequence's last real step (pass it back as
-        ``state`` to continue the sequences).
+        n_outputs)``, last-layer outputs ``(batch, steps, hidden)`` (zeros on padding; zero
+        width for the AR path alone) and the state after each sequence's last real step (pass
+        it back as ``state`` to continue the sequences).
         """
+        rnn_state, window = state, None
+        if self.ar is not None and state is not None:
+            rnn_state, window = state["rnn"], state["window"]
+        base = x[..., : self.n_outputs] if self.residual else 0.0
+        prediction = base
+        out, states = x.new_zeros(*x.shape[:2], 0), None
+        if self.encoder is not None:
+            out, states = self._recurrence(x, lengths, rnn_state)
+            prediction = prediction + self.head(self.dropout(out))
+        if self.ar is None:
+            return prediction, out, states
+        ar, window = self._autoregression(x, lengths, window)
+        prediction = prediction + ar
+        return prediction, out, {"rnn": states, "window": window}
+
+    def _recurrence(self, x, lengths, state):
         out, _, states = self.encoder.run(x, lengths, state)
-        change = self.head(self.dropout(out))
-        prediction = x[..., : self.n_outputs] + change if self.residual else change
-        return prediction, out, states
+        return out, states
 
 
 def build(n_inputs: int, config: dict) -> SequenceForecaster:
-    """The forecaster described by a model config (``architecture``, ``n_outputs``, ``residual``)."""
-    encoder = build_encoder(n_inputs, config["architecture"])
+    """The forecaster described by a model config (``architecture``, ``n_outputs``, ``residual``).
+
+    Optional keys (absent: the original recurrent forecaster): ``architecture["linear_path"]``
+    (bool) adds the AR path on the last ``config["ar_lags"]`` steps, with L2 penalty
+    ``architecture["linear_l2"]``; ``architecture["recurrent"]`` False keeps the AR path alone.
+    """
+    arch = config["architecture"]
+    recurrent = bool(arch.get("recurrent", True))
+    linear = bool(arch.get("linear_path", False)) or not recurrent
     return SequenceForecaster(
-        encoder, int(config["n_outputs"]), residual=bool(config.get("residual", True))
+        build_encoder(n_inputs, arch) if recurrent else None,
+        int(config["n_outputs"]),
+        residual=bool(config.get("residual", True)),
+        n_inputs=n_inputs,
+        ar_lags=int(config.get("ar_lags", 3)) if linear else 0,
+        linear_l2=float(arch.get("linear_l2", 0.0)),
     )
 
 
@@ -71,7 +171,7 @@ def rollout(module: SequenceForecaster, x, lengths, later_gaps, device, batch_si
     ``(one_step, hidden, final_hidden, rollout)``.
     """
     n_more = later_gaps.shape[1]
-    use_time = module.encoder.layers[0].input_size > module.n_outputs
+    use_time = module.time_channel
 
     def step(net, xb, nb, gaps):
         prediction, out, state = net(xb, nb)
