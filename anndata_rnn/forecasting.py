@@ -25,21 +25,28 @@ import dataclasses
 import logging
 
 import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
 from sklearn.linear_model import RidgeCV
 
 from .baselines import ar_forecast
 from .errors import InputError
 from .metrics import regression_metrics
+from .networks import build_module, masked_mean
 from .networks.forecaster import rollout
 from .preprocessing import (
     Encoded,
+    FeatureSource,
     Preprocessor,
     future_gaps,
     gap_channel,
     holdout_gaps,
     network_inputs,
+    teacher_forcing,
 )
-from .sequences import SequenceIndex
+from .sequences import SequenceIndex, broadcast_to_rows, pool_units, scatter_steps
+from .training import dataset_loss, fit
 
 log = logging.getLogger("anndata_rnn")
 
@@ -104,8 +111,11 @@ def predict_all(
     *,
     batch_size: int = 512,
     ar: RidgeCV | None = None,
+    others: dict | None = None,
 ) -> Forecasts:
-    """One-step forecasts, held-out rollouts and future rollouts for every sequence."""
+    """One-step forecasts, held-out rollouts and future rollouts for every sequence.
+
+    ``others`` (name -> network) are scored the same way (e.g. the linear path alone)."""
     n = index.n_sequences
     all_ids = np.arange(n)
     f = full.n_features
@@ -121,7 +131,12 @@ def predict_all(
     one_step, hidden, final, future = rollout(
         module, x_full, full.lengths, gap_channel(prep, f_gaps[:, 1:]), device, batch_size
     )
-    one = {"rnn": units(one_step), "persistence": units(full.values[..., :f])}
+    one = {"rnn": units(one_step)}
+    for name, other in (others or {}).items():
+        one[name] = units(
+            rollout(other, x_full, full.lengths, np.zeros((n, 0), np.float32), device)[0]
+        )
+    one["persistence"] = units(full.values[..., :f])
     if ar is not None:
         one["linear_ar"] = units(
             ar_forecast(ar, x_full, full.lengths, f_gaps[:, :0], prep, lags)[0]
@@ -136,6 +151,9 @@ def predict_all(
             module, x_fit, context_enc.lengths, gap_channel(prep, h_gaps[:, 1:]), device, batch_size
         )
         holdout["rnn"] = units(rolled)
+        for name, other in (others or {}).items():
+            later = gap_channel(prep, h_gaps[:, 1:])
+            holdout[name] = units(rollout(other, x_fit, context_enc.lengths, later, device)[3])
         last = context_enc.values[all_ids, context_enc.lengths - 1, :f]
         holdout["persistence"] = units(np.repeat(last[:, None], k, axis=1))
         if ar is not None:
@@ -247,3 +265,111 @@ def check_settings(layout, bidirectional, loss, ar_lags, holdout_steps, time_key
         )
     if layout == "var-series" and use_rep is not None:
         raise InputError("use_rep needs layout obs-series (var-series reads genes)")
+
+
+def train_forecaster(
+    config: dict,
+    enc: Encoded,
+    prep: Preprocessor,
+    ids: dict,
+    ar: RidgeCV | None,
+    train_config,
+    *,
+    device,
+    seed: int,
+    quiet: bool,
+    description: str,
+):
+    """Build the forecaster ``config`` describes and train it one step ahead (teacher forcing;
+    MSE or Huber loss on observed targets only). An AR path starts at the ridge fit ``ar`` and
+    the untrained network competes for the best validation loss, so the result is never worse
+    than that start on the validation units. Returns ``(module, history)``."""
+    module = build_module("forecast", config["n_inputs"], config)
+
+    def tensors(name):
+        chosen = ids[name]
+        x, y, observed = teacher_forcing(enc, prep, chosen)
+        return tuple(torch.from_numpy(a) for a in (x, enc.lengths[chosen], y, observed))
+
+    def loss_fn(net, batch):
+        x, n, y, observed = batch
+        prediction, _, _ = net(x, n)
+        y, observed = y[:, : prediction.shape[1]], observed[:, : prediction.shape[1]]
+        if config["loss"] == "huber":
+            err = torch.nn.functional.huber_loss(prediction, y, reduction="none", delta=1.0)
+        else:
+            err = (prediction - y) ** 2
+        return masked_mean(err, observed)
+
+    train = tensors("train")
+    warm = ar is not None and getattr(module, "ar", None) is not None
+    reference = None
+    if warm:  # a model that learned nothing is persistence: measure it before the warm start
+        reference = dataset_loss(module, loss_fn, train, device=device, seed=seed)
+        module.init_linear_ar(np.atleast_2d(ar.coef_), np.atleast_1d(ar.intercept_))
+    history = fit(
+        module,
+        loss_fn,
+        train,
+        tensors("val") if len(ids["val"]) else None,
+        train_config,
+        device=device,
+        seed=seed,
+        quiet=quiet,
+        description=description,
+        initial_candidate=warm,
+        reference_loss=reference,
+    )
+    return module, history
+
+
+def write_forecasts(
+    target: AnnData,
+    index: SequenceIndex,
+    prep: Preprocessor,
+    source: FeatureSource,
+    results: Forecasts,
+    key: str,
+) -> list[str]:
+    """The inverse of the sequence index: forecasts into layers / obsm / varm."""
+    rnn = results.one_step["rnn"]
+    n, steps, f = rnn.shape
+    per_step = np.full((n, steps, f), np.nan)
+    per_step[:, 1:] = rnn[:, :-1]  # the forecast of step t was made at step t - 1
+    per_step[~index.mask] = np.nan
+    written = []
+    if index.layout == "obs-series":
+        rows = scatter_steps(index, per_step)
+        if source.use_rep is not None:
+            written.append(index.write_matrix(target, f"{key}_forecast", rows.astype(np.float32)))
+        else:
+            layer = np.full((index.n_obs, target.n_vars), np.nan, dtype=np.float32)
+            cols = pd.Index(source.feature_names).get_indexer(prep.features)
+            present = cols >= 0
+            layer[:, cols[present]] = rows[:, present]
+            target.layers[f"{key}_forecast"] = layer
+            written.append(f"layers/{key}_forecast")
+        hidden = scatter_steps(index, results.hidden).astype(np.float32)
+        return [*written, index.write_matrix(target, f"X_{key}", hidden)]
+
+    # var-series: sequence s is gene unit_rows[unit[s]] over the obs rows steps[s]
+    layer = np.full((index.n_obs, index.n_vars), np.nan, dtype=np.float32)
+    genes = np.broadcast_to(index.unit_rows[index.unit][:, None], index.steps.shape)
+    valid = index.mask
+    layer[index.steps[valid], genes[valid]] = per_step[..., 0][valid]
+    target.layers[f"{key}_forecast"] = layer
+    written.append(f"layers/{key}_forecast")
+    k = results.holdout_times.shape[1]
+    if k:
+        series = index.sequence_series
+        names = list(dict.fromkeys(series))
+        column = {name: i for i, name in enumerate(names)}
+        per_unit = np.full((index.n_units, len(names) * k), np.nan)
+        rolled = results.holdout["rnn"][..., 0]
+        for s in range(index.n_sequences):
+            c = column[series[s]] * k
+            per_unit[index.unit[s], c : c + k] = rolled[s]
+        per_var = broadcast_to_rows(index, per_unit)
+        written.append(index.write_matrix(target, f"{key}_forecast", per_var))
+    embedding = broadcast_to_rows(index, pool_units(index, results.final_hidden))
+    return [*written, index.write_matrix(target, f"X_{key}", embedding.astype(np.float32))]

@@ -171,3 +171,41 @@ def clustering_metrics(x, codes, truth, classes, seed) -> tuple[dict, dict | Non
             float(np.nanmax(enrichment)) if np.isfinite(enrichment).any() else float("nan")
         )
     return out, report
+
+
+def cv_summary(fold_metrics: list[dict], reference: str = "baseline") -> dict:
+    """Cross-validation summary: per model and scalar metric the mean and sd over folds, and
+    for every other model the paired difference to ``reference`` (mean, sd and a 95 % t
+    interval over folds)."""
+    from scipy import stats
+
+    models = list(fold_metrics[0])
+    summary: dict = {"n_folds": len(fold_metrics), "mean": {}, "sd": {}, "difference": {}}
+    for model in models:
+        names = [
+            name
+            for name, value in fold_metrics[0][model].items()
+            if np.ndim(value) == 0 and not isinstance(value, str)
+        ]
+        table = {n: np.array([float(f[model][n]) for f in fold_metrics]) for n in names}
+        summary["mean"][model] = {n: float(np.nanmean(v)) for n, v in table.items()}
+        summary["sd"][model] = {n: float(np.nanstd(v, ddof=1)) for n, v in table.items()}
+        if model == reference or reference not in models:
+            continue
+        difference = {}
+        for n in SUMMARY_METRICS:
+            if n not in table or n not in fold_metrics[0][reference]:
+                continue
+            d = table[n] - np.array([float(f[reference][n]) for f in fold_metrics])
+            d = d[np.isfinite(d)]
+            if len(d) < 2:
+                continue
+            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+            difference[n] = {
+                "mean": float(d.mean()),
+                "sd": float(d.std(ddof=1)),
+                "ci95_low": float(d.mean() - half),
+                "ci95_high": float(d.mean() + half),
+            }
+        summary["difference"][f"{model} - {reference}"] = difference
+    return summary

@@ -201,6 +201,7 @@ class TrainingRun:
             gene_order=(
                 target.var[order_key].to_numpy() if (layout == "profile" and order_key) else None
             ),
+            chunk_size=self.spec.chunk_size if layout == "profile" else None,
         )
         self.prep = prep
         if layout == "profile":  # the steps follow the number of selected genes
@@ -228,6 +229,30 @@ class TrainingRun:
                 "training split): raise max_missing or check the split"
             )
 
+    def test_cautions(self, labels=None) -> list[str]:
+        """Why the test metrics of a plain run cannot be trusted (fewer than 10 test units, or
+        fewer than 2 of some class), each with the fix; also logged as warnings."""
+        units = np.flatnonzero(self.split == "test")
+        if labels is not None and labels.level == "unit":
+            units = units[labels.codes[units] >= 0]
+        cautions = []
+        if 0 < len(units) < 10:
+            cautions.append(
+                f"only {len(units)} test units: the test metrics are unreliable; use "
+                "cross-validation (--cv 5) to measure on every unit"
+            )
+        if labels is not None and labels.level == "unit" and len(units):
+            counts = np.bincount(labels.codes[units], minlength=len(labels.classes))
+            rare = [str(c) for c, n in zip(labels.classes, counts, strict=True) if n < 2]
+            if rare:
+                cautions.append(
+                    f"class(es) {', '.join(rare)} have fewer than 2 test units: their metrics "
+                    "are unreliable; use cross-validation (--cv 5)"
+                )
+        for caution in cautions:
+            log.warning(caution)
+        return cautions
+
     def write_split(self, categories=("train", "val", "test", "unused")) -> str:
         """The split of every unit into ``{key}_split`` of obs (var); returns its path."""
         split_rows = broadcast_to_rows(self.index, np.asarray(self.split, dtype=object))
@@ -251,6 +276,7 @@ class TrainingRun:
         notes: list[str] | None = None,
         arrays: dict | None = None,
         title: str = "test split",
+        cautions: list[str] | None = None,
     ) -> TaskResult:
         """Write ``uns[key]``, complete ``config`` and build the model."""
         index, key = self.index, self.key
@@ -284,6 +310,8 @@ class TrainingRun:
             "versions": config["versions"],
             "notes": index.notes + (notes or []),
         }
+        if cautions:  # what makes the metrics unreliable (printed under the table)
+            record["cautions"] = list(cautions)
         store_uns(self.target, key, record)
         model = Model(config, self.prep, module.cpu(), arrays=arrays)
         return TaskResult(self.target, key, record, model=model, copy=self.copy, title=title)

@@ -102,3 +102,45 @@ def log_split(layout: str, split: np.ndarray) -> None:
         unit,
         *(int((split == name).sum()) for name in ("train", "val", "test")),
     )
+
+
+def make_folds(
+    n_units: int,
+    *,
+    k: int,
+    usable: np.ndarray,
+    strata: np.ndarray | None,
+    val_fraction: float,
+    seed: int,
+) -> list[np.ndarray]:
+    """``k`` splits for cross-validation: each usable unit is tested in exactly one fold; the
+    rest of a fold is split into train / val (for early stopping), stratified where possible."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    units = np.flatnonzero(usable)
+    if k < 2:
+        raise InputError(f"cv must be >= 2 folds, got {k}")
+    if len(units) < k:
+        raise InputError(f"cv={k} folds need at least {k} labelled units; there are {len(units)}")
+    folds = None
+    if strata is not None and np.bincount(strata[units]).min(initial=k) >= k:
+        folds = StratifiedKFold(k, shuffle=True, random_state=seed).split(units, strata[units])
+    elif strata is not None:
+        log.warning("a class has fewer than %d units: the %d folds are not stratified", k, k)
+    if folds is None:
+        folds = KFold(k, shuffle=True, random_state=seed).split(units)
+    splits = []
+    for fold, (rest, test) in enumerate(folds):
+        inner = np.zeros(n_units, dtype=bool)
+        inner[units[rest]] = True
+        split = make_split(
+            n_units,
+            usable=inner,
+            strata=strata,
+            val_fraction=val_fraction,
+            test_fraction=0.0,
+            seed=seed + fold,
+        )
+        split[units[test]] = "test"
+        splits.append(split)
+    return splits

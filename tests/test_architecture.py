@@ -23,6 +23,7 @@ LAYERS = {
     "baselines": 4,
     "model": 4,
     "forecasting": 5,
+    "classification": 5,
     "attribution": 5,
     "runs": 6,
     "tl": 7,

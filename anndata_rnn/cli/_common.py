@@ -315,7 +315,21 @@ def train_and_write(input, output, model_out, metrics_table, train):
         outputs.commit()
     echo_written(result.written + [f"uns/{result.key}"], output, model_out)
     print_metrics(result.metrics, title=result.title)
+    print_cautions(result.record)
     return result
+
+
+def print_cautions(record: dict) -> None:
+    """What makes the printed metrics unreliable, and the cross-validation intervals."""
+    for caution in record.get("cautions", []):
+        click.echo(f"! {caution}")
+    cv = record.get("cv") or {}
+    for pair, differences in cv.get("difference", {}).items():
+        for name, d in differences.items():
+            click.echo(
+                f"cv {pair} {name}: {d['mean']:+.3f} (95% interval {d['ci95_low']:+.3f} to "
+                f"{d['ci95_high']:+.3f}, {cv['n_folds']} folds)"
+            )
 
 
 def echo_written(written, output, model_out=None) -> None:

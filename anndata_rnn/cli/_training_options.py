@@ -37,7 +37,12 @@ def sequence_options(func):
             help="normalize_total + log1p: auto = only when the matrix looks like raw counts.",
         ),
         click.option(
-            "--n-top-genes", type=click.IntRange(min=1), help="Use the N most variable genes."
+            "--n-top-genes",
+            callback=_top_genes,
+            default="auto",
+            show_default=True,
+            help="Use the N most variable genes (training rows); auto = 2,000 in a wide "
+            "profile (> 4,000 genes or > 128 steps), else all; 0 = all genes.",
         ),
         click.option("--gene-subset", help="Boolean var column selecting the genes to use."),
         click.option(
@@ -49,6 +54,19 @@ def sequence_options(func):
     return func
 
 
+def _top_genes(ctx, param, value):
+    """``auto``, ``0`` (every gene) or a positive number of genes."""
+    if value is None or value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        raise click.BadParameter("give auto, 0 (every gene) or a number of genes") from None
+    if number < 0:
+        raise click.BadParameter("give auto, 0 (every gene) or a number of genes")
+    return number
+
+
 def training_options(
     *,
     hidden: str = "128,64",
@@ -58,8 +76,11 @@ def training_options(
     with_test: bool = True,
     layers_help: str = "Sizes of the stacked recurrent layers, comma separated.",
     bidirectional: bool = True,
+    supervised: bool = True,
 ):
-    """Architecture, optimisation and model-file options, with a task's own defaults."""
+    """Architecture, optimisation and model-file options, with a task's own defaults.
+
+    ``supervised`` adds the linear path and the step schedule's minimum (classify, forecast)."""
     split_values = "train/val/test" if with_test else "train/val"
     options = [
         click.option("--hidden", default=hidden, show_default=True, help=layers_help),
@@ -87,6 +108,26 @@ def training_options(
             default=10,
             show_default=True,
             help="Early stopping: epochs without validation improvement.",
+        ),
+        *(
+            [
+                click.option(
+                    "--min-steps",
+                    type=click.IntRange(min=0),
+                    default=600,
+                    show_default=True,
+                    help="Train at least this many optimizer steps, however small the data.",
+                ),
+                click.option(
+                    "--linear-path/--no-linear-path",
+                    default=True,
+                    show_default=True,
+                    help="A linear path beside the recurrence (logistic / autoregressive), "
+                    "trained jointly; the linear path alone is always reported beside it.",
+                ),
+            ]
+            if supervised
+            else []
         ),
         click.option(
             "--val-fraction", type=float, default=val_fraction, show_default=True, help=val_help
@@ -157,4 +198,6 @@ def network_kwargs(kw: dict) -> dict:
         "val_fraction": kw["val_fraction"],
         "test_fraction": kw["test_fraction"],
         "split_key": kw["split_key"],
+        "min_steps": kw["min_steps"],
+        "linear_path": kw["linear_path"],
     }

@@ -30,6 +30,12 @@ regulated?):
 @network_options
 @click.option("--class-weights", is_flag=True, help="Balanced class weights (imbalanced labels).")
 @click.option(
+    "--cv",
+    type=click.IntRange(min=2),
+    help="K-fold cross-validation by unit: per-fold metrics, mean ± sd and the paired "
+    "difference RNN − baseline with a 95% interval; out-of-fold predictions are written.",
+)
+@click.option(
     "--scale",
     type=click.Choice(["feature", "sequence"]),
     default="feature",
@@ -46,6 +52,7 @@ def classify(
     metrics_table,
     label_key,
     class_weights,
+    cv,
     scale,
     seed,
     device,
@@ -70,6 +77,7 @@ def classify(
             adata,
             label_key=label_key,
             class_weights=class_weights,
+            cv=cv,
             scale=scale,
             seed=seed,
             device=device,

@@ -22,6 +22,7 @@ def embed_network_options(func):
         val_help="Units held out for early stopping (0: train all epochs on every unit).",
         with_test=False,
         layers_help="Sizes of the stacked encoder layers, comma separated.",
+        supervised=False,
     )(func)
     return click.option(
         "--n-latent",

@@ -5,14 +5,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
 from anndata import AnnData
-from sklearn.utils.class_weight import compute_class_weight
 
-from ..baselines import logistic_baseline
+from ..classification import ClassifierFit, log_cv, test_metrics, train_classifier
 from ..errors import InputError
-from ..metrics import classification_metrics
-from ..networks import architecture, build_module
+from ..metrics import cv_summary
+from ..networks import architecture
 from ..networks.classifier import predict_proba
 from ..preprocessing import Preprocessor, encode
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
@@ -25,7 +23,8 @@ from ..sequences import (
     read_labels,
     scatter_steps,
 )
-from ..training import TrainConfig, fit
+from ..splits import make_folds
+from ..training import TrainConfig
 
 log = logging.getLogger("anndata_rnn")
 
@@ -44,9 +43,10 @@ def classify(
     layer: str | None = None,
     use_rep: str | None = None,
     normalize: str = "auto",
-    n_top_genes: int | None = None,
+    n_top_genes: int | str | None = "auto",
     gene_subset: str | None = None,
     scale: str = "feature",
+    linear_path: bool = True,
     hidden=(128, 64),
     cell: str = "lstm",
     bidirectional: bool = False,
@@ -55,10 +55,12 @@ def classify(
     batch_size: int = 64,
     lr: float = 1e-3,
     patience: int = 10,
+    min_steps: int = 600,
     class_weights: bool = False,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     split_key: str | None = None,
+    cv: int | None = None,
     seed: int = 0,
     device: str = "auto",
     key_added: str = "rnn",
@@ -91,18 +93,36 @@ def classify(
         ``"always"`` / ``"never"`` force it.
     n_top_genes, gene_subset
         Gene selection: highly variable genes (fitted on training rows) or a boolean var column.
-        In var-series ``gene_subset`` selects which genes become sequences.
+        ``"auto"`` selects 2,000 in a wide profile (more than 4,000 genes or 128 steps); 0 or
+        None keeps every gene. In var-series ``gene_subset`` selects which genes become
+        sequences.
     scale
         ``"feature"`` standardizes each feature with training statistics; ``"sequence"``
         z-scores each sequence on its own (shape only).
+    linear_path
+        Add a linear layer on the flattened standardized input to the recurrent head's logits
+        (Wide & Deep), trained jointly. Every run also trains the linear path alone the same
+        way and reports it (``metrics["linear_path"]``): what the recurrence adds is the
+        difference.
     hidden, cell, bidirectional, dropout
-        Encoder architecture (stacked layer sizes, ``"lstm"`` or ``"gru"``).
-    max_epochs, batch_size, lr, patience, class_weights
-        Training: Adam, early stopping on the validation loss after ``patience`` epochs without
-        improvement (best weights restored); balanced class weights for imbalance.
+        Encoder architecture (stacked layer sizes, ``"lstm"`` or ``"gru"``). Sequences longer
+        than 64 steps are averaged in windows before the recurrence, whose states are
+        mean-pooled.
+    max_epochs, batch_size, lr, patience, min_steps, class_weights
+        Training, counted in optimizer steps: at most ``max_epochs`` passes but at least
+        ``min_steps`` steps, batches capped at a quarter of the training set, early stopping
+        after ``patience`` passes (at least ``min_steps / 2`` steps) without a better validation
+        loss (best weights restored), the learning rate halved on plateaus; balanced class
+        weights for imbalance. A fit whose loss never leaves its start is reported.
     val_fraction, test_fraction, split_key
         Split by sequence (never by steps of one sequence), stratified where labels allow, or
         from a column of train/val/test.
+    cv
+        K-fold cross-validation by unit (stratified where possible): RNN, linear path and
+        baseline are trained and tested on every fold; ``uns[key]["cv"]`` holds the per-fold
+        metrics, mean ± sd and the paired difference model − baseline with a 95 % interval.
+        Written predictions are out-of-fold for labelled units; the saved model is then trained
+        on every labelled unit (``val_fraction`` kept for early stopping).
     seed, device
         Seed for python/numpy/torch and the split; ``"auto"`` uses CUDA when available.
     key_added
@@ -136,7 +156,9 @@ def classify(
         adata,
         spec,
         architecture=architecture(hidden, cell, dropout, bidirectional),
-        train_config=TrainConfig(max_epochs, batch_size, lr, patience),
+        train_config=TrainConfig(
+            max_epochs, batch_size, lr, patience, schedule="steps", min_steps=min_steps
+        ),
         seed=seed,
         device=device,
         copy=copy,
@@ -147,138 +169,135 @@ def classify(
     for note in labels.notes:
         log.info(note)
     check_keys_free(target, output_targets(layout, key), overwrite)
-
-    # split by unit (series / gene / cell)
-    if labels.level == "unit":
+    if labels.level == "unit":  # split by unit (series / gene / cell)
         usable, strata = labels.codes >= 0, labels.codes
     else:  # obs-series step labels: one sequence per unit, usable when any step is labelled
         usable = (labels.sequence_targets(run.index, np.arange(run.index.n_sequences)) >= 0).any(1)
         strata = None
-    split = run.choose_split(
-        split_key=split_key,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        usable=usable,
-        strata=strata,
-    )
-    _check_training_classes(labels, run.index, split)
-    prep = Preprocessor(
-        layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
-    )
-    enc = run.prepare(
-        split,
-        prep,
-        normalize=normalize,
-        n_top_genes=n_top_genes,
-        gene_subset=gene_subset,
-        order_key=order_key,
-    )
-    index, ids = run.index, run.ids
-    values, lengths = torch.from_numpy(enc.values), torch.from_numpy(enc.lengths)
-    y = torch.from_numpy(labels.sequence_targets(index, np.arange(index.n_sequences)))
-
-    config = {
-        "task": "classify",
-        "layout": layout,
-        "keys": spec.keys(),
-        "architecture": run.architecture,
-        "classes": [str(c) for c in labels.classes],
-        "label_level": labels.level,
-        "n_inputs": int(values.shape[-1]),
+    options = {
+        "prep": lambda: Preprocessor(
+            layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
+        ),
+        "prepare": {
+            "normalize": normalize,
+            "n_top_genes": n_top_genes,
+            "gene_subset": gene_subset,
+            "order_key": order_key,
+        },
+        "linear_path": linear_path,
+        "class_weights": class_weights,
+        "quiet": quiet,
         "train": {
-            **run.train_config.to_dict(),
-            "class_weights": bool(class_weights),
             "val_fraction": val_fraction,
             "test_fraction": test_fraction,
             "split_key": split_key,
         },
-        "seed": seed,
     }
-    module = build_module("classify", config["n_inputs"], config)
-    weight = (
-        _class_weights(y, ids["train"], len(labels.classes), run.device) if class_weights else None
-    )
-    criterion = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=-1)
-
-    def scored(net, batch):
-        x, n, target_y = batch
-        logits, _ = net(x, n)
-        if net.level == "step":
-            target_y = target_y[:, : logits.shape[1]]
-        return logits, target_y
-
-    def loss_fn(net, batch):
-        logits, target_y = scored(net, batch)
-        return criterion(logits.reshape(-1, logits.shape[-1]), target_y.reshape(-1))
-
-    def accuracy(net, batch):
-        logits, target_y = scored(net, batch)
-        labelled = target_y >= 0
-        return (logits.argmax(-1)[labelled] == target_y[labelled]).sum(), labelled.sum()
-
-    def subset(name):
-        chosen = ids[name]
-        if labels.level == "unit":  # unlabelled sequences never enter the loss
-            chosen = chosen[y[chosen].numpy() >= 0]
-        return values[chosen], lengths[chosen], y[chosen]
-
-    history = fit(
-        module,
-        loss_fn,
-        subset("train"),
-        subset("val") if len(ids["val"]) else None,
-        run.train_config,
-        device=run.device,
-        seed=seed,
-        quiet=quiet,
-        description=f"classify ({layout})",
-        val_metric=("accuracy", accuracy),
-    )
-
-    proba, embedding = predict_proba(module, values, lengths, run.device)
-    baseline_proba = logistic_baseline(values, lengths, y, ids["train"], labels, seed)
-    metrics = {}
-    if len(ids["test"]):
-        metrics["rnn"] = _test_metrics(index, labels, proba, ids["test"])
-        metrics["baseline"] = _test_metrics(index, labels, baseline_proba, ids["test"])
-        metrics["baseline"]["model"] = "logistic regression (sklearn) on the flattened inputs"
+    cv_record, cautions = None, []
+    if cv:
+        folds = make_folds(
+            run.index.n_units,
+            k=cv,
+            usable=usable,
+            strata=strata,
+            val_fraction=val_fraction,
+            seed=seed,
+        )
+        fold_metrics, oof = [], None
+        for k, split in enumerate(folds):
+            log.info("cross-validation fold %d of %d", k + 1, cv)
+            fitted = _train(run, labels, split, options)
+            fold_metrics.append(fitted.metrics)
+            tested = run.ids["test"]
+            oof = np.full_like(fitted.proba, np.nan) if oof is None else oof
+            oof[tested] = fitted.proba[tested]
+        cv_record = {
+            "folds": {str(i): m for i, m in enumerate(fold_metrics)},
+            **cv_summary(fold_metrics),
+        }
+        log_cv(cv_record)
+        split = run.choose_split(
+            split_key=None,
+            val_fraction=val_fraction,
+            test_fraction=0.0,
+            usable=usable,
+            strata=strata,
+        )
+        fitted = _train(run, labels, split, options)
+        metrics = cv_record["mean"]
+        seen = ~np.isnan(oof).any(axis=tuple(range(1, oof.ndim)))
+        fitted.proba[seen] = oof[seen]  # out-of-fold predictions for every tested sequence
     else:
+        split = run.choose_split(
+            split_key=split_key,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            usable=usable,
+            strata=strata,
+        )
+        fitted = _train(run, labels, split, options)
+        metrics = fitted.metrics
+        cautions = run.test_cautions(labels)
+    if not metrics:
         log.warning("no test split (test_fraction=0): no metrics computed")
-
-    written = _write_results(target, index, labels.classes, labels.level, proba, embedding, key)
+    for name, history in (("rnn", fitted.history), ("linear_path", fitted.linear_history)):
+        if history.get("failed_fit"):
+            cautions.append(
+                f"the {name.replace('_', ' ')} did not learn (its training loss stayed at the "
+                "start): raise --epochs / --min-steps or --lr"
+            )
+    index, prep = run.index, run.prep
+    written = _write_results(
+        target, index, labels.classes, labels.level, fitted.proba, fitted.embedding, key
+    )
     run.write_split()  # not listed in "written", as before
     classes = [str(c) for c in labels.classes]
     return run.finish(
-        config,
-        module,
+        fitted.config,
+        fitted.module,
         head={"label_key": label_key, "level": labels.level, "classes": classes},
         params={
             "normalize": normalize,
             "n_top_genes": n_top_genes,
             "gene_subset": gene_subset,
             "scale": scale,
+            "linear_path": linear_path,
+            "cv": cv or 0,
         },
         preprocessing={
             "normalized": prep.normalize,
+            "log1p": prep.log1p,
             "n_features": len(prep.features),
-            "n_imputed": enc.imputed,
+            "n_imputed": fitted.imputed,
         },
         metrics=metrics,
         written=written,
-        history=history,
+        history=fitted.history,
+        tail={"cv": cv_record} if cv_record else None,
         notes=labels.notes,
         arrays={"classes": np.asarray(classes, dtype=object)},
+        title=f"{cv} cross-validation folds (mean)" if cv else "test split",
+        cautions=cautions,
     )
 
 
-def _class_weights(y: torch.Tensor, train_ids, n_classes: int, device) -> torch.Tensor:
-    """Balanced class weights from the training labels (classes absent from them weigh 1)."""
-    train_y = y[train_ids].numpy().ravel()
-    train_y = train_y[train_y >= 0]
-    present = np.unique(train_y)
-    w = np.ones(n_classes)
-    w[present] = compute_class_weight("balanced", classes=present, y=train_y)
-    return torch.tensor(w, dtype=torch.float32, device=device)
+def _train(run, labels: Labels, split: np.ndarray, options: dict) -> ClassifierFit:
+    """Fit the preprocessing on the training units of ``split``, then the classifier, the
+    linear path alone and the baseline (:func:`~anndata_rnn.classification.train_classifier`)."""
+    _check_training_classes(labels, run.index, split)
+    enc = run.prepare(split, options["prep"](), **options["prepare"])
+    return train_classifier(
+        run.index,
+        labels,
+        enc,
+        run.ids,
+        keys=run.spec.keys(),
+        architecture=run.architecture,
+        train_config=run.train_config,
+        device=run.device,
+        seed=run.seed,
+        options=options,
+    )
 
 
 def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
@@ -313,7 +332,7 @@ def apply_classifier(opened: OpenedModel, key: str, batch_size: int) -> dict:
             return out
         # evaluate on every labelled unit of the new data, in the model's class order
         labels = labels.recode(classes)
-        out["metrics"] = {"rnn": _test_metrics(index, labels, proba, np.arange(index.n_sequences))}
+        out["metrics"] = {"rnn": test_metrics(index, labels, proba, np.arange(index.n_sequences))}
     return out
 
 
@@ -348,17 +367,6 @@ def _check_training_classes(labels: Labels, index: SequenceIndex, split: np.ndar
             f"class(es) {', '.join(small)} of {labels.key!r} have fewer than 2 members in the "
             "training split: drop or merge rare classes, or give more data"
         )
-
-
-def _test_metrics(index, labels: Labels, proba: np.ndarray, test_ids: np.ndarray) -> dict:
-    if labels.level == "unit":
-        unit_proba = pool_units(index, proba)
-        units = np.unique(index.unit[test_ids])
-        units = units[labels.codes[units] >= 0]
-        return classification_metrics(labels.codes[units], unit_proba[units], labels.classes)
-    targets = labels.sequence_targets(index, test_ids)
-    chosen = targets >= 0
-    return classification_metrics(targets[chosen], proba[test_ids][chosen], labels.classes)
 
 
 def _write_results(target, index: SequenceIndex, classes, level, proba, embedding, key):

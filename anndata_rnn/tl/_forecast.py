@@ -11,25 +11,24 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
-import torch
 from anndata import AnnData
 
 from ..baselines import fit_linear_ar
 from ..errors import InputError
 from ..forecasting import (
-    Forecasts,
     check_settings,
     evaluate,
     log_metrics,
     parse_future,
     predict_all,
+    train_forecaster,
+    write_forecasts,
 )
-from ..networks import architecture, build_module, masked_mean
-from ..preprocessing import FeatureSource, Preprocessor, encode, teacher_forcing
+from ..networks import architecture
+from ..preprocessing import Preprocessor, encode
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
-from ..sequences import SequenceIndex, SequenceSpec, broadcast_to_rows, pool_units, scatter_steps
-from ..training import TrainConfig, fit
+from ..sequences import SequenceSpec
+from ..training import TrainConfig
 
 log = logging.getLogger("anndata_rnn")
 
@@ -53,6 +52,7 @@ def forecast(
     loss: str = "mse",
     residual: bool = True,
     ar_lags: int = 3,
+    linear_path: bool = True,
     hidden=(128, 64),
     cell: str = "lstm",
     bidirectional: bool = False,
@@ -61,6 +61,7 @@ def forecast(
     batch_size: int = 64,
     lr: float = 1e-3,
     patience: int = 10,
+    min_steps: int = 600,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     split_key: str | None = None,
@@ -106,11 +107,17 @@ def forecast(
     residual
         The network predicts the change from the current step (it starts at persistence).
     ar_lags
-        Steps the linear autoregression baseline sees.
+        Steps the linear autoregression (baseline and linear path) sees.
+    linear_path
+        Add a linear autoregression on the last ``ar_lags`` steps to the recurrent forecast
+        (LSTNet's highway), started at the ridge baseline's fit. Every run also trains the AR
+        path alone the same way and reports it (``metrics["linear_path"]``).
     hidden, cell, bidirectional, dropout
         Recurrent architecture; forecasting is causal, so ``bidirectional`` must stay False.
-    max_epochs, batch_size, lr, patience
-        Adam with early stopping on the validation units' one-step loss.
+    max_epochs, batch_size, lr, patience, min_steps
+        Adam counted in optimizer steps (at least ``min_steps``; see
+        :func:`anndata_rnn.tl.classify`), early stopping on the validation units' one-step loss;
+        the untrained (persistence or AR) weights compete for the best.
     val_fraction, test_fraction, split_key
         Split of the units (series or genes), seeded, or from a train/val/test column.
     seed, device, key_added, overwrite, quiet, copy
@@ -145,7 +152,9 @@ def forecast(
         adata,
         spec,
         architecture=architecture(hidden, cell, dropout, False),
-        train_config=TrainConfig(max_epochs, batch_size, lr, patience),
+        train_config=TrainConfig(
+            max_epochs, batch_size, lr, patience, schedule="steps", min_steps=min_steps
+        ),
         seed=seed,
         device=device,
         copy=copy,
@@ -174,11 +183,12 @@ def forecast(
         fit_index=train_index,
     )
     ids = run.ids
+    arch = {**run.architecture, "linear_path": bool(linear_path)}
     config = {
         "task": "forecast",
         "layout": layout,
         "keys": spec.keys(),
-        "architecture": run.architecture,
+        "architecture": arch,
         "n_inputs": int(train_enc.values.shape[-1]),
         "n_outputs": int(train_enc.n_features),
         "residual": bool(residual),
@@ -195,49 +205,49 @@ def forecast(
         },
         "seed": seed,
     }
-    module = build_module("forecast", config["n_inputs"], config)
-
-    def tensors(name):
-        chosen = ids[name]
-        x, y, observed = teacher_forcing(train_enc, prep, chosen)
-        lengths = train_enc.lengths[chosen]
-        return tuple(torch.from_numpy(a) for a in (x, lengths, y, observed))
-
-    def loss_fn(net, batch):
-        x, n, y, observed = batch
-        prediction, _, _ = net(x, n)
-        y, observed = y[:, : prediction.shape[1]], observed[:, : prediction.shape[1]]
-        if loss == "huber":
-            err = torch.nn.functional.huber_loss(prediction, y, reduction="none", delta=1.0)
-        else:
-            err = (prediction - y) ** 2
-        return masked_mean(err, observed)
-
-    history = fit(
-        module,
-        loss_fn,
-        tensors("train"),
-        tensors("val") if len(ids["val"]) else None,
-        run.train_config,
-        device=run.device,
-        seed=seed,
-        quiet=quiet,
-        description=f"forecast ({layout})",
-    )
-
-    # the linear AR baseline, fitted on the same training steps
+    # the linear AR baseline, fitted on the same training steps; the AR path starts from it
     ar = fit_linear_ar(train_enc, prep, ids["train"], ar_lags)
     ar_description = (
         f"ridge regression (sklearn RidgeCV, alpha {ar.alpha_:g}) of the change to the next step "
         f"on the last {ar_lags} steps" + (" and their time gaps" if prep.use_time else "")
     )
+    trained = {}
+    alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
+    for name, model_config in (("rnn", config), ("linear_path", alone)):
+        description = f"forecast ({layout})" if name == "rnn" else "linear path alone"
+        trained[name] = train_forecaster(
+            model_config,
+            train_enc,
+            prep,
+            ids,
+            ar,
+            run.train_config,
+            device=run.device,
+            seed=seed,
+            quiet=quiet,
+            description=description,
+        )
+    (module, history), (alone_module, alone_history) = trained["rnn"], trained["linear_path"]
     full_enc = train_enc if train_index is index else encode(index, run.source, prep)
     context_enc = (
         encode(index.truncate(holdout_steps), run.source, prep) if holdout_steps else full_enc
     )
     results = predict_all(
-        module, prep, index, full_enc, context_enc, config, future_times, run.device, ar=ar
+        module,
+        prep,
+        index,
+        full_enc,
+        context_enc,
+        config,
+        future_times,
+        run.device,
+        ar=ar,
+        others={"linear_path": alone_module},
     )
+    cautions = run.test_cautions()
+    for name, fit_history in (("rnn", history), ("linear path", alone_history)):
+        if fit_history.get("failed_fit"):
+            cautions.append(f"the {name} did not improve on its start during training")
 
     eval_ids = ids["test"]
     if holdout_steps and not len(eval_ids):
@@ -246,13 +256,14 @@ def forecast(
     if len(eval_ids):
         metrics, evaluation = evaluate(index, full_enc, prep, results, eval_ids, holdout_steps)
         metrics["linear_ar"]["model"] = ar_description
+        metrics["linear_path"]["model"] = "the AR path alone, trained the same way"
         metrics["persistence"]["model"] = "the last observed value"
         evaluation["units"] = "test" if len(ids["test"]) else "all"
         log_metrics(metrics, evaluation)
     else:
         log.warning("no test split and no held-out steps: no metrics computed")
 
-    written = [*write_results(target, index, prep, run.source, results, key), run.write_split()]
+    written = [*write_forecasts(target, index, prep, run.source, results, key), run.write_split()]
     return run.finish(
         config,
         module,
@@ -263,6 +274,7 @@ def forecast(
             "loss": loss,
             "residual": residual,
             "ar_lags": ar_lags,
+            "linear_path": linear_path,
             "normalize": normalize,
             "n_top_genes": n_top_genes,
             "gene_subset": gene_subset,
@@ -281,6 +293,7 @@ def forecast(
         history=history,
         tail={"evaluation": evaluation, **results.uns_entries()},
         title=evaluation_title(evaluation),
+        cautions=cautions,
     )
 
 
@@ -331,7 +344,7 @@ def apply_forecaster(opened: OpenedModel, key: str, batch_size: int) -> dict:
         opened.device,
         batch_size=batch_size,
     )
-    written = write_results(opened.target, index, prep, source, results, key)
+    written = write_forecasts(opened.target, index, prep, source, results, key)
     out = {"written": written, "n_imputed": full_enc.imputed, **results.uns_entries()}
     metrics, evaluation = evaluate(
         index, full_enc, prep, results, np.arange(index.n_sequences), holdout_steps
@@ -341,55 +354,3 @@ def apply_forecaster(opened: OpenedModel, key: str, batch_size: int) -> dict:
     out["metrics"] = metrics
     out["evaluation"] = evaluation
     return out
-
-
-def write_results(
-    target: AnnData,
-    index: SequenceIndex,
-    prep: Preprocessor,
-    source: FeatureSource,
-    results: Forecasts,
-    key: str,
-) -> list[str]:
-    """The inverse of the sequence index: forecasts into layers / obsm / varm."""
-    rnn = results.one_step["rnn"]
-    n, steps, f = rnn.shape
-    per_step = np.full((n, steps, f), np.nan)
-    per_step[:, 1:] = rnn[:, :-1]  # the forecast of step t was made at step t - 1
-    per_step[~index.mask] = np.nan
-    written = []
-    if index.layout == "obs-series":
-        rows = scatter_steps(index, per_step)
-        if source.use_rep is not None:
-            written.append(index.write_matrix(target, f"{key}_forecast", rows.astype(np.float32)))
-        else:
-            layer = np.full((index.n_obs, target.n_vars), np.nan, dtype=np.float32)
-            cols = pd.Index(source.feature_names).get_indexer(prep.features)
-            present = cols >= 0
-            layer[:, cols[present]] = rows[:, present]
-            target.layers[f"{key}_forecast"] = layer
-            written.append(f"layers/{key}_forecast")
-        hidden = scatter_steps(index, results.hidden).astype(np.float32)
-        return [*written, index.write_matrix(target, f"X_{key}", hidden)]
-
-    # var-series: sequence s is gene unit_rows[unit[s]] over the obs rows steps[s]
-    layer = np.full((index.n_obs, index.n_vars), np.nan, dtype=np.float32)
-    genes = np.broadcast_to(index.unit_rows[index.unit][:, None], index.steps.shape)
-    valid = index.mask
-    layer[index.steps[valid], genes[valid]] = per_step[..., 0][valid]
-    target.layers[f"{key}_forecast"] = layer
-    written.append(f"layers/{key}_forecast")
-    k = results.holdout_times.shape[1]
-    if k:
-        series = index.sequence_series
-        names = list(dict.fromkeys(series))
-        column = {name: i for i, name in enumerate(names)}
-        per_unit = np.full((index.n_units, len(names) * k), np.nan)
-        rolled = results.holdout["rnn"][..., 0]
-        for s in range(index.n_sequences):
-            c = column[series[s]] * k
-            per_unit[index.unit[s], c : c + k] = rolled[s]
-        per_var = broadcast_to_rows(index, per_unit)
-        written.append(index.write_matrix(target, f"{key}_forecast", per_var))
-    embedding = broadcast_to_rows(index, pool_units(index, results.final_hidden))
-    return [*written, index.write_matrix(target, f"X_{key}", embedding.astype(np.float32))]

@@ -1,0 +1,171 @@
+"""Training and scoring a classifier on one split: the network (recurrence + linear path), the
+linear path alone trained the same way (what the recurrence adds is the difference) and the
+logistic-regression baseline, all on the same encoded sequences."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+
+from .baselines import logistic_baseline
+from .metrics import classification_metrics
+from .networks import build_module
+from .networks.classifier import new_architecture, predict_proba
+from .preprocessing import Encoded
+from .sequences import Labels, SequenceIndex, pool_units
+from .training import TrainConfig, fit
+
+log = logging.getLogger("anndata_rnn")
+
+
+@dataclass
+class ClassifierFit:
+    """One trained classifier with its ablation and baseline, on one split."""
+
+    module: torch.nn.Module
+    config: dict
+    proba: np.ndarray
+    embedding: np.ndarray
+    metrics: dict
+    history: dict
+    linear_history: dict
+    imputed: int
+
+
+def train_classifier(
+    index: SequenceIndex,
+    labels: Labels,
+    enc: Encoded,
+    ids: dict,
+    *,
+    keys: dict,
+    architecture: dict,
+    train_config: TrainConfig,
+    device,
+    seed: int,
+    options: dict,
+) -> ClassifierFit:
+    """Train the classifier (with the linear path when ``options["linear_path"]``), the linear
+    path alone (the ablation) and the logistic baseline on the training sequences of ``ids``;
+    score all three on its test sequences. ``options``: ``linear_path``, ``class_weights``,
+    ``quiet`` and ``train`` (split settings recorded in the config)."""
+    values, lengths = torch.from_numpy(enc.values), torch.from_numpy(enc.lengths)
+    y = torch.from_numpy(labels.sequence_targets(index, np.arange(index.n_sequences)))
+    arch = new_architecture(
+        architecture,
+        max_steps=int(values.shape[1]),
+        level=labels.level,
+        linear_path=options["linear_path"],
+    )
+    config = {
+        "task": "classify",
+        "layout": index.layout,
+        "keys": keys,
+        "architecture": arch,
+        "classes": [str(c) for c in labels.classes],
+        "label_level": labels.level,
+        "n_inputs": int(values.shape[-1]),
+        "train": {
+            **train_config.to_dict(),
+            "class_weights": bool(options["class_weights"]),
+            **options["train"],
+        },
+        "seed": seed,
+    }
+    weight = None
+    if options["class_weights"]:
+        weight = class_weights(y, ids["train"], len(labels.classes), device)
+    criterion = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=-1)
+
+    def scored(net, batch):
+        x, n, target_y = batch
+        logits, _ = net(x, n)
+        if net.level == "step":
+            target_y = target_y[:, : logits.shape[1]]
+        return logits, target_y
+
+    def loss_fn(net, batch):
+        logits, target_y = scored(net, batch)
+        return criterion(logits.reshape(-1, logits.shape[-1]), target_y.reshape(-1))
+
+    def accuracy(net, batch):
+        logits, target_y = scored(net, batch)
+        labelled = target_y >= 0
+        return (logits.argmax(-1)[labelled] == target_y[labelled]).sum(), labelled.sum()
+
+    def subset(name):
+        chosen = ids[name]
+        if labels.level == "unit":  # unlabelled sequences never enter the loss
+            chosen = chosen[y[chosen].numpy() >= 0]
+        return values[chosen], lengths[chosen], y[chosen]
+
+    def train(model_config, description):
+        module = build_module("classify", model_config["n_inputs"], model_config)
+        history = fit(
+            module,
+            loss_fn,
+            subset("train"),
+            subset("val") if len(ids["val"]) else None,
+            train_config,
+            device=device,
+            seed=seed,
+            quiet=options["quiet"],
+            description=description,
+            val_metric=("accuracy", accuracy),
+        )
+        return module, history, predict_proba(module, values, lengths, device)
+
+    module, history, (proba, embedding) = train(config, f"classify ({index.layout})")
+    alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
+    _, linear_history, (linear_proba, _) = train(alone, "linear path alone")
+    baseline_proba = logistic_baseline(values, lengths, y, ids["train"], labels, seed)
+    metrics = {}
+    if len(ids["test"]):
+        metrics["rnn"] = test_metrics(index, labels, proba, ids["test"])
+        metrics["linear_path"] = test_metrics(index, labels, linear_proba, ids["test"])
+        metrics["linear_path"]["model"] = "the linear path alone, trained the same way"
+        metrics["baseline"] = test_metrics(index, labels, baseline_proba, ids["test"])
+        metrics["baseline"]["model"] = "logistic regression (sklearn) on the flattened inputs"
+    return ClassifierFit(
+        module, config, proba, embedding, metrics, history, linear_history, enc.imputed
+    )
+
+
+def class_weights(y: torch.Tensor, train_ids, n_classes: int, device) -> torch.Tensor:
+    """Balanced class weights from the training labels (classes absent from them weigh 1)."""
+    train_y = y[train_ids].numpy().ravel()
+    train_y = train_y[train_y >= 0]
+    present = np.unique(train_y)
+    w = np.ones(n_classes)
+    w[present] = compute_class_weight("balanced", classes=present, y=train_y)
+    return torch.tensor(w, dtype=torch.float32, device=device)
+
+
+def test_metrics(index, labels: Labels, proba: np.ndarray, test_ids: np.ndarray) -> dict:
+    """Metrics on the test sequences: per unit (pooled) or per labelled step."""
+    if labels.level == "unit":
+        unit_proba = pool_units(index, proba)
+        units = np.unique(index.unit[test_ids])
+        units = units[labels.codes[units] >= 0]
+        return classification_metrics(labels.codes[units], unit_proba[units], labels.classes)
+    targets = labels.sequence_targets(index, test_ids)
+    chosen = targets >= 0
+    return classification_metrics(targets[chosen], proba[test_ids][chosen], labels.classes)
+
+
+def log_cv(record: dict) -> None:
+    """Log the paired cross-validation differences with their 95 % intervals."""
+    for pair, differences in record["difference"].items():
+        for name, d in differences.items():
+            log.info(
+                "cv %s %s: %+.3f (95%% interval %+.3f to %+.3f)",
+                pair,
+                name,
+                d["mean"],
+                d["ci95_low"],
+                d["ci95_high"],
+            )
