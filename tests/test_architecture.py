@@ -21,6 +21,7 @@ LAYERS = {
     "clustering": 3,
     "baselines": 4,
     "model": 4,
+    "streaming": 4,
     "forecasting": 5,
     "attribution": 5,
     "runs": 6,
