@@ -67,7 +67,9 @@ def predict(
     """Apply a saved model (classifier, forecaster or embedding) to new data.
 
     Genes are matched by var_names (or --gene-symbols), reordered, and missing genes are filled
-    with the training mean (with a warning); below --min-gene-overlap it stops.
+    with the training mean (with a warning); below --min-gene-overlap it stops. X stays on
+    disk and is read --chunk-rows observations at a time; the output is a copy of the input
+    plus the new elements (README, "Large files").
     """
     from .. import tl
     from ..model import Model
