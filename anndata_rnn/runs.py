@@ -26,6 +26,7 @@ from .model import Model, check_gene_overlap
 from .preprocessing import Encoded, FeatureSource, Preprocessor, encode
 from .sequences import SequenceIndex, SequenceSpec, bool_column, broadcast_to_rows
 from .splits import log_split, make_split, split_from_column
+from .streaming import DEFAULT_CHUNK_ROWS, Streamed, stream_apply
 from .training import TrainConfig, resolve_device, seed_everything
 
 log = logging.getLogger("anndata_rnn")
@@ -363,6 +364,22 @@ class OpenedModel:
     index: SequenceIndex
     overlap: dict
     device: torch.device
+    #: streamed apply: obs rows read per chunk, and whether to show a progress bar
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    progress: bool = False
+
+    def stream(self, run, batch_size: int) -> Streamed:
+        """Every sequence encoded chunk by chunk through ``run(values, lengths)`` (the network's
+        inference on one batch); only its outputs are kept (:func:`.streaming.stream_apply`)."""
+        return stream_apply(
+            self.index,
+            self.source,
+            self.model.preprocessor,
+            run,
+            batch_size=batch_size,
+            chunk_rows=self.chunk_rows,
+            progress=self.progress,
+        )
 
 
 def open_model(
@@ -376,12 +393,17 @@ def open_model(
     min_gene_overlap: float,
     series_subset=None,
     check_targets=None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: bool = False,
 ) -> OpenedModel:
     """Load (when given a path), seed, match genes and build the model's index on ``adata``.
 
     ``check_targets(target, model)`` runs once the target exists, before anything is computed
-    (the output-key checks of the calling tool).
+    (the output-key checks of the calling tool). ``chunk_rows`` and ``progress`` set how the
+    apply step streams (:func:`~anndata_rnn.streaming.stream_apply`).
     """
+    if chunk_rows < 1:
+        raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if isinstance(model, str):
         model = Model.load(model)
     if not 0 < min_gene_overlap <= 1:
@@ -400,4 +422,6 @@ def open_model(
     index = spec.index(target, n_features=n_features)
     for note in index.notes:
         log.info(note)
-    return OpenedModel(target, model, spec, source, index, overlap, torch_device)
+    return OpenedModel(
+        target, model, spec, source, index, overlap, torch_device, chunk_rows, progress
+    )

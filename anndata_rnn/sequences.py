@@ -180,10 +180,8 @@ class SequenceIndex:
     def with_width(self, n_features: int) -> SequenceIndex:
         """profile: the steps for ``n_features`` selected genes, ``chunk_size`` per step."""
         n_chunks = int(np.ceil(n_features / self.chunk_size))
-        steps = np.tile(np.arange(n_chunks), (self.n_sequences, 1))
-        return replace(
-            self, steps=steps, times=steps.astype(np.float64), gene_order=np.arange(n_features)
-        )
+        steps, times = _profile_steps(self.n_sequences, n_chunks)
+        return replace(self, steps=steps, times=times, gene_order=np.arange(n_features))
 
     def step_rows(self, sequence_ids: np.ndarray):
         """obs rows of the real steps of some sequences, and their (sequence, step) positions."""
@@ -222,6 +220,13 @@ class SequenceIndex:
             return np.sort(self.unit_rows[self.unit[sequence_ids]])
         rows = self.steps[sequence_ids]
         return np.unique(rows[rows >= 0])
+
+
+def _profile_steps(n: int, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """profile steps and times: every row the same, so read-only broadcast views (no memory
+    that grows with the number of cells; indexing them makes ordinary arrays)."""
+    steps = np.broadcast_to(np.arange(n_chunks), (n, n_chunks))
+    return steps, np.broadcast_to(np.arange(n_chunks, dtype=np.float64), (n, n_chunks))
 
 
 def _ordered_groups(series: np.ndarray, times: np.ndarray, key_names: tuple[str, str]):
@@ -269,7 +274,7 @@ def build_index(
         gene_order = np.arange(width)
         n_chunks = int(np.ceil(width / chunk_size))
         n = adata.n_obs
-        steps = np.tile(np.arange(n_chunks), (n, 1))
+        steps, times = _profile_steps(n, n_chunks)
         return SequenceIndex(
             layout=layout,
             unit=np.arange(n),
@@ -277,7 +282,7 @@ def build_index(
             unit_rows=np.arange(n),
             sequence_series=np.full(n, "", dtype=object),
             steps=steps,
-            times=steps.astype(np.float64),
+            times=times,
             n_obs=adata.n_obs,
             n_vars=adata.n_vars,
             chunk_size=chunk_size,
@@ -582,6 +587,13 @@ def broadcast_to_rows(index: SequenceIndex, per_unit: np.ndarray) -> np.ndarray:
     Rows that belong to no sequence get NaN (floats) or None (objects).
     """
     n_rows = index.n_vars if index.layout == "var-series" else index.n_obs
+    if (
+        index.layout == "profile"
+        and per_unit.dtype == np.float64
+        and len(per_unit) == n_rows
+        and np.array_equal(index.unit_rows, np.arange(n_rows))
+    ):
+        return per_unit  # every obs row is its own unit, in order: nothing to spread
     fill = None if per_unit.dtype == object else np.nan
     dtype = object if per_unit.dtype == object else np.float64
     out = np.full((n_rows, *per_unit.shape[1:]), fill, dtype=dtype)
@@ -606,6 +618,8 @@ def scatter_steps(index: SequenceIndex, per_step: np.ndarray) -> np.ndarray:
 
 def pool_units(index: SequenceIndex, per_sequence: np.ndarray) -> np.ndarray:
     """Mean over the sequences of each unit (var-series genes seen in several series)."""
+    if index.n_sequences == index.n_units and np.array_equal(index.unit, np.arange(index.n_units)):
+        return per_sequence.astype(np.float64)  # one sequence per unit: the mean is itself
     out = np.zeros((index.n_units, *per_sequence.shape[1:]), dtype=np.float64)
     counts = np.bincount(index.unit, minlength=index.n_units).astype(np.float64)
     np.add.at(out, index.unit, per_sequence)

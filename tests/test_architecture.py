@@ -22,6 +22,7 @@ LAYERS = {
     "clustering": 3,
     "baselines": 4,
     "model": 4,
+    "streaming": 4,
     "forecasting": 5,
     "classification": 5,
     "attribution": 5,

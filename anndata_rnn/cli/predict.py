@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
-from ..io import read_h5ad, write_h5ad
+from ..streaming import DEFAULT_CHUNK_ROWS, open_lazy, write_new_elements
 from ._common import (
     Outputs,
     apply_model_arguments,
@@ -39,6 +41,13 @@ from ._common import (
     help="Series of the new data to use, comma separated (default: the training run's subset).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CHUNK_ROWS,
+    show_default=True,
+    help="Observations read and encoded at a time (bounds memory; lower it on a small machine).",
+)
 @device_options
 @report_option
 @common_options
@@ -51,6 +60,7 @@ def predict(
     min_gene_overlap,
     series_subset,
     batch_size,
+    chunk_rows,
     seed,
     device,
     overwrite,
@@ -59,30 +69,35 @@ def predict(
     """Apply a saved model (classifier, forecaster or embedding) to new data.
 
     Genes are matched by var_names (or --gene-symbols), reordered, and missing genes are filled
-    with the training mean (with a warning); below --min-gene-overlap it stops.
+    with the training mean (with a warning); below --min-gene-overlap it stops. X stays on
+    disk and is read --chunk-rows observations at a time; the output is a copy of the input
+    plus the new elements (README, "Large files").
     """
     from .. import tl
     from ..model import Model
 
-    with Outputs(inputs=(input, model_path)) as outputs:
+    with Outputs(inputs=(input, model_path)) as outputs, contextlib.ExitStack() as stack:
         out_tmp = outputs.add(output)
         model = Model.load(model_path)
+        adata = stack.enter_context(open_lazy(input))
         result = tl.predict.run(
-            read_h5ad(input),
+            adata,
             model,
             key_added=key_added,
             gene_symbols=gene_symbols,
             min_gene_overlap=min_gene_overlap,
             series_subset=split_list(series_subset),
             batch_size=batch_size,
+            chunk_rows=chunk_rows,
             seed=seed,
             device=device,
             overwrite=overwrite,
             quiet=quiet,
         )
-        write_h5ad(result.adata, out_tmp, atomic=False)
+        written = result.written + [f"uns/{result.key}"]
+        write_new_elements(input, out_tmp, result.adata, written)
         outputs.write_report(result.adata, result.key)
         outputs.commit()
-    echo_written(result.written + [f"uns/{result.key}"], output)
+    echo_written(written, output)
     if "metrics" in result.record:
         print_metrics(result.metrics, title=result.title)

@@ -12,7 +12,7 @@ from ..errors import InputError
 from ..metrics import cv_summary
 from ..networks import architecture
 from ..networks.classifier import predict_proba
-from ..preprocessing import Preprocessor, encode
+from ..preprocessing import Preprocessor
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
     Labels,
@@ -316,10 +316,10 @@ def apply_classifier(opened: OpenedModel, key: str, batch_size: int) -> dict:
     """Predict with a saved classifier; writes the same keys as training (no split)."""
     model, index, target = opened.model, opened.index, opened.target
     classes = np.asarray(model.classes, dtype=object)
-    enc = encode(index, opened.source, model.preprocessor)
-    proba, embedding = predict_proba(
-        model.module, enc.values, enc.lengths, opened.device, batch_size
+    enc = opened.stream(
+        lambda x, n: predict_proba(model.module, x, n, opened.device, batch_size), batch_size
     )
+    proba, embedding = enc.outputs
     written = _write_results(
         target, index, classes, model.config["label_level"], proba, embedding, key
     )

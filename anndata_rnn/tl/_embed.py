@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..metrics import clustering_metrics
 from ..networks import architecture, build_module
 from ..networks.autoencoder import embed_sequences, masked_mse
-from ..preprocessing import Preprocessor, encode
+from ..preprocessing import Preprocessor
 from ..runs import (
     OpenedModel,
     check_keys_free,
@@ -360,15 +360,12 @@ def apply_embedding(opened: OpenedModel, key: str, batch_size: int) -> dict:
     training ``eval_label`` present in the data, ARI and NMI are reported.
     """
     model, index, target = opened.model, opened.index, opened.target
-    enc = encode(index, opened.source, model.preprocessor)
-    latent, step_latent, errors = embed_sequences(
-        model.module,
-        enc.values,
-        enc.lengths,
-        opened.device,
+    steps = model.layout == "obs-series"
+    enc = opened.stream(
+        lambda x, n: embed_sequences(model.module, x, n, opened.device, batch_size, steps=steps),
         batch_size,
-        steps=model.layout == "obs-series",
     )
+    latent, step_latent, errors = enc.outputs
     written = _write_embedding(target, index, latent, step_latent, key)
     missing = enc.missing_fraction(model.preprocessor)
     usable = pool_units(index, missing) <= float(model.config.get("max_missing", 1.0))

@@ -11,6 +11,7 @@ from ..errors import InputError
 from ..io import versions
 from ..model import Model
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
+from ..streaming import DEFAULT_CHUNK_ROWS
 from . import _classify, _embed, _forecast
 
 log = logging.getLogger("anndata_rnn")
@@ -39,6 +40,7 @@ def predict(
     layout: str | None = None,
     series_subset: list[str] | None = None,
     batch_size: int = 512,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
     seed: int = 0,
     device: str = "auto",
     overwrite: bool = False,
@@ -69,7 +71,13 @@ def predict(
         Series of the new data to use (default: the training run's subset). Give this when the
         new data names its series differently (e.g. a model trained on Spellman's ``cdc15``
         applied to another experiment's series).
-    batch_size, seed, device, overwrite, quiet, copy
+    chunk_rows
+        Obs rows read and encoded at a time: classifiers and embeddings stream their sequences
+        chunk by chunk (memory bounded by the chunk, not the data; see README "Large files").
+        Forecasters encode every sequence at once.
+    quiet
+        No progress bar (it shows on stderr while sequences stream).
+    batch_size, seed, device, overwrite, copy
         As in :func:`anndata_rnn.tl.classify`.
 
     Returns
@@ -77,7 +85,6 @@ def predict(
     ``None``, or the annotated copy with ``copy=True``. Outputs are the keys the training run
     wrote (without the split column); ``uns[key]`` records the gene overlap.
     """
-    del quiet  # prediction has no progress bar; kept for a uniform signature
     if isinstance(model, str):
         model = Model.load(model)
     if layout is not None and layout != model.layout:
@@ -104,6 +111,8 @@ def predict(
         min_gene_overlap=min_gene_overlap,
         series_subset=series_subset,
         check_targets=check_targets,
+        chunk_rows=chunk_rows,
+        progress=not quiet,
     )
     result = apply(opened, key, batch_size)
     record = {
@@ -118,6 +127,7 @@ def predict(
             "min_gene_overlap": min_gene_overlap,
             "layout": layout,
             "batch_size": batch_size,
+            "chunk_rows": chunk_rows,
         },
         "gene_overlap": opened.overlap,
         "training_metrics": model.config.get("metrics", {}),

@@ -1,0 +1,258 @@
+"""Bounded memory on large ``.h5ad`` files: streamed encoding and inference, lazy reading and
+writing the new elements into a copy of the input.
+
+- :func:`open_lazy` opens an ``.h5ad`` whose X stays on disk (read by row blocks) while obs, var,
+  obsm, varm and uns are in memory, so a tool annotates it like any in-memory AnnData;
+- :func:`sequence_chunks` cuts the sequences into chunks that each read at most ``chunk_rows``
+  obs rows, along the layout's own axis (profile: rows; obs-series: whole series, so a series
+  is never cut; var-series: the matrix whole, logged);
+- :func:`stream_apply` encodes chunk by chunk and runs the network over batches of exactly
+  ``batch_size`` sequences (the batches of the in-memory path, hence bit-identical results),
+  keeping only the outputs;
+- :func:`write_new_elements` copies the input file and writes only the new obs/var columns,
+  obsm/varm/layers matrices and ``uns[key]`` with anndata's element writer: every input element
+  stays bit-identical by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import h5py
+import numpy as np
+from anndata import AnnData
+from anndata.io import write_elem
+
+from .io import read_h5ad
+from .preprocessing import FeatureSource, Preprocessor, encode
+from .sequences import SequenceIndex
+
+log = logging.getLogger("anndata_rnn")
+
+#: obs rows read and densified per chunk: 8192 rows × 2,000 genes is 64 MB of float32
+DEFAULT_CHUNK_ROWS = 8192
+
+
+@contextlib.contextmanager
+def open_lazy(path) -> Iterator[AnnData]:
+    """An AnnData whose X stays on disk; obs, var, obsm, varm, layers and uns are in memory.
+
+    Unlike a backed AnnData (which the tools refuse without ``copy=True``, so that nobody
+    expects results written to the file), the result is an ordinary AnnData: a tool writes its
+    results into its obs/obsm/uns in memory, while X is read only by row blocks
+    (:class:`~anndata_rnn.preprocessing.FeatureSource`). The file is closed on leaving the
+    ``with`` block. Layers are loaded into memory (anndata's backed mode keeps only X on disk).
+    """
+    backed = read_h5ad(path, backed=True)
+    try:
+        yield AnnData(
+            X=backed.X,
+            obs=backed.obs,
+            var=backed.var,
+            obsm=dict(backed.obsm),
+            varm=dict(backed.varm),
+            layers=dict(backed.layers),
+            uns=dict(backed.uns),
+        )
+    finally:
+        backed.file.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# chunks of sequences
+
+
+def sequence_chunks(
+    index: SequenceIndex,
+    sequence_ids: np.ndarray,
+    chunk_rows: int,
+    batch_size: int = 1,
+) -> Iterator[np.ndarray]:
+    """Consecutive runs of ``sequence_ids`` that each need at most ``chunk_rows`` obs rows.
+
+    profile: ``chunk_rows`` rows, rounded down to a multiple of ``batch_size`` (at least one
+    batch). obs-series: whole series, as many as fit (a series longer than ``chunk_rows`` is a
+    chunk of its own). var-series: one chunk (every sequence reads every observation).
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    n = len(sequence_ids)
+    if index.layout == "var-series":
+        if n:
+            yield sequence_ids
+        return
+    if index.layout == "profile":
+        size = max(batch_size, chunk_rows // batch_size * batch_size)
+        for start in range(0, n, size):
+            yield sequence_ids[start : start + size]
+        return
+    rows = (index.steps[sequence_ids] >= 0).sum(axis=1)
+    start, used = 0, 0
+    for i, r in enumerate(rows):
+        if i > start and used + r > chunk_rows:
+            yield sequence_ids[start:i]
+            start, used = i, 0
+        used += int(r)
+    if start < n:
+        yield sequence_ids[start:]
+
+
+def sub_index(index: SequenceIndex, ids: np.ndarray) -> SequenceIndex:
+    """The index of some sequences only (same obs rows, units and width)."""
+    return replace(
+        index,
+        unit=index.unit[ids],
+        sequence_series=index.sequence_series[ids],
+        steps=np.ascontiguousarray(index.steps[ids]),
+        times=np.ascontiguousarray(index.times[ids]),
+        notes=[],
+    )
+
+
+def progress_bar(total: int, unit: str, enabled: bool):
+    """A tqdm bar on stderr (a no-op object when disabled)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, disable=not enabled, file=sys.stderr, leave=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# streamed inference
+
+
+@dataclass
+class Streamed:
+    """What a streamed pass keeps: the network's outputs and the imputation counts."""
+
+    outputs: tuple[np.ndarray, ...]
+    n_missing: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def imputed(self) -> int:
+        return int(self.n_missing.sum())
+
+    def missing_fraction(self, prep: Preprocessor) -> np.ndarray:
+        """As :meth:`~anndata_rnn.preprocessing.Encoded.missing_fraction`."""
+        n_features = 1 if prep.layout == "var-series" else len(prep.features)
+        return self.n_missing / np.maximum(self.lengths * n_features, 1)
+
+
+def stream_apply(
+    index: SequenceIndex,
+    source: FeatureSource,
+    prep: Preprocessor,
+    run: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, ...]],
+    *,
+    batch_size: int,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: bool = False,
+    sequence_ids: np.ndarray | None = None,
+) -> Streamed:
+    """Encode ``sequence_ids`` chunk by chunk and call ``run(values, lengths)`` on each batch.
+
+    Batches hold exactly ``batch_size`` sequences in order (the last one fewer), whatever the
+    chunks, so the network sees the same batches as on the whole encoded array. Only ``run``'s
+    outputs (concatenated; an output that is ``None`` stays ``None``) and the imputation counts
+    are kept.
+    """
+    if sequence_ids is None:
+        sequence_ids = np.arange(index.n_sequences)
+    if index.layout == "var-series" and len(sequence_ids):
+        log.info(
+            "var-series: reading the whole matrix (%d obs × %d vars) at once; each sequence "
+            "(a gene) needs every observation",
+            index.n_obs,
+            index.n_vars,
+        )
+    pending_x: list[np.ndarray] = []
+    pending_n: list[np.ndarray] = []
+    parts: list[list[np.ndarray]] = []
+    missing, lengths = [], []
+
+    def flush(final: bool) -> None:
+        x, n = np.concatenate(pending_x), np.concatenate(pending_n)
+        pending_x.clear()
+        pending_n.clear()
+        cut = len(x) if final else len(x) // batch_size * batch_size
+        for start in range(0, cut, batch_size):
+            outputs = run(x[start : start + batch_size], n[start : start + batch_size])
+            if not parts:
+                parts.extend([] for _ in outputs)
+            for collected, output in zip(parts, outputs, strict=True):
+                collected.append(output)
+        if cut < len(x):
+            pending_x.append(x[cut:])
+            pending_n.append(n[cut:])
+
+    bar = progress_bar(len(sequence_ids), "seq", progress)
+    try:
+        for ids in sequence_chunks(index, sequence_ids, chunk_rows, batch_size):
+            enc = encode(sub_index(index, ids), source, prep, chunk=len(ids))
+            missing.append(enc.n_missing)
+            lengths.append(enc.lengths)
+            pending_x.append(enc.values)
+            pending_n.append(enc.lengths)
+            del enc
+            if sum(len(x) for x in pending_x) >= batch_size:
+                flush(final=False)
+            bar.update(len(ids))
+        if pending_x:
+            flush(final=True)
+    finally:
+        bar.close()
+    outputs = tuple(None if p[0] is None else np.concatenate(p) for p in parts)
+    return Streamed(
+        outputs=outputs,
+        n_missing=np.concatenate(missing) if missing else np.zeros(0, dtype=np.int64),
+        lengths=np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# writing: a copy of the input plus the new elements
+
+
+def write_new_elements(source_path, dest_path, adata: AnnData, paths: list[str]) -> None:
+    """Copy ``source_path`` to ``dest_path`` and write the elements ``paths`` of ``adata``.
+
+    ``paths`` are ``"obs/<column>"``, ``"var/<column>"``, ``"obsm/<key>"``, ``"varm/<key>"``,
+    ``"layers/<key>"`` or ``"uns/<key>"``; an element already in the file is replaced. Nothing
+    else of the input is read or rewritten. The caller stages ``dest_path`` (a temporary name).
+    """
+    shutil.copyfile(source_path, dest_path)
+    with h5py.File(dest_path, "r+") as f:
+        for path in paths:
+            attr, name = path.split("/", 1)
+            if attr in ("obs", "var"):
+                _write_column(f, attr, name, getattr(adata, attr)[name])
+                continue
+            mapping = adata.uns if attr == "uns" else getattr(adata, attr)
+            group = _group(f, attr)
+            if name in group:
+                del group[name]
+            write_elem(group, name, mapping[name])
+
+
+def _group(f: h5py.File, name: str) -> h5py.Group:
+    if name not in f:
+        write_elem(f, name, {})
+    return f[name]
+
+
+def _write_column(f: h5py.File, attr: str, column: str, values) -> None:
+    group = f[attr]
+    if column in (group.attrs.get("_index"), "__categories"):
+        raise ValueError(f"cannot write the column {column!r} of {attr}: reserved name")
+    if column in group:
+        del group[column]
+    write_elem(group, column, values.values)
+    order = [str(c) for c in group.attrs.get("column-order", [])]
+    if column not in order:
+        order.append(column)
+        group.attrs["column-order"] = np.asarray(order, dtype=object)

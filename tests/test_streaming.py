@@ -1,0 +1,275 @@
+"""Bounded memory (issue 13): streamed apply equals the in-memory path bit for bit, chunk
+boundaries along each layout's axis, the CLI's copy-plus-new-elements output and its atomicity."""
+
+from __future__ import annotations
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from click.testing import CliRunner
+
+from anndata_rnn import tl
+from anndata_rnn.cli import main
+from anndata_rnn.model import Model
+from anndata_rnn.networks.autoencoder import embed_sequences
+from anndata_rnn.networks.classifier import predict_proba
+from anndata_rnn.preprocessing import encode
+from anndata_rnn.runs import open_model
+from anndata_rnn.streaming import sequence_chunks
+
+SERIES_LENGTHS = [5, 12, 3, 30, 8, 9, 4, 6]
+
+
+def profile_data(n_cells=150, n_genes=70, seed=0) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n_cells)
+    rates = rng.gamma(1.0, 2.0, (n_cells, n_genes)) * (1 + y[:, None] * (np.arange(n_genes) < 10))
+    counts = rng.poisson(rates) * (rng.random((n_cells, n_genes)) < 0.3)
+    adata = ad.AnnData(sp.csr_matrix(counts.astype(np.float32)))
+    adata.obs_names = [f"c{i}" for i in range(n_cells)]
+    adata.var_names = [f"g{i}" for i in range(n_genes)]
+    adata.obs["y"] = pd.Categorical(np.array(["a", "b"])[y])
+    adata.obsm["X_other"] = rng.normal(size=(n_cells, 3))
+    adata.uns["note"] = {"kept": np.arange(3)}
+    return adata
+
+
+def series_data(seed=0) -> ad.AnnData:
+    """Series of unequal lengths whose rows are interleaved in the file."""
+    rng = np.random.default_rng(seed)
+    series = np.repeat(np.arange(len(SERIES_LENGTHS)), SERIES_LENGTHS)
+    times = np.concatenate([np.arange(n, dtype=float) for n in SERIES_LENGTHS])
+    order = rng.permutation(len(series))
+    series, times = series[order], times[order]
+    label = series % 2
+    x = rng.normal(size=(len(series), 6)) + label[:, None] + np.sin(times)[:, None]
+    adata = ad.AnnData(x.astype(np.float32))
+    adata.obs_names = [f"o{i}" for i in range(len(series))]
+    adata.var_names = [f"g{i}" for i in range(6)]
+    adata.obs["series"] = pd.Categorical([f"s{s}" for s in series])
+    adata.obs["time"] = times
+    adata.obs["y"] = pd.Categorical(np.array(["even", "odd"])[label])
+    return adata
+
+
+@pytest.fixture(scope="module")
+def profile_model():
+    adata = profile_data()
+    model = tl.classify(
+        adata, label_key="y", layout="profile", chunk_size=8, hidden=(8,), max_epochs=2, quiet=True
+    )
+    return adata, model
+
+
+def opened_on(adata, model, chunk_rows):
+    return open_model(
+        adata,
+        model,
+        copy=True,
+        seed=0,
+        device="cpu",
+        gene_symbols=None,
+        min_gene_overlap=0.8,
+        chunk_rows=chunk_rows,
+    )
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 16, 37, 10**6])
+def test_streamed_classifier_equals_in_memory_bit_for_bit(profile_model, chunk_rows):
+    adata, model = profile_model
+    opened = opened_on(adata, model, chunk_rows)
+    enc = encode(opened.index, opened.source, model.preprocessor)
+    expected = predict_proba(model.module, enc.values, enc.lengths, "cpu", 16)
+    streamed = opened.stream(lambda x, n: predict_proba(model.module, x, n, "cpu", 16), 16)
+    for got, want in zip(streamed.outputs, expected, strict=True):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert np.array_equal(streamed.n_missing, enc.n_missing)
+
+
+def test_series_chunks_never_cut_a_series_and_end_with_a_partial_chunk():
+    adata = series_data()
+    from anndata_rnn.sequences import SequenceSpec
+
+    index = SequenceSpec("obs-series", series_key="series", time_key="time").index(adata)
+    chunks = list(sequence_chunks(index, np.arange(index.n_sequences), chunk_rows=10))
+    assert np.array_equal(np.concatenate(chunks), np.arange(index.n_sequences))
+    rows = [int(index.lengths[c].sum()) for c in chunks]
+    # a series longer than the chunk is a chunk of its own; every other chunk fits
+    assert all(r <= 10 or len(c) == 1 for r, c in zip(rows, chunks, strict=True))
+    assert any(r > 10 for r in rows) and len(chunks) > 3
+    assert rows[-1] < 10  # the last chunk is partial
+
+
+@pytest.mark.parametrize("chunk_rows", [4, 10, 25, 10**6])
+def test_streamed_series_embedding_equals_in_memory(chunk_rows):
+    """Whole series per chunk, batches that straddle chunks (batch 3), per-step latents."""
+    adata = series_data()
+    model = tl.embed(
+        adata, series_key="series", time_key="time", hidden=(8,), n_latent=4, max_epochs=2,
+        quiet=True,
+    )  # fmt: skip
+    opened = opened_on(adata, model, chunk_rows)
+    enc = encode(opened.index, opened.source, model.preprocessor)
+    expected = embed_sequences(model.module, enc.values, enc.lengths, "cpu", 3, steps=True)
+
+    def run(x, n):
+        return embed_sequences(model.module, x, n, "cpu", 3, steps=True)
+
+    streamed = opened.stream(run, 3)
+    for got, want in zip(streamed.outputs, expected, strict=True):
+        assert np.array_equal(got, want)
+    assert np.array_equal(streamed.lengths, enc.lengths)
+
+
+def test_var_series_reads_the_matrix_whole_and_says_so(caplog):
+    from anndata_rnn.sequences import SequenceSpec
+
+    adata = series_data()
+    spec = SequenceSpec("var-series", series_key="series", time_key="time")
+    index = spec.index(adata)
+    chunks = list(sequence_chunks(index, np.arange(index.n_sequences), chunk_rows=2))
+    assert len(chunks) == 1 and np.array_equal(chunks[0], np.arange(index.n_sequences))
+    model = tl.embed(
+        adata, layout="var-series", series_key="series", time_key="time", hidden=(4,),
+        n_latent=2, max_epochs=1, quiet=True,
+    )  # fmt: skip
+    caplog.set_level("INFO", logger="anndata_rnn")
+    tl.predict(adata, model, key_added="again", chunk_rows=2, quiet=True)
+    assert "reading the whole matrix" in caplog.text
+    assert np.array_equal(adata.varm["X_again"], adata.varm["X_rnn"])
+
+
+def test_progress_bar_on_stderr_unless_quiet(profile_model, capsys):
+    adata, model = profile_model
+    tl.predict(adata.copy(), model, key_added="p1", chunk_rows=16)
+    assert "seq" in capsys.readouterr().err
+    tl.predict(adata.copy(), model, key_added="p2", chunk_rows=16, quiet=True)
+    assert "seq" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line: a copy of the input plus the new elements
+
+
+def _elements(path):
+    """Every dataset (values, dtype, attrs) and group (attrs) of an HDF5 file."""
+    out = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name, obj):
+            attrs = {k: np.asarray(v).tolist() for k, v in obj.attrs.items()}
+            if isinstance(obj, h5py.Dataset):
+                data = obj[()]
+                if obj.dtype.kind == "O":  # variable-length strings: compare the values
+                    data = np.asarray(data).tolist()
+                elif obj.shape:
+                    data = data.tobytes()
+                out[name] = (obj.dtype.str, obj.shape, data, attrs)
+            else:
+                out[name] = attrs
+
+        f.visititems(visit)
+    return out
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def saved(profile_model, tmp_path):
+    _, model = profile_model
+    source = tmp_path / "in.h5ad"
+    profile_data().write_h5ad(source)  # the training data without the training's results
+    model.save(tmp_path / "m.h5")
+    return source, tmp_path / "m.h5"
+
+
+def test_cli_output_is_the_input_plus_the_in_memory_results(saved, tmp_path, file_hash):
+    source, model_path = saved
+    before = file_hash(source)
+    out = tmp_path / "out.h5ad"
+    result = run_cli(
+        "predict", source, "--model", model_path, "--output", out, "--chunk-rows", 13,
+        "--batch-size", 16, "--threads", 1, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert file_hash(source) == before
+    # every input element is in the output, unchanged (column-order only gains the new columns)
+    original, written = _elements(source), _elements(out)
+    for name, value in original.items():
+        if name in ("obs",):
+            assert (
+                written[name]["column-order"][: len(value["column-order"])]
+                == (value["column-order"])
+            )
+            continue
+        assert written[name] == value, name
+    new = set(written) - set(original)
+    assert {"obs/rnn_pred", "obs/rnn_conf", "obsm/rnn_proba", "obsm/X_rnn", "uns/rnn"} <= {
+        "/".join(n.split("/")[:2]) for n in new
+    }
+    # the new elements equal an in-memory prediction on the whole file
+    expected = ad.read_h5ad(source)
+    tl.predict(expected, Model.load(model_path), batch_size=16, device="cpu")
+    got = ad.read_h5ad(out)
+    assert got.obs.equals(expected.obs)
+    for key in ("rnn_proba", "X_rnn", "X_other"):
+        assert np.array_equal(got.obsm[key], expected.obsm[key])
+    assert (got.X != expected.X).nnz == 0
+    assert got.uns["rnn"]["gene_overlap"].keys() == expected.uns["rnn"]["gene_overlap"].keys()
+    assert np.array_equal(got.uns["note"]["kept"], np.arange(3))
+
+
+def test_cli_overwrite_replaces_a_column_in_place(saved, tmp_path):
+    source, model_path = saved
+    first = tmp_path / "first.h5ad"
+    assert (
+        run_cli("predict", source, "--model", model_path, "--output", first, "--quiet").exit_code
+        == 0
+    )
+    again = tmp_path / "again.h5ad"
+    result = run_cli("predict", first, "--model", model_path, "--output", again, "--quiet")
+    assert result.exit_code == 2 and "already exist" in result.output
+    result = run_cli(
+        "predict", first, "--model", model_path, "--output", again, "--overwrite", "--quiet"
+    )
+    assert result.exit_code == 0, result.output
+    a, b = ad.read_h5ad(first), ad.read_h5ad(again)
+    assert list(a.obs.columns) == list(b.obs.columns)
+    assert a.obs.equals(b.obs) and np.array_equal(a.obsm["X_rnn"], b.obsm["X_rnn"])
+
+
+def test_interrupted_streamed_write_leaves_no_output(saved, tmp_path, monkeypatch, file_hash):
+    import anndata_rnn.streaming as streaming
+
+    source, model_path = saved
+    before = file_hash(source)
+    calls = []
+    real = streaming.write_elem
+
+    def failing(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:  # after the copy and two new elements
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(streaming, "write_elem", failing)
+    out = tmp_path / "out.h5ad"
+    result = run_cli("predict", source, "--model", model_path, "--output", out, "--quiet")
+    assert result.exit_code == 130 and "no output was written" in result.output
+    assert len(calls) == 3
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad", "m.h5"]
+    assert file_hash(source) == before
+
+
+def test_backed_anndata_is_still_refused_without_copy(saved):
+    source, model_path = saved
+    backed = ad.read_h5ad(source, backed="r")
+    with pytest.raises(Exception, match="backed"):
+        tl.predict(backed, Model.load(model_path))
+    backed.file.close()
