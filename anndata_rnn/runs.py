@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
+from . import distributed
 from .errors import InputError
 from .io import uns_safe, versions
 from .model import Model, check_gene_overlap
@@ -336,7 +337,8 @@ def start_training(
     target = target_of(adata, copy)
     train_config.validate()
     seed_everything(seed)
-    torch_device = resolve_device(device)
+    torch_device = distributed.local_device(resolve_device(device))
+    distributed.init(torch_device)  # under torchrun: join the process group
     source = FeatureSource(target, layer=spec.layer, use_rep=spec.use_rep)
     var_mask = None
     if spec.layout == "var-series" and gene_subset is not None:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import InputError, TrainingError
 
 log = logging.getLogger("anndata_rnn")
@@ -156,14 +157,20 @@ def fit(
     """
     config.validate()
     module.to(device)
+    net = module
+    if distributed.active():  # torchrun: this rank's shard, gradients averaged by DDP
+        positions = torch.as_tensor(distributed.shard(len(train[0]), seed, 0))
+        train = tuple(t[positions] for t in train)
+        net = _DistributedModule(module, device)
+        quiet = quiet or not distributed.is_main()
     start_loss = dataset_loss(module, loss_fn, train, config.batch_size, device, seed)
     if config.schedule == "epochs":
         history = _fit_epochs(
-            module, loss_fn, train, val, config, device, seed, quiet, description, val_metric
+            net, loss_fn, train, val, config, device, seed, quiet, description, val_metric
         )
     else:
         history = _fit_steps(
-            module,
+            net,
             loss_fn,
             train,
             val,
@@ -194,6 +201,21 @@ def fit(
         )
     module.eval()
     return history
+
+
+class _DistributedModule(torch.nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that still answers the wrapped network's attributes (``level``,
+    ``penalty``, ``param_groups``) the tasks' loss functions read."""
+
+    def __init__(self, module, device):
+        ids = [device.index or 0] if device.type == "cuda" else None
+        super().__init__(module, device_ids=ids)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
 
 
 def _param_groups(module, lr: float):
@@ -261,6 +283,7 @@ def _fit_epochs(module, loss_fn, train, val, config, device, seed, quiet, descri
         history["train_loss"].append(train_loss)
         if has_val:
             val_loss, metric = evaluate_loss(module, loss_fn, val_loader, device, val_metric)
+            val_loss = distributed.mean(val_loss)
             history["val_loss"].append(val_loss)
             postfix = {"train": f"{train_loss:.4f}", "val": f"{val_loss:.4f}"}
             if metric is not None:
@@ -381,6 +404,7 @@ def _fit_steps(
         monitored = train_loss
         if has_val:
             val_loss, metric = evaluate_loss(module, loss_fn, val_loader, device, val_metric)
+            val_loss = distributed.mean(val_loss)
             history["val_loss"].append(val_loss)
             postfix["val"] = f"{val_loss:.4f}"
             if metric is not None:

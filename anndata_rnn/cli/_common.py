@@ -300,8 +300,11 @@ def train_and_write(input, output, model_out, metrics_table, train):
 
     All outputs appear together or not at all (temporary names renamed at the end).
     """
+    from .. import distributed
     from ..io import read_h5ad, write_h5ad
 
+    if distributed.requested() and int(os.environ.get("RANK", "0")) != 0:
+        return train(read_h5ad(input))  # under torchrun rank 0 alone writes the outputs
     with Outputs(inputs=(input,)) as outputs:
         out_tmp = outputs.add(output)
         model_tmp = outputs.add(model_out)
