@@ -59,6 +59,9 @@ def common_options(func):
                 # our own warnings are already logged as one line; python's repeat them with
                 # a source line, which reads like a crash on the command line
                 warnings.simplefilter("ignore", UserWarning)
+                # numpy's RuntimeWarnings (overflow, empty slices) are a source line, not a
+                # message: the checks report such data as one line of their own
+                warnings.simplefilter("ignore", RuntimeWarning)
                 return func(*args, quiet=quiet, **kwargs)
         except KeyboardInterrupt:
             click.echo("Interrupted: no output was written.", err=True)
