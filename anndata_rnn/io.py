@@ -15,10 +15,16 @@ import pandas as pd
 from anndata import AnnData
 
 from .errors import InputError
+from .h5check import check_self_contained
 
 
 def read_h5ad(path: str | os.PathLike, *, backed: bool = False) -> AnnData:
-    """Read an ``.h5ad`` file; a missing, non-HDF5 or damaged file is an :class:`InputError`."""
+    """Read an ``.h5ad`` file; a missing, non-HDF5 or damaged file is an :class:`InputError`.
+
+    The file must be self-contained (:func:`~anndata_rnn.h5check.check_self_contained`): one with
+    external links, external raw storage, virtual datasets or non-standard filters is refused
+    before anything reads its data.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"input file {str(path)!r} does not exist")
@@ -31,6 +37,7 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool = False) -> AnnData:
                     f"{str(path)!r} is an HDF5 file but not an AnnData .h5ad (no obs/var): "
                     "give an .h5ad written by anndata/scanpy"
                 )
+            check_self_contained(path, handle=f)
     except InputError:
         raise
     except Exception:
@@ -97,9 +104,24 @@ def temporary_name(path: Path) -> Path:
 
 
 def write_h5ad(adata: AnnData, path: str | os.PathLike, *, atomic: bool = True) -> None:
-    """Write an AnnData (atomically, unless the caller already stages ``path``)."""
+    """Write an AnnData (atomically, unless the caller already stages ``path``).
+
+    Nullable string columns and indices (``nullable-string-array``, what anndata writes for
+    pandas' string dtype) are written back as they were read, so every input element keeps its
+    encoding; the keys anndata-rnn adds are categoricals, numbers and plain string arrays.
+    """
     with atomic_path(path) if atomic else contextlib.nullcontext(path) as target:
-        adata.write_h5ad(target)
+        with _nullable_strings_allowed():
+            adata.write_h5ad(target)
+
+
+def _nullable_strings_allowed():
+    """anndata >= 0.11 refuses to write pandas string arrays unless this setting is on; older
+    versions have no such setting (nothing to switch)."""
+    settings = ad.settings
+    if not hasattr(settings, "allow_write_nullable_strings"):
+        return contextlib.nullcontext()
+    return settings.override(allow_write_nullable_strings=True)
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike, *, atomic: bool = True) -> None:

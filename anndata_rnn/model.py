@@ -9,7 +9,9 @@ Layout of the file (readable from R with rhdf5)::
     /arrays/<name>    task-specific arrays (e.g. class names)
 
 Loading reads attributes and numeric/string datasets only: h5py never unpickles, and every
-value is checked (type, shape, dtype) before use, so a hostile file can only be refused.
+value is checked (type, shape, dtype) before use, so a hostile file can only be refused. The file
+must be self-contained (no external links, external storage, virtual datasets or plugin filters;
+see :mod:`.h5check`), so a weight can never hold the bytes of another file.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, ModelFileError
+from .h5check import check_self_contained
 from .io import atomic_path
 from .networks import CELLS, TASK_MODULES, build_module
 from .preprocessing import IMPUTATION_CHOICES, SCALE_CHOICES, FeatureSource, Preprocessor
@@ -140,6 +143,8 @@ class Model:
             ) from None
         try:
             with handle as f:
+                # before reading anything: a weight must not come from another file
+                check_self_contained(path, error=ModelFileError, what="model file", handle=f)
                 return cls._read(f, path)
         except ModelFileError:
             raise

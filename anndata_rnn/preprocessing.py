@@ -14,9 +14,11 @@ Order of operations (the same at training and at prediction time):
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
@@ -62,6 +64,7 @@ class FeatureSource:
             raise InputError("give either layer or use_rep, not both")
         self.layer = layer
         self.use_rep = None
+        self.names_from = "var_names"  # what the gene names are read from (for messages)
         if use_rep is not None:
             self.use_rep = resolve_rep(adata, use_rep)
             self.matrix = adata.obsm[self.use_rep]
@@ -88,8 +91,10 @@ class FeatureSource:
                         + ", ".join(map(str, adata.var.columns))
                     )
                 self.feature_names = adata.var[gene_symbols].astype(str).to_numpy(dtype=object)
+                self.names_from = f"var[{gene_symbols!r}]"
             else:
                 self.feature_names = np.asarray(adata.var_names, dtype=object)
+                self.names_from = "var_names"
         self.n_rows = adata.n_obs
         if adata.n_obs == 0 or len(self.feature_names) == 0:
             raise InputError(
@@ -114,7 +119,10 @@ class FeatureSource:
         if sp.issparse(block) or hasattr(block, "to_memory"):
             block = block.to_memory() if hasattr(block, "to_memory") else block
             block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        block = np.asarray(block, dtype=np.float32)
+        block = np.asarray(block)
+        if block.dtype.kind == "f" and block.dtype.itemsize > 4:
+            _check_float32_range(block, self.description)
+        block = block.astype(np.float32, copy=False)
         if np.isinf(block).any():
             raise InputError(
                 f"{self.description} contains {int(np.isinf(block).sum())} infinite values: "
@@ -126,6 +134,32 @@ class FeatureSource:
                 "recompute the representation on complete data"
             )
         return block
+
+
+def _check_float32_range(block: np.ndarray, description: str) -> None:
+    """Refuse finite values that float32 (what the network computes in) cannot hold; casting
+    would silently turn them into ±inf (and numpy would print a raw overflow warning)."""
+    limit = np.finfo(np.float32).max
+    with np.errstate(invalid="ignore"):
+        beyond = np.isfinite(block) & (np.abs(block) > limit)
+    if beyond.any():
+        largest = float(np.abs(block[beyond]).max())
+        raise InputError(
+            f"{description} has {int(beyond.sum())} values beyond float32's range (largest "
+            f"{largest:.3g}, float32 holds up to {float(limit):.3g}): rescale the data (e.g. "
+            "log1p) or fix those entries"
+        )
+
+
+def duplicated_names(names: np.ndarray, limit: int = 3) -> str:
+    """'' when ``names`` are unique, else a short list like "'g0' (2×), 'g7' (3×)"."""
+    counts = pd.Series(np.asarray(names, dtype=object)).value_counts(sort=False)
+    repeated = counts[counts > 1]
+    if repeated.empty:
+        return ""
+    shown = ", ".join(f"{name!r} ({n}×)" for name, n in repeated.iloc[:limit].items())
+    more = f" and {len(repeated) - limit} more" if len(repeated) > limit else ""
+    return shown + more
 
 
 def _is_backed(matrix) -> bool:
@@ -259,8 +293,24 @@ class Preprocessor:
         )
 
     def missing_features(self, data_features: np.ndarray) -> np.ndarray:
-        """Model features absent from the data."""
-        return np.setdiff1d(self.features, np.asarray(data_features, dtype=object))
+        """Model features absent from the data.
+
+        Raises
+        ------
+        InputError
+            When a model gene appears more than once in the data: which column to use would be
+            a guess (genes the model does not use may repeat).
+        """
+        data_features = np.asarray(data_features, dtype=object)
+        used = data_features[np.isin(data_features, self.features)]
+        repeated = duplicated_names(used)
+        if repeated:
+            raise InputError(
+                f"the data has duplicated names for genes the model uses: {repeated}; the match "
+                "would be ambiguous: make the names unique (adata.var_names_make_unique(), or a "
+                "unique --gene-symbols column)"
+            )
+        return np.setdiff1d(self.features, data_features)
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(
@@ -342,6 +392,14 @@ class Preprocessor:
             if gene_subset is not None:
                 keep = np.asarray(gene_subset, dtype=bool)
             elif n_top_genes is not None:
+                if n_top_genes < 1:
+                    raise InputError(f"n_top_genes must be >= 1, got {n_top_genes}")
+                if n_top_genes >= len(names):
+                    log.info(
+                        "n_top_genes=%d is not below the %d genes: all genes are used",
+                        n_top_genes,
+                        len(names),
+                    )
                 keep = _highly_variable(block, n_top_genes)
             else:
                 keep = np.ones(len(names), dtype=bool)
@@ -356,6 +414,18 @@ class Preprocessor:
             block = block[:, columns]
         else:
             self.features = np.asarray(names, dtype=object)
+        if source.kind != "rep":
+            repeated = duplicated_names(self.features)
+            if repeated:
+                fix = (
+                    "make them unique first (adata.var_names_make_unique())"
+                    if source.names_from == "var_names"
+                    else "give a column of unique gene names"
+                )
+                raise InputError(
+                    f"{source.names_from} has duplicated gene names: {repeated}; a model needs "
+                    f"one column per gene name: {fix}"
+                )
 
         if self.layout == "profile":
             # a profile step mixes genes, so genes are standardized per row before chunking
@@ -369,9 +439,20 @@ class Preprocessor:
         # float64: a constant float32 column otherwise gets a std of ~1e-8 instead of 0, and
         # standardizing by it blows any later deviation up by 1e8
         flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
-        with np.errstate(all="ignore"):
+        # a feature without any value in the training rows gives numpy's "mean of empty slice"
+        # warnings: reported below as one line instead
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(flat, axis=0)
             std = np.nanstd(flat, axis=0)
+        empty = ~np.isfinite(mean)
+        if empty.any() and self.layout != "var-series" and len(self.features) == len(mean):
+            log.warning(
+                "%d genes have no value in the training rows (e.g. %s): they are filled with 0 "
+                "and carry no information",
+                int(empty.sum()),
+                ", ".join(map(str, self.features[empty][:3])),
+            )
         mean = np.where(np.isfinite(mean), mean, 0.0)
         constant = ~np.isfinite(std) | (std <= 1e-6 * np.maximum(1.0, np.abs(mean)))
         std = np.where(constant, 1.0, std)

@@ -247,6 +247,24 @@ def _ordered_groups(series: np.ndarray, times: np.ndarray, key_names: tuple[str,
     return groups
 
 
+def _refuse_repeated_obs_names(adata: AnnData, series: np.ndarray, keep, series_key) -> None:
+    """An observation name must not repeat inside one series (a sign of concatenated replicates
+    or a broken merge): which row is which step would be a guess."""
+    pairs = pd.DataFrame(
+        {"series": series[keep], "name": np.asarray(adata.obs_names, dtype=object)[keep]}
+    )
+    repeated = pairs.duplicated(keep=False)
+    if repeated.any():
+        first = pairs[repeated].iloc[0]
+        n = int(((pairs["series"] == first["series"]) & (pairs["name"] == first["name"])).sum())
+        where = f"series {first['series']!r}" if series_key else "the data (one series)"
+        raise InputError(
+            f"obs name {first['name']!r} appears {n} times in {where} "
+            f"({int(repeated.sum())} rows with repeated names): make obs names unique "
+            "(adata.obs_names_make_unique()) or give each replicate its own series"
+        )
+
+
 def build_index(
     adata: AnnData,
     *,
@@ -302,6 +320,7 @@ def build_index(
                 f"{levels} (when applying a model, choose the series with --series-subset)"
             )
     absolute = np.flatnonzero(keep)
+    _refuse_repeated_obs_names(adata, series, keep, series_key)
     groups = _ordered_groups(series[keep], times[keep], (series_key, time_key))
     groups = {name: absolute[rows] for name, rows in groups.items()}
     short = [name for name, rows in groups.items() if len(rows) < 2]

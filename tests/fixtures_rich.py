@@ -153,3 +153,122 @@ def assert_nothing_lost(out: ad.AnnData, inp: ad.AnnData) -> None:
         assert out.raw is not None, "raw lost"
         _assert_matrix_equal(out.raw.X, inp.raw.X, "raw.X")
         _assert_frame_kept(out.raw.var, inp.raw.var, "raw.var")
+
+
+# ---------------------------------------------------------------------------------------------
+# the same data as written by other anndata writers / settings (encodings on disk)
+
+ENCODINGS = [
+    "nullable strings",
+    "nullable-string categories",
+    "uint sparse indices",
+    "CSC X",
+    "dense X",
+]
+
+
+def write_encoded(path: Path, encoding: str) -> Path:
+    """Write :func:`rich_adata` to ``path`` in one of :data:`ENCODINGS`, with the anndata and
+    pandas installed here.
+
+    * "nullable strings": what anndata writes with ``pd.options.future.infer_string`` on (the
+      pandas 3 default) and ``allow_write_nullable_strings``: obs/var/raw.var indices and string
+      columns as ``nullable-string-array``;
+    * "nullable-string categories": as above, plus a categorical whose categories are stored as
+      a ``nullable-string-array`` (as newer writers do);
+    * "uint sparse indices": CSR X with ``uint32`` indices / indptr (R and Rust writers);
+    * "CSC X", "dense X": X as ``csc_matrix`` / a dense array.
+    """
+    import h5py
+
+    if encoding in ("nullable strings", "nullable-string categories"):
+        with (
+            pd.option_context("future.infer_string", True),
+            ad.settings.override(allow_write_nullable_strings=True),
+        ):
+            adata = rich_adata()
+            adata.obs["kind"] = pd.Categorical(
+                np.where(np.arange(adata.n_obs) % 3 == 0, "odd", "even"),
+                categories=pd.Index(["even", "odd"], dtype="string"),
+            )
+            adata.write_h5ad(path)
+        with h5py.File(path, "r") as f:
+            assert f["obs/_index"].attrs["encoding-type"] == "nullable-string-array"
+            assert f["var/symbol"].attrs["encoding-type"] == "nullable-string-array"
+        if encoding == "nullable-string categories":
+            with h5py.File(path, "a") as f:
+                group = f["obs/kind"]
+                del group["categories"]
+                categories = group.create_group("categories")
+                categories.attrs["encoding-type"] = "nullable-string-array"
+                categories.attrs["encoding-version"] = "0.1.0"
+                values = categories.create_dataset(
+                    "values", data=np.array(["even", "odd"], dtype=object),
+                    dtype=h5py.string_dtype("utf-8"),
+                )  # fmt: skip
+                mask = categories.create_dataset("mask", data=np.zeros(2, dtype=bool))
+                for item, kind in ((values, "string-array"), (mask, "array")):
+                    item.attrs["encoding-type"] = kind
+                    item.attrs["encoding-version"] = "0.2.0"
+        return path
+    adata = rich_adata(sparse=encoding != "dense X")
+    if encoding == "CSC X":
+        adata.X = sp.csc_matrix(adata.X)
+    adata.write_h5ad(path)
+    if encoding == "uint sparse indices":
+        with h5py.File(path, "a") as f:
+            for name in ("indices", "indptr"):
+                values = f["X"][name][()]
+                del f["X"][name]
+                f["X"].create_dataset(name, data=values.astype(np.uint32))
+    return path
+
+
+def h5_differences(inp, out) -> list[str]:
+    """Every HDF5 object of ``inp`` must be in ``out`` with the same attributes, dtype and
+    values; the one change allowed is new columns appended to a dataframe's column order."""
+    import h5py
+
+    problems: list[str] = []
+    with h5py.File(inp, "r") as a, h5py.File(out, "r") as b:
+
+        def visit(name, obj):
+            if name not in b:
+                problems.append(f"{name} lost")
+                return
+            other = b[name]
+            for attr, value in obj.attrs.items():
+                if attr not in other.attrs:
+                    problems.append(f"{name}: attribute {attr} lost")
+                    continue
+                new = np.asarray(other.attrs[attr])
+                old = np.asarray(value)
+                if attr == "column-order" and new.ndim == 1 and old.ndim == 1:
+                    new = new[: len(old)]  # columns we add come after the input's
+                if new.shape != old.shape or not np.array_equal(new, old):
+                    problems.append(f"{name}: attribute {attr} {value!r} -> {other.attrs[attr]!r}")
+            if isinstance(obj, h5py.Dataset):
+                if not isinstance(other, h5py.Dataset) or other.dtype != obj.dtype:
+                    problems.append(f"{name}: {obj.dtype} -> {getattr(other, 'dtype', 'group')}")
+                elif other.shape != obj.shape or not np.array_equal(
+                    other[()], obj[()], equal_nan=obj.dtype.kind == "f"
+                ):
+                    problems.append(f"{name}: values changed")
+
+        a.visititems(visit)
+    return problems
+
+
+def new_elements(inp, out) -> dict[str, str]:
+    """HDF5 paths present in ``out`` but not ``inp``, with their encoding-type."""
+    import h5py
+
+    found: dict[str, str] = {}
+    with h5py.File(inp, "r") as a, h5py.File(out, "r") as b:
+
+        def visit(name, obj):
+            if name not in a:
+                found[name] = str(obj.attrs.get("encoding-type", ""))
+
+        b.visititems(visit)
+    return found

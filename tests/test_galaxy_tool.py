@@ -28,6 +28,17 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("ANNDATA_RNN_REQUIRE_GALAXY", "") not in ("", "0"):
+    # CI (.ci/run) sets ANNDATA_RNN_REQUIRE_GALAXY=1: a missing galaxy-tool-util is an error
+    # there, not a skip, so this layer cannot silently drop out of the suite
+    try:
+        import galaxy.tool_util.parser  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(
+            f"ANNDATA_RNN_REQUIRE_GALAXY is set but galaxy-tool-util is not importable ({exc}): "
+            "pip install -e '.[test]'",
+            pytrace=False,
+        )
 pytest.importorskip(
     "galaxy.tool_util.parser", reason="needs galaxy-tool-util (pip install galaxy-tool-util)"
 )
@@ -712,3 +723,51 @@ def test_quoting_alone_would_not_be_enough(tmp_path):
     command = f"anndata-rnn classify --label '{hostile}'"
     run_rendered(command, tmp_path)
     assert (tmp_path / "pwned").exists()
+
+
+# ------------------------------------------------------- the hostile-key check on the server --
+def _ci_helpers():
+    import importlib.util
+
+    path = TOOL_XML.parent / ".ci" / "galaxy" / "ci_helpers.py"
+    spec = importlib.util.spec_from_file_location("ci_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hostile_key_check_for_the_real_server(tmp_path):
+    """run_tool_tests.sh serves a copy of the tool without its key validators whose one test
+    sends a hostile key; the test expects the key Galaxy's sanitizer makes of it, a listing of
+    the job directory, and no PWNED file in it. The copy is a valid tool (it lints clean) and the
+    command it renders runs nothing but anndata-rnn."""
+    helpers = _ci_helpers()
+    (tmp_path / "tool").mkdir()
+    helpers.hostile_xml(str(TOOL_XML.parent), str(tmp_path / "tool"))
+    copy = tmp_path / "tool" / "galaxy_tool.xml"
+    source = get_tool_source(str(copy))
+    assert source.parse_id() == "anndata_rnn_hostile"
+    ctx = LintContext(level="all", skip_types=["BioToolsValid", "EDAMTermsValid"])
+    lint_tool_source_with(ctx, source)
+    problems = [m.message for m in ctx.message_list if m.level in ("error", "warning")]
+    assert problems == []
+    (test,) = source.parse_tests_to_dict()["tests"]
+    values = {inp["name"]: inp["value"] for inp in test["inputs"]}
+    hostile = values["mode|key_added"]
+    for fragment in ("'", '"', "$(", "`", ";"):
+        assert fragment in hostile, fragment
+    # the key the test expects is the one Galaxy's sanitizer (ported above) keeps
+    elem = dict(text_params())["mode|key_added"]  # every mode's key uses the same sanitizer
+    key = Sanitizer(elem.find("sanitizer"))(hostile)
+    assert key == helpers.sanitized_key(hostile) == "xtouchPWNEDtouchPWNEDtouchPWNEDtouchPWNEDecho"
+    asserted = [a["attributes"] for a in test["outputs"][0]["attributes"]["assert_list"]]
+    assert asserted[0]["keys"].split(",")[0] == f"obs/{key}_pred"
+    stdout = {(a["tag"], a["attributes"].get("line"), a["attributes"].get("negate"))
+              for a in test["stdout"]}  # fmt: skip
+    assert ("has_line", "PWNED", "true") in stdout
+    assert source.parse_command().rstrip().endswith("&& ls -a")
+    # the main tool rendered with this value (validators bypassed) touches nothing
+    command = render_command({"mode|mode": "predict", "mode|key_added": hostile})
+    (args,) = run_rendered(command, tmp_path)
+    assert not list(tmp_path.rglob("PWNED"))
+    assert args[args.index("--key-added") + 1] == key

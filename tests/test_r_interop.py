@@ -405,8 +405,34 @@ def case_checker(tmp: Path) -> dict:
     }
 
 
+def case_nullable(tmp: Path) -> dict:
+    """(f) an input whose indices and string columns are nullable-string-array (anndata with
+    ``pd.options.future.infer_string``), classified through the CLI: R reads the whole output
+    (the input's own nullable strings included) and the new keys pass --strict."""
+    import sys
+
+    from click.testing import CliRunner
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fixtures_rich import write_encoded
+
+    from anndata_rnn.cli import main
+
+    source = write_encoded(tmp / "nullable.h5ad", "nullable strings")
+    output = tmp / "nullable_classified.h5ad"
+    args = ["classify", str(source), "--series-key", "series", "--time-key", "time",
+            "--label", "label", "--hidden", "8", "--epochs", "2", "--device", "cpu", "--quiet",
+            "--key-added", KEY, "--output", str(output), "--model-out", str(tmp / "m.h5")]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    with h5py.File(output, "r") as f:
+        assert f["obs/_index"].attrs["encoding-type"] == "nullable-string-array"
+    return {"jobs": [{"label": "nullable", "h5ad": output, "expected": tmp / "exp_nullable"}]}
+
+
 CASES = {
     "classify": case_classify,
+    "nullable": case_nullable,
     "forecast": case_forecast,
     "embed": case_embed,
     "checker": case_checker,
@@ -511,6 +537,16 @@ def test_embedding_output_reads_in_r(r_checks):
     assert f"{KEY}_cluster" in var_job["exported"]["var"]
     assert f"obs/{KEY}_cluster" in assert_ok_in_r(r_checks, obs_job)
     assert f"var/{KEY}_cluster" in assert_ok_in_r(r_checks, var_job)
+
+
+def test_nullable_string_input_output_reads_in_r(r_checks):
+    """(f) the output of a nullable-string input: R builds the SingleCellExperiment with the
+    input's string names and columns, and the predictions equal Python's."""
+    (job,) = get_case(r_checks, "nullable")["jobs"]
+    assert set(job["exported"]["obs"]) >= {f"{KEY}_pred", f"{KEY}_conf"}
+    out = assert_ok_in_r(r_checks, job)
+    assert "class: SingleCellExperiment" in out
+    assert f"{KEY}_pred" in out
 
 
 def test_r_checker_detects_mismatches_and_bad_encodings(r_checks):

@@ -8,6 +8,10 @@ Subcommands::
     create-user URL ADMIN_KEY EMAIL    create a user, print a new API key for it
     break-xml SRC DST                  copy SRC to DST with the first test's first has_h5_keys broken
                                        and every other test removed (for --expect-failure-check)
+    hostile-xml SRC_DIR DST_DIR        write DST_DIR/galaxy_tool.xml + macros.xml: the tool with the
+                                       key validators taken out and one test that sends a hostile
+                                       key (quotes, $(...), backticks, ';') through the sanitizer
+                                       and quoting only, asserting no shell command ran
     summarize JSON...                  print a per-test summary of planemo's --test_output_json files;
                                        exit 1 when a test failed or none ran
 """
@@ -99,6 +103,65 @@ def break_xml(src: str, dst: str) -> None:
     print(f"wrote {dst}: first test now asserts {keys[0]!r}")
 
 
+#: a key_added value that runs `touch PWNED` if it ever reaches a shell unquoted/unsanitized
+HOSTILE_KEY = 'x\'; touch PWNED; $(touch PWNED) `touch PWNED` "; touch PWNED; echo "'
+KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def sanitized_key(value: str) -> str:
+    """What the tool's key sanitizer (macros.xml sanitize_key) keeps of a value."""
+    return "".join(c for c in value if c in KEY_CHARS)
+
+
+def hostile_xml(src_dir: str, dst_dir: str) -> None:
+    """A copy of the tool that defends itself by sanitizer + quoting alone.
+
+    Galaxy refuses a hostile key at submission (regex validators), and its linter refuses tool
+    tests whose values fail a validator, so the real tool cannot carry this test. The copy drops
+    the key validators (as a client that bypassed them would), lists its working directory
+    after the run, and asserts that the job wrote its results under the sanitized key and that
+    no file named PWNED appeared (no shell command of the value ran).
+    """
+    os.makedirs(dst_dir, exist_ok=True)
+    macros = ET.parse(os.path.join(src_dir, "macros.xml"))
+    for xml in macros.getroot().iter("xml"):
+        if xml.get("name") == "sanitize_key":
+            for validator in xml.findall("validator"):
+                xml.remove(validator)
+    macros.write(os.path.join(dst_dir, "macros.xml"), encoding="unicode")
+    tree = ET.parse(os.path.join(src_dir, "galaxy_tool.xml"))
+    root = tree.getroot()
+    root.set("id", "anndata_rnn_hostile")
+    root.set("name", "AnnData RNN (hostile-key check)")
+    command = root.find("command")
+    command.text = command.text.rstrip() + "\n&& ls -a\n"
+    tests = root.find("tests")
+    for test in list(tests):
+        tests.remove(test)
+    key = sanitized_key(HOSTILE_KEY)
+    test = ET.SubElement(tests, "test", {"expect_num_outputs": "1"})
+    mode = ET.SubElement(test, "conditional", {"name": "mode"})
+    for name, value, ftype in (
+        ("mode", "predict", None),
+        ("adata", "galaxy_krumsiek11_series.h5ad", "h5ad"),
+        ("model", "galaxy_krumsiek11_model.h5", "h5"),
+        ("key_added", HOSTILE_KEY, None),
+    ):
+        attrs = {"name": name, "value": value}
+        if ftype:
+            attrs["ftype"] = ftype
+        ET.SubElement(mode, "param", attrs)
+    output = ET.SubElement(test, "output", {"name": "anndata_out", "ftype": "h5ad"})
+    contents = ET.SubElement(output, "assert_contents")
+    ET.SubElement(contents, "has_h5_keys", {"keys": f"obs/{key}_pred,obsm/{key}_proba,uns/{key}"})
+    stdout = ET.SubElement(test, "assert_stdout")
+    ET.SubElement(stdout, "has_text", {"text": f"obs/{key}_pred"})
+    ET.SubElement(stdout, "has_line", {"line": "output.h5ad"})  # the listing ran
+    ET.SubElement(stdout, "has_line", {"line": "PWNED", "negate": "true"})
+    tree.write(os.path.join(dst_dir, "galaxy_tool.xml"), encoding="unicode")
+    print(f"wrote {dst_dir}/galaxy_tool.xml: key {HOSTILE_KEY!r} -> {key!r}")
+
+
 def summarize(*paths: str) -> None:
     tests = []
     for path in paths:
@@ -138,6 +201,7 @@ def main() -> None:
         "wait-up": wait_up,
         "create-user": create_user,
         "break-xml": break_xml,
+        "hostile-xml": hostile_xml,
         "summarize": summarize,
     }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:

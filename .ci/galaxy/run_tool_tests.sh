@@ -2,7 +2,8 @@
 # Lint galaxy_tool.xml with planemo and run its <tests> on a real, throw-away Galaxy server.
 #
 # Usage (from anywhere):
-#   .ci/galaxy/run_tool_tests.sh                          lint + all tool tests
+#   .ci/galaxy/run_tool_tests.sh                          lint + all tool tests + the hostile-key
+#                                                         check (a validator-free copy of the tool)
 #   .ci/galaxy/run_tool_tests.sh --tool PATH/TO/tool.xml  the same for another tool XML
 #   .ci/galaxy/run_tool_tests.sh --lint-only              only the planemo lint step
 #   .ci/galaxy/run_tool_tests.sh --expect-failure-check   self-check: run a copy of the tool whose
@@ -132,6 +133,17 @@ if [ "$MODE" = expect-failure ]; then
     TOOL="$WORK/broken_tool/$(basename "$TOOL")"
 fi
 
+# the hostile-key check (all mode): a copy of the tool without its key validators, whose one test
+# sends quotes, $(...), backticks and ';' through the sanitizer and quoting and asserts that no
+# shell command ran (see hostile_xml in ci_helpers.py); served by the same Galaxy
+HOSTILE_TOOL=""
+if [ "$MODE" = all ]; then
+    mkdir -p "$WORK/hostile_tool"
+    ln -s "$TEST_DATA" "$WORK/hostile_tool/test-data"
+    "$PYTHON" "$HERE/ci_helpers.py" hostile-xml "$(dirname "$TOOL")" "$WORK/hostile_tool"
+    HOSTILE_TOOL="$WORK/hostile_tool/galaxy_tool.xml"
+fi
+
 # ---- (d) a throw-away Galaxy server -----------------------------------------------------------
 PORT="$("$PYTHON" "$HERE/ci_helpers.py" free-port)"
 URL="http://127.0.0.1:$PORT"
@@ -142,6 +154,7 @@ cat >"$WORK/tool_conf.xml" <<EOF
 <toolbox>
   <section id="anndata_rnn_ci" name="anndata-rnn">
     <tool file="$TOOL"/>
+$([ -z "$HOSTILE_TOOL" ] || echo "    <tool file=\"$HOSTILE_TOOL\"/>")
   </section>
 </toolbox>
 EOF
@@ -227,11 +240,27 @@ for shard in $(seq 0 $((JOBS - 1))); do
         "$TOOL" >"$WORK/planemo_test_$shard.log" 2>&1 &
     PIDS+=($!)
 done
+if [ -n "$HOSTILE_TOOL" ]; then
+    log "planemo test --engine external_galaxy: the hostile-key check"
+    "$PLANEMO_VENV/bin/planemo" test \
+        --engine external_galaxy \
+        --galaxy_url "$URL" \
+        --galaxy_admin_key "$ADMIN_KEY" \
+        --galaxy_user_key "$USER_KEY" \
+        --test_data "$TEST_DATA" \
+        --test_output "$WORK/tool_test_output_hostile.html" \
+        --test_output_json "$WORK/tool_test_output_hostile.json" \
+        --test_timeout 900 \
+        "$HOSTILE_TOOL" >"$WORK/planemo_test_hostile.log" 2>&1 &
+    PIDS+=($!)
+fi
 TEST_RC=0
 for shard in "${!PIDS[@]}"; do
     if ! wait "${PIDS[$shard]}"; then TEST_RC=1; fi
-    echo "--- planemo test process $((shard + 1))/$JOBS:"
-    grep -v -E '^(WARNING: Location|\s*$)' "$WORK/planemo_test_$shard.log" | tail -n 30
+    name="$shard"
+    if [ "$shard" -ge "$JOBS" ]; then name=hostile; fi
+    echo "--- planemo test process $name:"
+    grep -v -E '^(WARNING: Location|\s*$)' "$WORK/planemo_test_$name.log" | tail -n 30
 done
 set +e
 "$PYTHON" "$HERE/ci_helpers.py" summarize "$WORK"/tool_test_output_*.json

@@ -62,6 +62,9 @@ def common_options(func):
                 # a source line, which reads like a crash on the command line
                 warnings.simplefilter("ignore", UserWarning)
                 warnings.showwarning = _recording(warnings.showwarning)
+                # numpy's RuntimeWarnings (overflow, empty slices) are a source line, not a
+                # message: the checks report such data as one line of their own
+                warnings.simplefilter("ignore", RuntimeWarning)
                 return func(*args, quiet=quiet, **kwargs)
         except KeyboardInterrupt:
             click.echo("Interrupted: no output was written.", err=True)

@@ -15,11 +15,6 @@ import time
 
 import numpy as np
 import torch
-
-from anndata_rnn.networks import build_module
-from anndata_rnn.preprocessing import FeatureSource, Preprocessor
-from anndata_rnn.sequences import read_labels
-from anndata_rnn.tl._classify import _logistic_baseline, _test_metrics, run_network
 from anndata_rnn.tl._common import (
     architecture,
     build_sequences,
@@ -29,6 +24,11 @@ from anndata_rnn.tl._common import (
     sequence_keys,
     training_index,
 )
+
+from anndata_rnn.networks import build_module
+from anndata_rnn.preprocessing import FeatureSource, Preprocessor
+from anndata_rnn.sequences import read_labels
+from anndata_rnn.tl._classify import _logistic_baseline, _test_metrics, run_network
 from anndata_rnn.training import TrainConfig, fit, seed_everything
 
 torch.set_num_threads(1)

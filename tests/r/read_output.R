@@ -278,7 +278,8 @@ read_sparse <- function(path, fmt) {
 read_dataframe <- function(path) {
     a <- read_attrs(path)
     idx_name <- if (is.null(a[["_index"]])) "_index" else as.character(a[["_index"]])
-    idx <- as.character(read_dataset(paste0(path, "/", idx_name)))
+    # an index written from pandas' string dtype is a nullable-string-array group
+    idx <- as.character(read_elem(paste0(path, "/", idx_name)))
     cols <- as.character(unlist(a[["column-order"]]))
     df <- new("DFrame", nrows = length(idx), rownames = idx)
     for (cn in cols) {
