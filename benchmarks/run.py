@@ -245,16 +245,23 @@ def training_seconds_from_log(records: list[tuple[float, str]], epochs: int) -> 
     """Time from the log record before the training summary (``"... N epochs ..."``, logged when
     the training loop ends) to that summary: the training loop, plus the encoding of the
     sequences that precedes it. ``None`` when the log has no such summary."""
-    pattern = re.compile(rf"\b{epochs} epochs?\b")
+    # the main network's summary (the linear path alone logs its own, later): "N epochs" (epoch
+    # schedule) or "S steps (batch B, P per epoch)" with S = epochs x P (step schedule)
+    by_epochs = re.compile(rf"\b{epochs} epochs?\b")
+    by_steps = re.compile(r"^classify \(.+\): (\d+) steps \(batch \d+, (\d+) per epoch\)")
     for i, (stamp, message) in enumerate(records):
-        if i > 0 and pattern.search(message):
+        steps = by_steps.search(message)
+        whole = steps is not None and int(steps[1]) == epochs * int(steps[2])
+        if i > 0 and (whole or (steps is None and by_epochs.search(message))):
             return stamp - records[i - 1][0]
     return None
 
 
 def package_classify(adata, epochs: int, device: str, seed: int = 0):
     """``tl.classify`` on the profile layout with early stopping effectively off
-    (``patience=epochs``); everything else at its defaults.
+    (``patience=epochs``, ``min_steps=0``) and without the linear path (the bare loop's LSTM);
+    everything else at its defaults. The package also trains the linear path alone (its
+    ablation); the log timing isolates the main network's loop.
 
     Returns ``(model, wall seconds, training seconds from the package's log or None)``."""
     import anndata_rnn as ar
@@ -274,6 +281,8 @@ def package_classify(adata, epochs: int, device: str, seed: int = 0):
             batch_size=TRAIN_BATCH,
             max_epochs=epochs,
             patience=epochs,
+            min_steps=0,  # exactly `epochs` passes, as the bare loop
+            linear_path=False,  # the same LSTM as the bare loop
             seed=seed,
             device=device,
             quiet=True,

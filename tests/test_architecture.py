@@ -10,8 +10,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "anndata_rnn"
 #: layer of each top-level part (ARCHITECTURE.md, "Who may import whom")
 LAYERS = {
     "errors": 1,
+    "h5check": 2,
     "distributed": 1,
-    "io": 2,
+    "io": 3,
     "sequences": 2,
     "training": 2,
     "metrics": 2,
