@@ -26,6 +26,12 @@ DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("steps", "epochs")
 
 
+def default_min_steps() -> int:
+    """The step schedule's floor when none is given: 600, or ``ANNDATA_RNN_MIN_STEPS`` (for
+    quick trials and the test suite, whose tiny runs need no floor)."""
+    return int(os.environ.get("ANNDATA_RNN_MIN_STEPS", "600"))
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by every task.
@@ -53,10 +59,14 @@ class TrainConfig:
     patience: int = 10
     weight_decay: float = 0.0
     schedule: str = "epochs"
-    min_steps: int = 600
+    min_steps: int | None = None
     min_batch: int = 8
     eval_every: int = 0
     lr_patience: int | None = None
+
+    def __post_init__(self):
+        if self.min_steps is None:
+            self.min_steps = default_min_steps()
 
     def validate(self) -> None:
         if self.max_epochs < 1:

@@ -6,6 +6,9 @@ import hashlib
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# tiny test runs need no step floor (the default 600 steps would make the suite ten times
+# slower); the accuracy tests that claim default-option numbers lift this (default_schedule)
+os.environ.setdefault("ANNDATA_RNN_MIN_STEPS", "0")
 
 import anndata as ad  # noqa: E402
 import numpy as np  # noqa: E402
@@ -65,3 +68,9 @@ def write(tmp_path):
         return path
 
     return _write
+
+
+@pytest.fixture
+def default_schedule(monkeypatch):
+    """The step schedule's real default floor (600 steps), as a user gets it."""
+    monkeypatch.delenv("ANNDATA_RNN_MIN_STEPS", raising=False)

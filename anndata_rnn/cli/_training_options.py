@@ -114,9 +114,9 @@ def training_options(
                 click.option(
                     "--min-steps",
                     type=click.IntRange(min=0),
-                    default=600,
-                    show_default=True,
-                    help="Train at least this many optimizer steps, however small the data.",
+                    default=None,
+                    help="Train at least this many optimizer steps, however small the data "
+                    "[default: 600, or the environment's ANNDATA_RNN_MIN_STEPS].",
                 ),
                 click.option(
                     "--linear-path/--no-linear-path",

@@ -55,7 +55,7 @@ def classify(
     batch_size: int = 64,
     lr: float = 1e-3,
     patience: int = 10,
-    min_steps: int = 600,
+    min_steps: int | None = None,
     class_weights: bool = False,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
@@ -114,6 +114,7 @@ def classify(
         after ``patience`` passes (at least ``min_steps / 2`` steps) without a better validation
         loss (best weights restored), the learning rate halved on plateaus; balanced class
         weights for imbalance. A fit whose loss never leaves its start is reported.
+        ``min_steps=None``: 600 (or the environment's ``ANNDATA_RNN_MIN_STEPS``).
     val_fraction, test_fraction, split_key
         Split by sequence (never by steps of one sequence), stratified where labels allow, or
         from a column of train/val/test.

@@ -61,7 +61,7 @@ def forecast(
     batch_size: int = 64,
     lr: float = 1e-3,
     patience: int = 10,
-    min_steps: int = 600,
+    min_steps: int | None = None,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     split_key: str | None = None,
