@@ -458,8 +458,11 @@ class Preprocessor:
         std = np.where(constant, 1.0, std)
         self.mean, self.std = mean.astype(np.float64), std.astype(np.float64)
         if self.use_time and self.layout != "profile":
-            dt = _time_gaps(times)
-            valid = np.isfinite(times)
+            # a sequence's first step has no gap before it: only real gaps enter the statistics
+            dt = _time_gaps(times)[:, 1:]
+            valid = np.isfinite(times[:, 1:])
+            if not valid.any():
+                dt, valid = _time_gaps(times), np.isfinite(times)
             self.dt_mean = float(dt[valid].mean())
             sd = float(dt[valid].std())
             self.dt_std = sd if sd > 1e-8 else 1.0
@@ -527,6 +530,9 @@ class Preprocessor:
         values[~valid] = 0.0
         if self.use_time and self.layout != "profile":
             dt = gap_channel(self, _time_gaps(times))
+            # no gap before the first step: the standardized mean (0), not an extreme value
+            # that says nothing (on regular sampling a first gap of 0 standardizes to ~ -1/cv)
+            dt[:, 0] = 0.0
             dt[~valid] = 0.0
             values = np.concatenate([values, dt[..., None]], axis=-1)
         return values.astype(np.float32)

@@ -59,10 +59,12 @@ def test_profile_chunks_cover_every_gene(pbmc):
 # the acceptance numbers
 
 
-def test_yeast_cell_cycle_genes_beat_the_baseline(spellman, tmp_path):
-    """cdc15 gene profiles -> Spellman's 800 cell-cycle genes, held-out genes.
+def test_yeast_cell_cycle_genes_beat_the_baseline(spellman, tmp_path, default_schedule):
+    """cdc15 gene profiles -> Spellman's 800 cell-cycle genes, held-out genes (the demo's
+    settings, the default step schedule and linear path).
 
-    Measured (seed 0, 1 thread): RNN AUROC 0.923, logistic baseline 0.686.
+    Measured (seed 0, 1 thread): RNN AUROC 0.9225, linear path alone 0.680, logistic baseline
+    0.686.
     """
     adata = spellman.copy()
     model = ar.tl.classify(
@@ -81,8 +83,10 @@ def test_yeast_cell_cycle_genes_beat_the_baseline(spellman, tmp_path):
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
     metrics = back.uns["rnn"]["metrics"]
-    assert metrics["rnn"]["auroc"] >= 0.88
-    assert metrics["rnn"]["auroc"] >= metrics["baseline"]["auroc"] + 0.10
+    assert metrics["rnn"]["auroc"] >= 0.915
+    assert metrics["rnn"]["auroc"] >= metrics["baseline"]["auroc"] + 0.20
+    assert metrics["rnn"]["auroc"] >= metrics["linear_path"]["auroc"] + 0.20
+    assert not back.uns["rnn"]["history"]["failed_fit"]
     # outputs land in var / varm, one row per gene
     assert back.var["rnn_pred"].dtype == "category"
     assert list(back.var["rnn_pred"].cat.categories) == list(back.uns["rnn"]["classes"])
