@@ -51,8 +51,10 @@ def test_every_encoding_round_trips(encoding, command, model, tmp_path):
     assert result.exit_code == 0, (result.output, result.exception)
     assert hashes(source, model) == state, "an input file was modified"
     differences = h5_differences(source, output)
-    if encoding == "nullable-string categories":
-        # anndata (0.12) writes every categorical's categories as a plain string-array; pandas
+    if encoding == "nullable-string categories" and command != "predict":
+        # predict writes a copy of the input plus its new elements, so nothing changes; the
+        # training commands write the whole AnnData, and anndata (0.12) writes every
+        # categorical's categories as a plain string-array; pandas
         # categories cannot be missing, so the all-False mask carried nothing and the values are
         # the same (checked below). This is the one input element whose encoding changes.
         assert differences == [
@@ -69,7 +71,7 @@ def test_every_encoding_round_trips(encoding, command, model, tmp_path):
     nullable = {name: kind for name, kind in added.items() if kind.startswith("nullable")}
     assert nullable == {}, "new keys must use encodings R reads"
     inp = ad.read_h5ad(source)
-    if encoding == "nullable-string categories":  # same categories, now an object index
+    if encoding == "nullable-string categories" and command != "predict":  # object index now
         kind = inp.obs["kind"]
         inp.obs["kind"] = kind.cat.set_categories(kind.cat.categories.astype(object))
     assert_nothing_lost(ad.read_h5ad(output), inp)

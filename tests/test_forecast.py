@@ -192,7 +192,7 @@ def test_krumsiek_reports_all_three_models_honestly(krumsiek):
     assert krumsiek.obsm[f"X_{KEY}"].shape == (krumsiek.n_obs, 32)
 
     metrics = krumsiek.uns[KEY]["metrics"]
-    assert set(metrics) == {"rnn", "persistence", "linear_ar"}
+    assert set(metrics) == {"rnn", "linear_path", "persistence", "linear_ar"}
     for name in metrics:
         for m in ("mse", "mae", "r2", "pearson_r"):
             assert np.isfinite(metrics[name][m]), (name, m)
@@ -351,7 +351,7 @@ def test_cli_forecast_and_predict_end_to_end(small, write, tmp_path):
     assert "RNN" in result.output and "persistence" in result.output
     assert "linear_ar" in result.output and "one step ahead" in result.output
     frame = pd.read_csv(table, sep="\t")
-    assert list(frame.columns) == ["metric", "rnn", "persistence", "linear_ar"]
+    assert list(frame.columns) == ["metric", "rnn", "linear_path", "persistence", "linear_ar"]
     written = ad.read_h5ad(out)
     assert f"{KEY}_forecast" in written.layers
     assert written.uns[KEY]["future"]["values"].shape == (2 * small.obs["series"].nunique(), 6)
