@@ -54,6 +54,14 @@ def check_settings(method: str | None, n_clusters: int | None, resolution: float
         raise InputError(f"resolution must be > 0, got {resolution}")
 
 
+def check_count(method: str | None, n_clusters: int | None, n_items: int) -> None:
+    """k-means cannot make more clusters than there are units (checked before training)."""
+    if method == "kmeans" and n_clusters is not None and not 1 <= n_clusters <= n_items:
+        raise InputError(
+            f"n_clusters must be in 1..{n_items} (the units clustered), got {n_clusters}"
+        )
+
+
 def cluster_matrix(
     x: np.ndarray,
     *,

@@ -233,7 +233,7 @@ class TrainingRun:
 
     def test_cautions(self, labels=None) -> list[str]:
         """Why the test metrics of a plain run cannot be trusted (fewer than 10 test units, or
-        fewer than 2 of some class), each with the fix; also logged as warnings."""
+        fewer than 2 of some class), each with the fix."""
         units = np.flatnonzero(self.split == "test")
         if labels is not None and labels.level == "unit":
             units = units[labels.codes[units] >= 0]
@@ -251,8 +251,8 @@ class TrainingRun:
                     f"class(es) {', '.join(rare)} have fewer than 2 test units: their metrics "
                     "are unreliable; use cross-validation (--cv 5)"
                 )
-        for caution in cautions:
-            log.warning(caution)
+        for caution in cautions:  # printed under the metrics table and stored in uns
+            log.info(caution)
         return cautions
 
     def write_split(self, categories=("train", "val", "test", "unused")) -> str:

@@ -279,7 +279,11 @@ def cli_help(command: str) -> str:
 
 
 def help_options(command: str) -> set[str]:
-    return set(re.findall(r"(?m)^\s+(--[a-z0-9][a-z0-9-]*)", cli_help(command)))
+    """Every option of a command's --help, both halves of an on/off pair included."""
+    pairs = re.findall(
+        r"(?m)^\s+(--[a-z0-9][a-z0-9-]*)(?: / (--[a-z0-9][a-z0-9-]*))?", cli_help(command)
+    )
+    return {option for pair in pairs for option in pair if option}
 
 
 FAKE_CLI = """#!/usr/bin/env bash

@@ -150,7 +150,7 @@ def test_ar_window_uses_each_sequence_end():
         assert torch.allclose(window[i], expected)
 
 
-def test_schedule_sizes_to_the_data():
+def test_schedule_sizes_to_the_data(default_schedule):
     config = TrainConfig(schedule="steps")  # batch 64, 100 epochs, patience 10, min 600 steps
     small = schedule_for(42, config)
     assert small["batch_size"] == 11 and small["steps_per_epoch"] == 4

@@ -12,6 +12,7 @@ from anndata import AnnData
 
 from ..baselines import pca_kmeans_baseline, unit_features
 from ..clustering import (
+    check_count,
     check_settings,
     cluster_matrix,
     clustered_truth,
@@ -182,6 +183,7 @@ normalize, n_top_genes, gene_subset
             log.info(note)
     level = resolve_level(layout, cluster_level, labels)
     check_keys_free(target, output_targets(layout, key), overwrite)
+    check_count(cluster, n_clusters, run.index.n_units if level == "unit" else run.index.n_obs)
     split = run.choose_split(split_key=split_key, val_fraction=val_fraction, test_fraction=0.0)
     if split_key is not None and (split == "test").any():
         log.info("embed uses no test split: units marked test are embedded, not trained on")
