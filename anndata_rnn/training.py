@@ -201,7 +201,7 @@ def fit(
         math.isfinite(reference) and final_loss > reference * (1 - FAILED_FIT_TOLERANCE)
     )
     if history["failed_fit"]:
-        log.warning(
+        log.info(
             "%s: the training loss stayed at its starting value (%.4f -> %.4f): the model "
             "learned nothing; try more steps (--epochs), a higher learning rate (--lr) or "
             "smaller batches (--batch-size)",

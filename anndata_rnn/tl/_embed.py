@@ -313,6 +313,7 @@ normalize, n_top_genes, gene_subset
         history=history,
         tail={"cluster_report": reports},
         text_in_config=False,
+        cautions=["the autoencoder did not learn: raise --epochs"] * bool(history["failed_fit"]),
         notes=labels.notes if labels is not None else [],
         arrays=arrays,
         title="clustered units",
