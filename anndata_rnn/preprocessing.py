@@ -584,6 +584,17 @@ def _zscore_within(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 # encoding: the one path from a sequence index to standardized network inputs
 
 
+def imputed_count(encoded) -> int:
+    """Values imputed over all sequences (``encoded.n_missing`` summed)."""
+    return int(encoded.n_missing.sum())
+
+
+def missing_fraction_of(encoded, prep: Preprocessor) -> np.ndarray:
+    """Fraction of each sequence's values that were missing before imputation."""
+    n_features = 1 if prep.layout == "var-series" else len(prep.features)
+    return encoded.n_missing / np.maximum(encoded.lengths * n_features, 1)
+
+
 @dataclass
 class Encoded:
     """Standardized sequences and what was really observed (imputed values are never targets).
@@ -600,14 +611,8 @@ class Encoded:
     n_features: int
     n_missing: np.ndarray
 
-    @property
-    def imputed(self) -> int:
-        return int(self.n_missing.sum())
-
-    def missing_fraction(self, prep: Preprocessor) -> np.ndarray:
-        """Fraction of each sequence's values that were missing before imputation."""
-        n_features = 1 if prep.layout == "var-series" else len(prep.features)
-        return self.n_missing / np.maximum(self.lengths * n_features, 1)
+    imputed = property(lambda self: imputed_count(self))
+    missing_fraction = missing_fraction_of
 
 
 def encode(

@@ -29,7 +29,13 @@ from anndata import AnnData
 from anndata.io import write_elem
 
 from .io import read_h5ad
-from .preprocessing import FeatureSource, Preprocessor, encode
+from .preprocessing import (
+    FeatureSource,
+    Preprocessor,
+    encode,
+    imputed_count,
+    missing_fraction_of,
+)
 from .sequences import SequenceIndex
 
 log = logging.getLogger("anndata_rnn")
@@ -133,14 +139,8 @@ class Streamed:
     n_missing: np.ndarray
     lengths: np.ndarray
 
-    @property
-    def imputed(self) -> int:
-        return int(self.n_missing.sum())
-
-    def missing_fraction(self, prep: Preprocessor) -> np.ndarray:
-        """As :meth:`~anndata_rnn.preprocessing.Encoded.missing_fraction`."""
-        n_features = 1 if prep.layout == "var-series" else len(prep.features)
-        return self.n_missing / np.maximum(self.lengths * n_features, 1)
+    imputed = property(lambda self: imputed_count(self))
+    missing_fraction = missing_fraction_of
 
 
 def stream_apply(

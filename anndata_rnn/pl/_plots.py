@@ -18,6 +18,7 @@ import pandas as pd
 from anndata import AnnData
 
 from ..errors import InputError
+from ..metrics import SUMMARY_METRICS
 
 #: metrics that are counts, not scores (left out of the bar charts)
 COUNT_METRICS = {"n", "n_values", "n_genes_pearson", "n_labelled", "n_clusters", "n_units"}
@@ -59,12 +60,7 @@ def model_entries(metrics: dict) -> list[str]:
 #: the order of the metrics in tables and charts (others follow alphabetically)
 METRIC_ORDER = (
     "n",
-    "accuracy",
-    "balanced_accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "auroc",
+    *SUMMARY_METRICS,
     "mse",
     "mae",
     "r2",
