@@ -128,14 +128,15 @@ def predict_all(
 
     f_times, f_gaps = future_gaps(full, future_times, max(horizon, 1))
     x_full = network_inputs(full, prep, all_ids, last_gap=f_gaps[:, 0])
-    one_step, hidden, final, future = rollout(
-        module, x_full, full.lengths, gap_channel(prep, f_gaps[:, 1:]), device, batch_size
-    )
-    one = {"rnn": units(one_step)}
-    for name, other in (others or {}).items():
-        one[name] = units(
-            rollout(other, x_full, full.lengths, np.zeros((n, 0), np.float32), device)[0]
-        )
+    # the network and any other network (the linear path alone) run the same rollouts
+    networks = {"rnn": module, **(others or {})}
+    future_channel = gap_channel(prep, f_gaps[:, 1:])
+    one = {}
+    for name, net in networks.items():
+        one_step, *rest = rollout(net, x_full, full.lengths, future_channel, device, batch_size)
+        one[name] = units(one_step)
+        if name == "rnn":
+            hidden, final, future = rest
     one["persistence"] = units(full.values[..., :f])
     if ar is not None:
         one["linear_ar"] = units(
@@ -147,13 +148,12 @@ def predict_all(
     if k:
         h_times, h_gaps = holdout_gaps(full, k)
         x_fit = network_inputs(context_enc, prep, all_ids, last_gap=h_gaps[:, 0])
-        *_, rolled = rollout(
-            module, x_fit, context_enc.lengths, gap_channel(prep, h_gaps[:, 1:]), device, batch_size
-        )
-        holdout["rnn"] = units(rolled)
-        for name, other in (others or {}).items():
-            later = gap_channel(prep, h_gaps[:, 1:])
-            holdout[name] = units(rollout(other, x_fit, context_enc.lengths, later, device)[3])
+        holdout_channel = gap_channel(prep, h_gaps[:, 1:])
+        for name, net in networks.items():
+            *_, rolled = rollout(
+                net, x_fit, context_enc.lengths, holdout_channel, device, batch_size
+            )
+            holdout[name] = units(rolled)
         last = context_enc.values[all_ids, context_enc.lengths - 1, :f]
         holdout["persistence"] = units(np.repeat(last[:, None], k, axis=1))
         if ar is not None:
