@@ -151,6 +151,8 @@ def hostile_xml(src_dir: str, dst_dir: str) -> None:
         if ftype:
             attrs["ftype"] = ftype
         ET.SubElement(mode, "param", attrs)
+    # the report is on by default; off here so the test's one output is the AnnData
+    ET.SubElement(test, "param", {"name": "report", "value": "false"})
     output = ET.SubElement(test, "output", {"name": "anndata_out", "ftype": "h5ad"})
     contents = ET.SubElement(output, "assert_contents")
     ET.SubElement(contents, "has_h5_keys", {"keys": f"obs/{key}_pred,obsm/{key}_proba,uns/{key}"})
