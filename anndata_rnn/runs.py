@@ -28,7 +28,7 @@ from .preprocessing import Encoded, FeatureSource, Preprocessor, encode
 from .sequences import SequenceIndex, SequenceSpec, bool_column, broadcast_to_rows
 from .splits import log_split, make_split, split_from_column
 from .streaming import DEFAULT_CHUNK_ROWS, Streamed, stream_apply
-from .training import TrainConfig, resolve_device, seed_everything
+from .training import TrainConfig, precision, resolve_device, seed_everything
 
 log = logging.getLogger("anndata_rnn")
 
@@ -73,10 +73,18 @@ def task_api(run):
     """
 
     @functools.wraps(run)
-    def public(adata, *args, **kwargs):
-        return run(adata, *args, **kwargs).returned()
+    def run_in_precision(adata, *args, **kwargs):
+        # mixed precision (amp=True) covers every forward pass of the run, training and inference
+        amp = bool(kwargs.get("amp", False))
+        device = resolve_device(kwargs.get("device", "auto")) if amp else "cpu"
+        with precision(device, amp):
+            return run(adata, *args, **kwargs)
 
-    public.run = run
+    @functools.wraps(run)
+    def public(adata, *args, **kwargs):
+        return run_in_precision(adata, *args, **kwargs).returned()
+
+    public.run = run_in_precision
     return public
 
 

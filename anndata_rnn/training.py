@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -63,6 +64,8 @@ class TrainConfig:
     min_batch: int = 8
     eval_every: int = 0
     lr_patience: int | None = None
+    #: mixed precision (recorded; the tool enters :func:`precision` around the whole run)
+    amp: bool = False
 
     def __post_init__(self):
         if self.min_steps is None:
@@ -102,6 +105,49 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def amp_dtype(amp: bool, device) -> torch.dtype | None:
+    """The autocast dtype ``amp`` gives on ``device``: bfloat16 on a CUDA GPU that supports it,
+    else float16 (trained with a gradient scaler); ``None`` (float32) without ``amp`` or on the
+    CPU, whose oneDNN LSTM kernels have no reduced-precision path on most processors."""
+    if not amp:
+        return None
+    device = torch.device(device)
+    if device.type != "cuda":
+        log.info("--amp: mixed precision runs on CUDA GPUs only; the CPU computes in float32")
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextlib.contextmanager
+def precision(device, amp: bool):
+    """Autocast on ``device`` when ``amp`` (see :func:`amp_dtype`); yields the dtype or None.
+
+    Every forward pass inside (training, validation, inference) runs in mixed precision;
+    :func:`fit` adds a gradient scaler when the dtype is float16.
+    """
+    dtype = amp_dtype(amp, device)
+    if dtype is None:
+        yield None
+        return
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+        yield dtype
+
+
+def _grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled only under float16 autocast (bfloat16 needs none)."""
+    fp16 = (
+        device.type == "cuda"
+        and torch.is_autocast_enabled("cuda")
+        and torch.get_autocast_dtype("cuda") == torch.float16
+    )
+    return torch.amp.GradScaler("cuda", enabled=fp16)
+
+
+def to_device(batch, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Tensors onto ``device``; asynchronous from pinned memory on CUDA."""
+    return tuple(t.to(device, non_blocking=device.type == "cuda") for t in batch)
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch and ask torch for deterministic kernels.
 
@@ -118,10 +164,18 @@ def seed_everything(seed: int) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def make_loader(tensors: tuple[torch.Tensor, ...], batch_size: int, *, shuffle: bool, seed: int):
+def make_loader(
+    tensors: tuple[torch.Tensor, ...], batch_size: int, *, shuffle: bool, seed: int, device=None
+):
+    """Batches of ``tensors`` (pinned for fast copies when ``device`` is a CUDA device)."""
     generator = torch.Generator().manual_seed(seed)
+    pin = device is not None and torch.device(device).type == "cuda"
     return DataLoader(
-        TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=generator
+        TensorDataset(*tensors),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        pin_memory=pin,
     )
 
 
@@ -242,7 +296,7 @@ def _penalty(module) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
-def _train_step(module, loss_fn, batch, optimizer, where: str, n_train: int = 1) -> float:
+def _train_step(module, loss_fn, batch, optimizer, scaler, where: str, n_train: int = 1) -> float:
     optimizer.zero_grad()
     loss = loss_fn(module, batch)
     if not torch.isfinite(loss):
@@ -251,9 +305,11 @@ def _train_step(module, loss_fn, batch, optimizer, where: str, n_train: int = 1)
             "rate (--lr) or check the input for extreme values"
         )
     penalty = _penalty(module)
-    (loss + penalty / n_train if penalty is not None else loss).backward()
+    scaler.scale(loss + penalty / n_train if penalty is not None else loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients (a no-op when the scaler is off)
     torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return loss.item()
 
 
@@ -270,9 +326,14 @@ def _fit_epochs(module, loss_fn, train, val, config, device, seed, quiet, descri
     optimizer = torch.optim.Adam(
         _param_groups(module, config.lr), lr=config.lr, weight_decay=config.weight_decay
     )
-    train_loader = make_loader(train, config.batch_size, shuffle=True, seed=seed)
+    scaler = _grad_scaler(device)
+    train_loader = make_loader(train, config.batch_size, shuffle=True, seed=seed, device=device)
     has_val = val is not None and len(val[0]) > 0
-    val_loader = make_loader(val, config.batch_size, shuffle=False, seed=seed) if has_val else None
+    val_loader = (
+        make_loader(val, config.batch_size, shuffle=False, seed=seed, device=device)
+        if has_val
+        else None
+    )
 
     history = {"train_loss": [], "val_loss": []}
     best_loss, best_state, best_epoch, waited = math.inf, None, 0, 0
@@ -284,8 +345,10 @@ def _fit_epochs(module, loss_fn, train, val, config, device, seed, quiet, descri
         module.train()
         total, count = 0.0, 0
         for batch in train_loader:
-            batch = tuple(t.to(device) for t in batch)
-            loss = _train_step(module, loss_fn, batch, optimizer, f"epoch {epoch}", len(train[0]))
+            batch = to_device(batch, device)
+            loss = _train_step(
+                module, loss_fn, batch, optimizer, scaler, f"epoch {epoch}", len(train[0])
+            )
             steps += 1
             total += loss * len(batch[0])
             count += len(batch[0])
@@ -378,9 +441,10 @@ def _fit_steps(
             patience=plan["lr_patience"],
             min_lr=[g["lr"] / 100 for g in optimizer.param_groups],
         )
-    train_loader = make_loader(train, plan["batch_size"], shuffle=True, seed=seed)
+    scaler = _grad_scaler(device)
+    train_loader = make_loader(train, plan["batch_size"], shuffle=True, seed=seed, device=device)
     has_val = val is not None and len(val[0]) > 0
-    val_loader = make_loader(val, 256, shuffle=False, seed=seed) if has_val else None
+    val_loader = make_loader(val, 256, shuffle=False, seed=seed, device=device) if has_val else None
 
     history = {"train_loss": [], "val_loss": [], "lr": []}
     best_loss, best_state, best_step = math.inf, None, 0
@@ -398,8 +462,10 @@ def _fit_steps(
         except StopIteration:
             batches = iter(train_loader)
             batch = next(batches)
-        batch = tuple(t.to(device) for t in batch)
-        loss = _train_step(module, loss_fn, batch, optimizer, f"step {step + 1}", len(train[0]))
+        batch = to_device(batch, device)
+        loss = _train_step(
+            module, loss_fn, batch, optimizer, scaler, f"step {step + 1}", len(train[0])
+        )
         step += 1
         bar.update(1)
         total += loss * len(batch[0])
@@ -461,7 +527,7 @@ def evaluate_loss(module, loss_fn, loader, device, val_metric=None) -> tuple[flo
     module.eval()
     total, count, metric_total, metric_count = 0.0, 0, 0.0, 0
     for batch in loader:
-        batch = tuple(t.to(device) for t in batch)
+        batch = to_device(batch, device)
         total += loss_fn(module, batch).item() * len(batch[0])
         count += len(batch[0])
         if val_metric is not None:

@@ -87,3 +87,29 @@ def test_benchmark_tiny_on_cuda(tmp_path):
     result = json.loads((out / "benchmark.json").read_text())
     assert code == 0, result["errors"]
     assert result["environment"]["device"].startswith("cuda")
+
+
+#: mixed precision against float32 on the same saved model: bf16 keeps 8 bits of mantissa, so
+#: probabilities agree to a few 1e-2 (fp16 is closer; the stated bound covers both)
+AMP_PROBA_ATOL = 0.05
+
+
+def test_amp_training_and_prediction_on_cuda(tmp_path):
+    adata = _data()
+    model = ar.tl.classify(
+        adata, label_key="label", layout="profile", chunk_size=16, max_epochs=3, seed=0,
+        device="cuda", amp=True, quiet=True,
+    )  # fmt: skip
+    info = adata.uns["rnn"]
+    assert info["params"]["amp"]
+    assert np.isfinite(info["history"]["train_loss"]).all()
+    assert info["metrics"]["rnn"]["accuracy"] > 0.5
+    model.save(tmp_path / "model.h5")
+    loaded = ar.Model.load(tmp_path / "model.h5")
+    new = _data(seed=1)
+    full = ar.tl.predict(new, loaded, device="cuda", copy=True)
+    mixed = ar.tl.predict(new, loaded, device="cuda", amp=True, copy=True)
+    assert mixed.obsm["rnn_proba"].dtype == np.float64  # results leave in full precision
+    np.testing.assert_allclose(
+        mixed.obsm["rnn_proba"], full.obsm["rnn_proba"], atol=AMP_PROBA_ATOL, rtol=0
+    )

@@ -184,6 +184,15 @@ def device_options(func):
     return func
 
 
+def amp_option(func):
+    """``--amp``: mixed precision on a CUDA GPU (commands that run a network many times)."""
+    return click.option(
+        "--amp",
+        is_flag=True,
+        help="Mixed precision on a CUDA GPU (bf16 where supported, else fp16); ignored on CPU.",
+    )(func)
+
+
 def _setup_logging(quiet: bool) -> None:
     logger = logging.getLogger("anndata_rnn")
     logger.handlers.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import (
+    amp_option,
     common_options,
     device_options,
     report_option,
@@ -43,6 +44,7 @@ regulated?):
     help="feature: standardize with training statistics; sequence: z-score each sequence.",
 )
 @device_options
+@amp_option
 @report_option
 @common_options
 def classify(
@@ -56,6 +58,7 @@ def classify(
     scale,
     seed,
     device,
+    amp,
     overwrite,
     quiet,
     **kw,
@@ -81,6 +84,7 @@ def classify(
             scale=scale,
             seed=seed,
             device=device,
+            amp=amp,
             overwrite=overwrite,
             quiet=quiet,
             **sequence_kwargs(kw),

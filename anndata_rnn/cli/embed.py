@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import (
+    amp_option,
     common_options,
     device_options,
     report_option,
@@ -98,6 +99,7 @@ clusters with Spellman's cell-cycle genes; embed the cells of simulated trajecto
     "enrichment, RNN vs PCA + k-means.",
 )
 @device_options
+@amp_option
 @report_option
 @common_options
 def embed(
@@ -125,6 +127,7 @@ def embed(
     eval_label,
     seed,
     device,
+    amp,
     overwrite,
     quiet,
     **kw,
@@ -166,6 +169,7 @@ def embed(
             eval_label=eval_label,
             seed=seed,
             device=device,
+            amp=amp,
             overwrite=overwrite,
             quiet=quiet,
             **sequence_kwargs(kw),

@@ -6,6 +6,7 @@ import click
 
 from ..errors import InputError
 from ._common import (
+    amp_option,
     common_options,
     device_options,
     report_option,
@@ -76,6 +77,7 @@ its first 20, on 30 % held-out genes; then series of cells or samples over time)
     help="Predict the next value directly instead of the change from the current one.",
 )
 @device_options
+@amp_option
 @report_option
 @common_options
 def forecast(
@@ -91,6 +93,7 @@ def forecast(
     no_residual,
     seed,
     device,
+    amp,
     overwrite,
     quiet,
     **kw,
@@ -130,6 +133,7 @@ def forecast(
             residual=not no_residual,
             seed=seed,
             device=device,
+            amp=amp,
             overwrite=overwrite,
             quiet=quiet,
             **arguments,

@@ -9,6 +9,7 @@ import click
 from ..streaming import DEFAULT_CHUNK_ROWS, open_lazy, write_new_elements
 from ._common import (
     Outputs,
+    amp_option,
     apply_model_arguments,
     common_options,
     device_options,
@@ -49,6 +50,7 @@ from ._common import (
     help="Observations read and encoded at a time (bounds memory; lower it on a small machine).",
 )
 @device_options
+@amp_option
 @report_option
 @common_options
 def predict(
@@ -63,6 +65,7 @@ def predict(
     chunk_rows,
     seed,
     device,
+    amp,
     overwrite,
     quiet,
 ):
@@ -91,6 +94,7 @@ def predict(
             chunk_rows=chunk_rows,
             seed=seed,
             device=device,
+            amp=amp,
             overwrite=overwrite,
             quiet=quiet,
         )

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from .blocks import step_mask  # noqa: F401  (re-exported: the losses use it with masked_mean)
 
 
 @torch.no_grad()
@@ -27,23 +28,27 @@ def predict_in_batches(
     """
     module.eval()
     module.to(device)
+    device = torch.device(device)
+    pin = device.type == "cuda"
     starts = range(0, len(values), batch_size)
     per_batch = []
     # under torchrun every rank runs its share of the batches; they are gathered in order
     for start in starts[distributed.rank() :: distributed.world_size()]:
         batch = slice(start, start + batch_size)
-        x = torch.as_tensor(values[batch]).to(device)
+        x = torch.as_tensor(values[batch])
+        x = (x.pin_memory() if pin else x).to(device, non_blocking=pin)
         n = torch.as_tensor(np.asarray(lengths[batch], dtype=np.int64))
         outputs = step(module, x, n, *(e[batch] for e in extra))
-        per_batch.append(tuple(output.cpu().numpy() for output in outputs))
+        # under autocast outputs may be half precision: results are float32 (numpy has no bf16)
+        per_batch.append(tuple(_to_numpy(output) for output in outputs))
     per_batch = distributed.gather_batches(per_batch)
     return tuple(np.concatenate(collected) for collected in zip(*per_batch, strict=True))
 
 
-def step_mask(lengths: torch.Tensor, n_steps: int, device) -> torch.Tensor:
-    """``(batch, n_steps)`` float mask, 1 on the real steps of each sequence."""
-    steps = torch.arange(n_steps, device=device)[None, :]
-    return (steps < lengths.to(device)[:, None]).float()
+def _to_numpy(output: torch.Tensor) -> np.ndarray:
+    if output.is_floating_point() and output.dtype != torch.float64:
+        output = output.float()
+    return output.cpu().numpy()
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:

@@ -80,6 +80,7 @@ def embed(
     eval_label: str | None = None,
     seed: int = 0,
     device: str = "auto",
+    amp: bool = False,
     key_added: str = "rnn",
     overwrite: bool = False,
     quiet: bool = False,
@@ -131,7 +132,7 @@ normalize, n_top_genes, gene_subset
         and a per-cluster report (fraction of each class, enrichment over the overall fraction),
         for the RNN and for the baseline (PCA with ``n_latent`` components of the z-scored
         preprocessed inputs + k-means with the same number of clusters).
-    seed, device, key_added, overwrite, quiet, copy
+    seed, device, amp, key_added, overwrite, quiet, copy
         As in :func:`anndata_rnn.tl.classify`.
 
     Returns
@@ -169,7 +170,7 @@ normalize, n_top_genes, gene_subset
         adata,
         spec,
         architecture=architecture(hidden, cell, dropout, bidirectional),
-        train_config=TrainConfig(max_epochs, batch_size, lr, patience),
+        train_config=TrainConfig(max_epochs, batch_size, lr, patience, amp=amp),
         seed=seed,
         device=device,
         copy=copy,

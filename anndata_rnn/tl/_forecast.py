@@ -67,6 +67,7 @@ def forecast(
     split_key: str | None = None,
     seed: int = 0,
     device: str = "auto",
+    amp: bool = False,
     key_added: str = "rnn",
     overwrite: bool = False,
     quiet: bool = False,
@@ -120,7 +121,7 @@ def forecast(
         the untrained (persistence or AR) weights compete for the best.
     val_fraction, test_fraction, split_key
         Split of the units (series or genes), seeded, or from a train/val/test column.
-    seed, device, key_added, overwrite, quiet, copy
+    seed, device, amp, key_added, overwrite, quiet, copy
         As in :func:`anndata_rnn.tl.classify`.
 
     Returns
@@ -153,7 +154,7 @@ def forecast(
         spec,
         architecture=architecture(hidden, cell, dropout, False),
         train_config=TrainConfig(
-            max_epochs, batch_size, lr, patience, schedule="steps", min_steps=min_steps
+            max_epochs, batch_size, lr, patience, schedule="steps", min_steps=min_steps, amp=amp
         ),
         seed=seed,
         device=device,

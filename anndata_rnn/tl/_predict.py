@@ -43,6 +43,7 @@ def predict(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     seed: int = 0,
     device: str = "auto",
+    amp: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
     copy: bool = False,
@@ -77,7 +78,7 @@ def predict(
         Forecasters encode every sequence at once.
     quiet
         No progress bar (it shows on stderr while sequences stream).
-    batch_size, seed, device, overwrite, copy
+    batch_size, seed, device, amp, overwrite, copy
         As in :func:`anndata_rnn.tl.classify`.
 
     Returns
@@ -128,6 +129,7 @@ def predict(
             "layout": layout,
             "batch_size": batch_size,
             "chunk_rows": chunk_rows,
+            "amp": amp,
         },
         "gene_overlap": opened.overlap,
         "training_metrics": model.config.get("metrics", {}),
