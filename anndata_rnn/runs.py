@@ -16,6 +16,7 @@ import functools
 import logging
 from dataclasses import dataclass, field
 
+import h5py
 import numpy as np
 import torch
 from anndata import AnnData
@@ -377,10 +378,13 @@ class OpenedModel:
     #: streamed apply: obs rows read per chunk, and whether to show a progress bar
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     progress: bool = False
+    #: where outputs that grow with the data may be spilled (see :func:`stream`)
+    scratch: h5py.Group | None = None
 
-    def stream(self, run, batch_size: int) -> Streamed:
+    def stream(self, run, batch_size: int, spill: dict[int, str] | None = None) -> Streamed:
         """Every sequence encoded chunk by chunk through ``run(values, lengths)`` (the network's
-        inference on one batch); only its outputs are kept (:func:`.streaming.stream_apply`)."""
+        inference on one batch); only its outputs are kept (:func:`.streaming.stream_apply`).
+        With a ``scratch`` group, the outputs named in ``spill`` stay on disk there."""
         return stream_apply(
             self.index,
             self.source,
@@ -389,6 +393,8 @@ class OpenedModel:
             batch_size=batch_size,
             chunk_rows=self.chunk_rows,
             progress=self.progress,
+            spill=spill,
+            scratch=self.scratch,
         )
 
 
@@ -405,12 +411,13 @@ def open_model(
     check_targets=None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: bool = False,
+    scratch: h5py.Group | None = None,
 ) -> OpenedModel:
     """Load (when given a path), seed, match genes and build the model's index on ``adata``.
 
     ``check_targets(target, model)`` runs once the target exists, before anything is computed
-    (the output-key checks of the calling tool). ``chunk_rows`` and ``progress`` set how the
-    apply step streams (:func:`~anndata_rnn.streaming.stream_apply`).
+    (the output-key checks of the calling tool). ``chunk_rows``, ``progress`` and ``scratch``
+    set how the apply step streams (:func:`~anndata_rnn.streaming.stream_apply`).
     """
     if chunk_rows < 1:
         raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -433,5 +440,5 @@ def open_model(
     for note in index.notes:
         log.info(note)
     return OpenedModel(
-        target, model, spec, source, index, overlap, torch_device, chunk_rows, progress
+        target, model, spec, source, index, overlap, torch_device, chunk_rows, progress, scratch
     )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import h5py
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -606,13 +607,15 @@ def broadcast_to_rows(index: SequenceIndex, per_unit: np.ndarray) -> np.ndarray:
     Rows that belong to no sequence get NaN (floats) or None (objects).
     """
     n_rows = index.n_vars if index.layout == "var-series" else index.n_obs
+    on_disk = isinstance(per_unit, h5py.Dataset)  # spilled by a streamed pass
     if (
         index.layout == "profile"
-        and per_unit.dtype == np.float64
+        and (per_unit.dtype == np.float64 or on_disk)
         and len(per_unit) == n_rows
         and np.array_equal(index.unit_rows, np.arange(n_rows))
     ):
         return per_unit  # every obs row is its own unit, in order: nothing to spread
+    per_unit = np.asarray(per_unit)
     fill = None if per_unit.dtype == object else np.nan
     dtype = object if per_unit.dtype == object else np.float64
     out = np.full((n_rows, *per_unit.shape[1:]), fill, dtype=dtype)
@@ -625,8 +628,16 @@ def broadcast_to_rows(index: SequenceIndex, per_unit: np.ndarray) -> np.ndarray:
     return out
 
 
+def as_float32(rows):
+    """``rows`` as float32; a float32 dataset spilled to disk stays there (not loaded)."""
+    if isinstance(rows, h5py.Dataset) and rows.dtype == np.float32:
+        return rows
+    return np.asarray(rows).astype(np.float32)
+
+
 def scatter_steps(index: SequenceIndex, per_step: np.ndarray) -> np.ndarray:
     """Per-step values ``(n_sequences, max_steps, ...)`` -> one row per obs (obs-series)."""
+    per_step = np.asarray(per_step)  # a dataset spilled to disk is read here
     fill = None if per_step.dtype == object else np.nan
     dtype = object if per_step.dtype == object else np.float64
     out = np.full((index.n_obs, *per_step.shape[2:]), fill, dtype=dtype)
@@ -638,7 +649,10 @@ def scatter_steps(index: SequenceIndex, per_step: np.ndarray) -> np.ndarray:
 def pool_units(index: SequenceIndex, per_sequence: np.ndarray) -> np.ndarray:
     """Mean over the sequences of each unit (var-series genes seen in several series)."""
     if index.n_sequences == index.n_units and np.array_equal(index.unit, np.arange(index.n_units)):
+        if isinstance(per_sequence, h5py.Dataset):
+            return per_sequence  # spilled to disk by a streamed pass: stays there
         return per_sequence.astype(np.float64)  # one sequence per unit: the mean is itself
+    per_sequence = np.asarray(per_sequence)
     out = np.zeros((index.n_units, *per_sequence.shape[1:]), dtype=np.float64)
     counts = np.bincount(index.unit, minlength=index.n_units).astype(np.float64)
     np.add.at(out, index.unit, per_sequence)

@@ -11,15 +11,19 @@ writing the new elements into a copy of the input.
   keeping only the outputs;
 - :func:`write_new_elements` copies the input file and writes only the new obs/var columns,
   obsm/varm/layers matrices and ``uns[key]`` with anndata's element writer: every input element
-  stays bit-identical by construction.
+  stays bit-identical by construction;
+- :func:`scratch_file` is where a streamed pass spills outputs that would otherwise grow with the
+  data (a classifier's embedding), so the command line's memory stays flat.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -153,14 +157,19 @@ def stream_apply(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: bool = False,
     sequence_ids: np.ndarray | None = None,
+    spill: dict[int, str] | None = None,
+    scratch: h5py.Group | None = None,
 ) -> Streamed:
     """Encode ``sequence_ids`` chunk by chunk and call ``run(values, lengths)`` on each batch.
 
     Batches hold exactly ``batch_size`` sequences in order (the last one fewer), whatever the
     chunks, so the network sees the same batches as on the whole encoded array. Only ``run``'s
     outputs (concatenated; an output that is ``None`` stays ``None``) and the imputation counts
-    are kept.
+    are kept. With a writable ``scratch`` group, the outputs at the positions of ``spill`` (e.g.
+    ``{1: "embedding"}``) are appended batch by batch to datasets of that name in it and
+    returned as those ``h5py.Dataset`` s, so memory does not grow with them.
     """
+    spilled = {i: _Spilled(scratch, name) for i, name in (spill or {}).items()} if scratch else {}
     if sequence_ids is None:
         sequence_ids = np.arange(index.n_sequences)
     if index.layout == "var-series" and len(sequence_ids):
@@ -184,7 +193,10 @@ def stream_apply(
             outputs = run(x[start : start + batch_size], n[start : start + batch_size])
             if not parts:
                 parts.extend([] for _ in outputs)
-            for collected, output in zip(parts, outputs, strict=True):
+            for i, (collected, output) in enumerate(zip(parts, outputs, strict=True)):
+                if i in spilled and output is not None:
+                    spilled[i].append(output)
+                    output = spilled[i].dataset
                 collected.append(output)
         if cut < len(x):
             pending_x.append(x[cut:])
@@ -206,12 +218,49 @@ def stream_apply(
             flush(final=True)
     finally:
         bar.close()
-    outputs = tuple(None if p[0] is None else np.concatenate(p) for p in parts)
+    outputs = tuple(
+        p[0] if isinstance(p[0], h5py.Dataset) else None if p[0] is None else np.concatenate(p)
+        for p in parts
+    )
     return Streamed(
         outputs=outputs,
         n_missing=np.concatenate(missing) if missing else np.zeros(0, dtype=np.int64),
         lengths=np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64),
     )
+
+
+@contextlib.contextmanager
+def scratch_file(directory) -> Iterator[h5py.File]:
+    """A writable HDF5 file in ``directory`` (next to the output: same disk), always deleted."""
+    handle, path = tempfile.mkstemp(prefix=".anndata-rnn-scratch-", suffix=".h5", dir=directory)
+    os.close(handle)
+    try:
+        with h5py.File(path, "w") as f:
+            yield f
+    finally:
+        os.unlink(path)
+
+
+class _Spilled:
+    """A growing dataset of ``scratch`` that batches of one output are appended to."""
+
+    def __init__(self, scratch: h5py.Group, name: str):
+        self.scratch, self.name, self.dataset = scratch, name, None
+
+    def append(self, batch: np.ndarray) -> None:
+        if self.dataset is None:
+            if self.name in self.scratch:
+                del self.scratch[self.name]
+            self.dataset = self.scratch.create_dataset(
+                self.name,
+                shape=(0, *batch.shape[1:]),
+                maxshape=(None, *batch.shape[1:]),
+                dtype=batch.dtype,
+                chunks=(max(1, min(4096, 2**20 // max(batch[0].nbytes, 1))), *batch.shape[1:]),
+            )
+        start = len(self.dataset)
+        self.dataset.resize(start + len(batch), axis=0)
+        self.dataset[start:] = batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +285,11 @@ def write_new_elements(source_path, dest_path, adata: AnnData, paths: list[str])
             group = _group(f, attr)
             if name in group:
                 del group[name]
-            write_elem(group, name, mapping[name])
+            if isinstance(mapping[name], h5py.Dataset):  # spilled: copied by HDF5, not loaded
+                group.copy(mapping[name], name)
+                group[name].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+            else:
+                write_elem(group, name, mapping[name])
 
 
 def _group(f: h5py.File, name: str) -> h5py.Group:

@@ -18,7 +18,7 @@ from anndata_rnn.networks.autoencoder import embed_sequences
 from anndata_rnn.networks.classifier import predict_proba
 from anndata_rnn.preprocessing import encode
 from anndata_rnn.runs import open_model
-from anndata_rnn.streaming import sequence_chunks
+from anndata_rnn.streaming import scratch_file, sequence_chunks
 
 SERIES_LENGTHS = [5, 12, 3, 30, 8, 9, 4, 6]
 
@@ -87,6 +87,23 @@ def test_streamed_classifier_equals_in_memory_bit_for_bit(profile_model, chunk_r
     for got, want in zip(streamed.outputs, expected, strict=True):
         assert got.dtype == want.dtype and np.array_equal(got, want)
     assert np.array_equal(streamed.n_missing, enc.n_missing)
+
+
+def test_spilled_embedding_stays_on_disk_and_equals_in_memory(profile_model, tmp_path):
+    adata, model = profile_model
+    opened = opened_on(adata, model, 37)
+
+    def run(x, n):
+        return predict_proba(model.module, x, n, "cpu", 16)
+
+    expected = opened.stream(run, 16).outputs
+    with scratch_file(tmp_path) as scratch:
+        opened.scratch = scratch
+        got = opened.stream(run, 16, spill={1: "embedding"}).outputs
+        assert isinstance(got[1], h5py.Dataset) and isinstance(got[0], np.ndarray)
+        assert np.array_equal(got[1][:], expected[1]) and np.array_equal(got[0], expected[0])
+        assert got[1].dtype == expected[1].dtype
+    assert list(tmp_path.iterdir()) == []  # the scratch file is gone
 
 
 def test_series_chunks_never_cut_a_series_and_end_with_a_partial_chunk():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import click
 
-from ..streaming import DEFAULT_CHUNK_ROWS, open_lazy, write_new_elements
+from ..streaming import DEFAULT_CHUNK_ROWS, open_lazy, scratch_file, write_new_elements
 from ._common import (
     Outputs,
     amp_option,
@@ -83,6 +84,8 @@ def predict(
         out_tmp = outputs.add(output)
         model = Model.load(model_path)
         adata = stack.enter_context(open_lazy(input))
+        # the embedding goes to a scratch file beside the output, not to memory
+        scratch = stack.enter_context(scratch_file(os.path.dirname(os.path.abspath(output))))
         result = tl.predict.run(
             adata,
             model,
@@ -92,6 +95,7 @@ def predict(
             series_subset=split_list(series_subset),
             batch_size=batch_size,
             chunk_rows=chunk_rows,
+            scratch=scratch,
             seed=seed,
             device=device,
             amp=amp,

@@ -18,6 +18,7 @@ from ..sequences import (
     Labels,
     SequenceIndex,
     SequenceSpec,
+    as_float32,
     broadcast_to_rows,
     pool_units,
     read_labels,
@@ -323,9 +324,11 @@ def apply_classifier(opened: OpenedModel, key: str, batch_size: int) -> dict:
     model, index, target = opened.model, opened.index, opened.target
     classes = np.asarray(model.classes, dtype=object)
     enc = opened.stream(
-        lambda x, n: predict_proba(model.module, x, n, opened.device, batch_size), batch_size
+        lambda x, n: predict_proba(model.module, x, n, opened.device, batch_size),
+        batch_size,
+        spill={1: "embedding"},  # grows with the data; stays on disk when there is a scratch
     )
-    proba, embedding = enc.outputs
+    proba, embedding = np.asarray(enc.outputs[0]), enc.outputs[1]
     written = _write_results(
         target, index, classes, model.config["label_level"], proba, embedding, key
     )
@@ -392,5 +395,5 @@ def _write_results(target, index: SequenceIndex, classes, level, proba, embeddin
         index.write_column(target, f"{key}_pred", pred, categories=classes),
         index.write_column(target, f"{key}_conf", conf),
         index.write_matrix(target, f"{key}_proba", rows_proba.astype(np.float64)),
-        index.write_matrix(target, f"X_{key}", rows_embedding.astype(np.float32)),
+        index.write_matrix(target, f"X_{key}", as_float32(rows_embedding)),
     ]

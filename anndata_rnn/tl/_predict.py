@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import h5py
 import numpy as np
 from anndata import AnnData
 
@@ -41,6 +42,7 @@ def predict(
     series_subset: list[str] | None = None,
     batch_size: int = 512,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    scratch: h5py.Group | None = None,
     seed: int = 0,
     device: str = "auto",
     amp: bool = False,
@@ -76,6 +78,12 @@ def predict(
         Obs rows read and encoded at a time: classifiers and embeddings stream their sequences
         chunk by chunk (memory bounded by the chunk, not the data; see README "Large files").
         Forecasters encode every sequence at once.
+    scratch
+        A writable HDF5 group (e.g. of :func:`anndata_rnn.streaming.scratch_file`) where a
+        classifier's embedding is written batch by batch instead of held in memory; for profile
+        data ``obsm[f"X_{key}"]`` is then that ``h5py.Dataset`` (valid while the group is open;
+        :func:`~anndata_rnn.streaming.write_new_elements` copies it into the output). The
+        command line uses one beside the output.
     quiet
         No progress bar (it shows on stderr while sequences stream).
     batch_size, seed, device, amp, overwrite, copy
@@ -114,6 +122,7 @@ def predict(
         check_targets=check_targets,
         chunk_rows=chunk_rows,
         progress=not quiet,
+        scratch=scratch,
     )
     result = apply(opened, key, batch_size)
     record = {
