@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, RidgeCV
@@ -18,13 +19,27 @@ from sklearn.preprocessing import StandardScaler
 from .clustering import cluster_matrix
 from .preprocessing import Encoded, Preprocessor, gap_channel, network_inputs
 from .sequences import Labels, SequenceIndex, pool_units
+from .splits import random_subset
+
+#: lazily encoded values (streamed training): the baseline is fitted on at most this many
+#: training sequences and predicts this many at a time
+LAZY_FIT_SEQUENCES = 20_000
+LAZY_BATCH = 4096
 
 
-def logistic_baseline(values, lengths, y, train_ids, labels: Labels, seed: int) -> np.ndarray:
-    """Logistic regression on the same preprocessed inputs and split; proba like the RNN's."""
-    x = values.numpy()
+def logistic_baseline(values, y, train_ids, labels: Labels, seed: int) -> tuple[np.ndarray, int]:
+    """Logistic regression on the same preprocessed inputs and split; proba like the RNN's, and
+    the number of training sequences it was fitted on (all: ``len(train_ids)``).
+
+    ``values`` is a tensor, or lazily encoded sequences (streamed training, unit-level labels):
+    then the fit uses a seeded random subset of at most :data:`LAZY_FIT_SEQUENCES` labelled
+    training sequences and prediction runs :data:`LAZY_BATCH` sequences at a time.
+    """
     targets = y.numpy()
     model = LogisticRegression(max_iter=1000, random_state=seed)
+    if not isinstance(values, torch.Tensor):
+        return _lazy_logistic(model, values, targets, train_ids, labels, seed)
+    x = values.numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         if labels.level == "unit":
@@ -37,9 +52,37 @@ def logistic_baseline(values, lengths, y, train_ids, labels: Labels, seed: int) 
             train_mask[train_ids] = targets[train_ids] >= 0
             model.fit(x[train_mask], targets[train_mask])
             raw = model.predict_proba(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
+    return _full_proba(model, raw, labels), len(train_ids)
+
+
+def _full_proba(model, raw: np.ndarray, labels: Labels) -> np.ndarray:
+    """Columns for every class (a class absent from the training labels gets 0)."""
     proba = np.zeros((*raw.shape[:-1], len(labels.classes)))
     proba[..., model.classes_] = raw
     return proba
+
+
+def _lazy_logistic(model, values, targets, train_ids, labels: Labels, seed: int):
+    if labels.level != "unit":
+        raise ValueError("lazily encoded values need unit-level labels")
+    labelled = train_ids[targets[train_ids] >= 0]
+    chosen = random_subset(labelled, LAZY_FIT_SEQUENCES, seed)
+
+    def flat(positions):
+        return np.asarray(values[positions]).reshape(len(positions), -1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(flat(chosen), targets[chosen])
+    everything = np.arange(len(values))
+    raw = np.concatenate(
+        [
+            model.predict_proba(flat(everything[start : start + LAZY_BATCH]))
+            for start in range(0, len(values), LAZY_BATCH)
+        ]
+    )
+    fitted_on = len(chosen) if len(chosen) < len(labelled) else len(train_ids)
+    return _full_proba(model, raw, labels), fitted_on
 
 
 def _lag_design(x: np.ndarray, positions: np.ndarray, lags: int) -> np.ndarray:

@@ -12,12 +12,13 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from .baselines import logistic_baseline
+from .errors import InputError
 from .metrics import classification_metrics
 from .networks import build_module
 from .networks.classifier import new_architecture, predict_proba
 from .preprocessing import Encoded
 from .sequences import Labels, SequenceIndex, pool_units
-from .training import TrainConfig, fit
+from .training import TrainConfig, fit, take
 
 log = logging.getLogger("anndata_rnn")
 
@@ -53,7 +54,10 @@ def train_classifier(
     path alone (the ablation) and the logistic baseline on the training sequences of ``ids``;
     score all three on its test sequences. ``options``: ``linear_path``, ``class_weights``,
     ``quiet`` and ``train`` (split settings recorded in the config)."""
-    values, lengths = torch.from_numpy(enc.values), torch.from_numpy(enc.lengths)
+    # lazily encoded values (streamed training) are built a batch at a time when indexed
+    lazy = not isinstance(enc.values, np.ndarray)
+    values = enc.values if lazy else torch.from_numpy(enc.values)
+    lengths = torch.from_numpy(enc.lengths)
     y = torch.from_numpy(labels.sequence_targets(index, np.arange(index.n_sequences)))
     arch = new_architecture(
         architecture,
@@ -101,7 +105,7 @@ def train_classifier(
         chosen = ids[name]
         if labels.level == "unit":  # unlabelled sequences never enter the loss
             chosen = chosen[y[chosen].numpy() >= 0]
-        return values[chosen], lengths[chosen], y[chosen]
+        return take(values, chosen), lengths[chosen], y[chosen]
 
     def train(model_config, description):
         module = build_module("classify", model_config["n_inputs"], model_config)
@@ -122,7 +126,7 @@ def train_classifier(
     module, history, (proba, embedding) = train(config, f"classify ({index.layout})")
     alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
     _, linear_history, (linear_proba, _) = train(alone, "linear path alone")
-    baseline_proba = logistic_baseline(values, lengths, y, ids["train"], labels, seed)
+    baseline_proba, baseline_n = logistic_baseline(values, y, ids["train"], labels, seed)
     metrics = {}
     if len(ids["test"]):
         metrics["rnn"] = test_metrics(index, labels, proba, ids["test"])
@@ -130,9 +134,47 @@ def train_classifier(
         metrics["linear_path"]["model"] = "the linear path alone, trained the same way"
         metrics["baseline"] = test_metrics(index, labels, baseline_proba, ids["test"])
         metrics["baseline"]["model"] = "logistic regression (sklearn) on the flattened inputs"
+        if baseline_n < len(ids["train"]):
+            metrics["baseline"]["model"] += (
+                f" (fitted on a random {baseline_n} of {len(ids['train'])} training sequences)"
+            )
     return ClassifierFit(
         module, config, proba, embedding, metrics, history, linear_history, enc.imputed
     )
+
+
+def check_training_classes(labels: Labels, index: SequenceIndex, split: np.ndarray) -> None:
+    """Enough training members of each class (unit labels), or at least 2 classes (step labels)."""
+    if labels.level == "unit":
+        train_codes = labels.codes[split == "train"]
+    else:
+        train_codes = labels.sequence_targets(
+            index, index.sequences_of_units(np.flatnonzero(split == "train"))
+        ).ravel()
+    counts = np.bincount(train_codes[train_codes >= 0], minlength=len(labels.classes))
+    if labels.level == "step":
+        # per-step labels: a split by series can hold a whole class out (e.g. each trajectory
+        # ends in its own fate); train anyway and let the held-out metrics show it
+        absent = [str(labels.classes[c]) for c in range(len(counts)) if counts[c] == 0]
+        if len(absent) == len(counts) - 1 or counts.sum() < 2:
+            raise InputError(
+                f"the training split holds fewer than 2 classes of {labels.key!r}: give more "
+                "series or an explicit split (--split-key)"
+            )
+        if absent:
+            log.warning(
+                "class(es) %s of %r never occur in the training series: the model cannot "
+                "predict them (the test metrics will show this)",
+                ", ".join(absent),
+                labels.key,
+            )
+        return
+    small = [f"{labels.classes[c]!r} ({counts[c]})" for c in range(len(counts)) if counts[c] < 2]
+    if small:
+        raise InputError(
+            f"class(es) {', '.join(small)} of {labels.key!r} have fewer than 2 members in the "
+            "training split: drop or merge rare classes, or give more data"
+        )
 
 
 def class_weights(y: torch.Tensor, train_ids, n_classes: int, device) -> torch.Tensor:

@@ -27,8 +27,14 @@ from .io import uns_safe, versions
 from .model import Model, check_gene_overlap
 from .preprocessing import Encoded, FeatureSource, Preprocessor, encode
 from .sequences import SequenceIndex, SequenceSpec, bool_column, broadcast_to_rows
-from .splits import log_split, make_split, split_from_column
-from .streaming import DEFAULT_CHUNK_ROWS, Streamed, stream_apply
+from .splits import log_split, make_split, random_subset, split_from_column
+from .streaming import (
+    DEFAULT_CHUNK_ROWS,
+    STREAM_FIT_SEQUENCES,
+    LazyEncoded,
+    Streamed,
+    stream_apply,
+)
 from .training import TrainConfig, precision, resolve_device, seed_everything
 
 log = logging.getLogger("anndata_rnn")
@@ -144,7 +150,9 @@ class TrainingRun:
     split: np.ndarray | None = None
     ids: dict = field(default_factory=dict)
     prep: Preprocessor | None = None
-    encoded: Encoded | None = None
+    encoded: Encoded | LazyEncoded | None = None
+    #: training sequences the preprocessing was fitted on
+    fit_sequences: int = 0
 
     @property
     def key(self) -> str:
@@ -182,11 +190,14 @@ class TrainingRun:
         gene_subset: str | None,
         order_key: str | None = None,
         fit_index: SequenceIndex | None = None,
-    ) -> Encoded:
+        stream: bool = False,
+    ) -> Encoded | LazyEncoded:
         """Fit ``prep`` on the training units (on ``fit_index`` when given) and encode.
 
         Sets ``split``, ``ids`` (train / val / test sequence ids), ``prep`` and ``encoded``
-        (every sequence of ``fit_index`` or of the run's index).
+        (every sequence of ``fit_index`` or of the run's index). With ``stream``, ``prep`` is
+        fitted on at most :data:`~anndata_rnn.streaming.STREAM_FIT_SEQUENCES` training
+        sequences (seeded) and ``encoded`` is a :class:`~anndata_rnn.streaming.LazyEncoded`.
         """
         self.split = split
         self.ids = {
@@ -198,10 +209,19 @@ class TrainingRun:
         if layout == "profile" and order_key is not None and order_key not in target.var.columns:
             raise InputError(f"var has no column {order_key!r} (order_key)")
         index = self.index if fit_index is None else fit_index
+        fit_ids = self.ids["train"]
+        if stream:
+            fit_ids = random_subset(fit_ids, STREAM_FIT_SEQUENCES, self.seed)
+            log.info(
+                "streamed training: preprocessing fitted on %d of %d training sequences",
+                len(fit_ids),
+                len(self.ids["train"]),
+            )
+        self.fit_sequences = len(fit_ids)
         prep.fit(
             self.source,
             index,
-            self.ids["train"],
+            fit_ids,
             normalize=normalize,
             n_top_genes=n_top_genes,
             gene_subset=(
@@ -217,6 +237,9 @@ class TrainingRun:
         self.prep = prep
         if layout == "profile":  # the steps follow the number of selected genes
             self.index = index = self.index.with_width(len(prep.features))
+        if stream:  # encoded batch by batch while training and predicting
+            self.encoded = LazyEncoded(index, self.source, prep)
+            return self.encoded
         self.encoded = encode(index, self.source, prep)
         if self.encoded.imputed:
             log.info(IMPUTATION_LOG[prep.imputation], self.encoded.imputed)

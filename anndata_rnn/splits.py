@@ -144,3 +144,12 @@ def make_folds(
         split[units[test]] = "test"
         splits.append(split)
     return splits
+
+
+def random_subset(ids: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most ``limit`` of ``ids``, drawn without replacement (seeded), in their order."""
+    ids = np.asarray(ids)
+    if len(ids) <= limit:
+        return ids
+    rng = np.random.default_rng(seed)
+    return ids[np.sort(rng.choice(len(ids), limit, replace=False))]

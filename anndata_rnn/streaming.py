@@ -19,6 +19,7 @@ writing the new elements into a copy of the input.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import shutil
@@ -32,6 +33,7 @@ import numpy as np
 from anndata import AnnData
 from anndata.io import write_elem
 
+from .errors import InputError
 from .io import read_h5ad
 from .preprocessing import (
     FeatureSource,
@@ -46,6 +48,11 @@ log = logging.getLogger("anndata_rnn")
 
 #: obs rows read and densified per chunk: 8192 rows × 2,000 genes is 64 MB of float32
 DEFAULT_CHUNK_ROWS = 8192
+#: streamed training: the encoded sequences would take more than this many bytes in memory
+STREAM_ABOVE_BYTES = 1 << 30
+#: streamed training: the preprocessing and the logistic baseline are fitted on at most this many
+#: training sequences (a seeded random subset; 20,000 × 2,000 genes is 160 MB of float32)
+STREAM_FIT_SEQUENCES = 20_000
 
 
 @contextlib.contextmanager
@@ -129,6 +136,83 @@ def progress_bar(total: int, unit: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit=unit, disable=not enabled, file=sys.stderr, leave=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# streamed training: sequences encoded a batch at a time
+
+
+def should_stream(index: SequenceIndex, n_features: int, stream: str | bool) -> bool:
+    """Whether a training run streams: ``True``/``False``, or ``"auto"``: profile data whose
+    encoded sequences (``n_sequences × steps × features`` float32) would exceed
+    :data:`STREAM_ABOVE_BYTES`. Other layouts always encode in memory."""
+    if stream not in (True, False, "auto"):
+        raise InputError(f"stream must be True, False or 'auto', got {stream!r}")
+    if index.layout != "profile":
+        if stream is True:
+            log.info("streamed training is for the profile layout; %s encodes in memory",
+                     index.layout)  # fmt: skip
+        return False
+    if stream != "auto":
+        return bool(stream)
+    size = index.n_sequences * n_features * 4
+    if size > STREAM_ABOVE_BYTES:
+        log.info(
+            "streamed training: the encoded sequences would take %.1f GB; they are read and "
+            "encoded a batch at a time (stream=False to hold them in memory)",
+            size / 1e9,
+        )
+    return size > STREAM_ABOVE_BYTES
+
+
+class LazyEncoded:
+    """Encoded sequences built on demand, a batch at a time, never all at once.
+
+    Stands in for :class:`~anndata_rnn.preprocessing.Encoded` (``values``, ``lengths``,
+    ``n_missing``, ``imputed``) in a training run whose encoded sequences would not fit in memory:
+    ``values[positions]`` reads the rows of those sequences from the source (X stays sparse
+    until then) and encodes them exactly as :func:`~anndata_rnn.preprocessing.encode` does for
+    the whole data, so a batch holds the same numbers either way and training sees the same
+    batches (:func:`anndata_rnn.training.make_loader`). ``take(positions)`` is a lazy subset.
+    Imputation counts fill in as sequences get encoded (all of them after a pass over the data).
+    """
+
+    def __init__(self, index: SequenceIndex, source: FeatureSource, prep: Preprocessor):
+        self.index, self.source, self.prep = index, source, prep
+        self._set_ids(np.arange(index.n_sequences))
+        probe = encode(index, source, prep, self.ids[:1], chunk=1)
+        self.shape = (len(self.ids), *probe.values.shape[1:])
+        self.n_features = probe.n_features
+        self._missing = np.full(index.n_sequences, -1, dtype=np.int64)  # -1: not encoded yet
+
+    def _set_ids(self, ids: np.ndarray) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.lengths = self.index.lengths[self.ids].astype(np.int64)
+
+    values = property(lambda self: self)
+    n_missing = property(lambda self: np.maximum(self._missing[self.ids], 0))
+    imputed = property(lambda self: imputed_count(self))
+    missing_fraction = missing_fraction_of
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _positions(self, positions) -> np.ndarray:
+        if isinstance(positions, slice):
+            return np.arange(len(self.ids))[positions]
+        return np.asarray(positions, dtype=np.int64)
+
+    def take(self, positions) -> LazyEncoded:
+        view = copy.copy(self)  # shares the source, the preprocessing and the counts
+        view._set_ids(self.ids[self._positions(positions)])
+        view.shape = (len(view.ids), *self.shape[1:])
+        return view
+
+    def __getitem__(self, positions) -> np.ndarray:
+        ids = self.ids[self._positions(positions)]
+        enc = encode(self.index, self.source, self.prep, ids, chunk=max(len(ids), 1))
+        self._missing[ids] = enc.n_missing
+        return enc.values
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+)
 from tqdm.auto import tqdm
 
 from . import distributed
@@ -164,16 +170,49 @@ def seed_everything(seed: int) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def make_loader(
-    tensors: tuple[torch.Tensor, ...], batch_size: int, *, shuffle: bool, seed: int, device=None
-):
-    """Batches of ``tensors`` (pinned for fast copies when ``device`` is a CUDA device)."""
+class _Batches(Dataset):
+    """Items indexed a whole batch at a time: ``items[k][positions]`` for every item.
+
+    An item is a tensor, or an object that builds the batch on demand when indexed by positions
+    (:class:`anndata_rnn.streaming.LazyEncoded`: sequences encoded from the file per batch),
+    with ``len()`` and ``take(positions)``.
+    """
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items[0])
+
+    def __getitem__(self, positions):
+        return tuple(torch.as_tensor(item[positions]) for item in self.items)
+
+
+def take(item, positions):
+    """The entries ``positions`` of a tensor or of a lazily built item (still lazy)."""
+    if isinstance(item, torch.Tensor | np.ndarray):
+        return item[positions]
+    return item.take(positions)
+
+
+def n_items(items) -> int:
+    return len(items[0])
+
+
+def make_loader(items: tuple, batch_size: int, *, shuffle: bool, seed: int, device=None):
+    """Batches of ``items`` (pinned for fast copies when ``device`` is a CUDA device).
+
+    The order is DataLoader's own (``shuffle=True``: a permutation per pass drawn from a
+    generator seeded with ``seed``), so tensors and lazily encoded items give the same batches.
+    """
     generator = torch.Generator().manual_seed(seed)
     pin = device is not None and torch.device(device).type == "cuda"
+    dataset = _Batches(items)
+    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(
-        TensorDataset(*tensors),
-        batch_size=batch_size,
-        shuffle=shuffle,
+        dataset,
+        sampler=BatchSampler(order, batch_size, drop_last=False),
+        batch_size=None,  # the sampler yields whole batches of positions
         generator=generator,
         pin_memory=pin,
     )
@@ -223,8 +262,8 @@ def fit(
     module.to(device)
     net = module
     if distributed.active():  # torchrun: this rank's shard, gradients averaged by DDP
-        positions = torch.as_tensor(distributed.shard(len(train[0]), seed, 0))
-        train = tuple(t[positions] for t in train)
+        positions = torch.as_tensor(distributed.shard(n_items(train), seed, 0))
+        train = tuple(take(t, positions) for t in train)
         net = _DistributedModule(module, device)
         quiet = quiet or not distributed.is_main()
     start_loss = dataset_loss(module, loss_fn, train, config.batch_size, device, seed)
@@ -315,7 +354,7 @@ def _train_step(module, loss_fn, batch, optimizer, scaler, where: str, n_train: 
 
 def dataset_loss(module, loss_fn, train, batch_size=256, device="cpu", seed=0) -> float:
     """Mean loss of ``module`` over a whole data set (eval mode, no gradients)."""
-    if len(train[0]) == 0:
+    if n_items(train) == 0:
         return math.nan
     loader = make_loader(train, max(batch_size, 256), shuffle=False, seed=seed)
     return evaluate_loss(module, loss_fn, loader, device)[0]
@@ -328,7 +367,7 @@ def _fit_epochs(module, loss_fn, train, val, config, device, seed, quiet, descri
     )
     scaler = _grad_scaler(device)
     train_loader = make_loader(train, config.batch_size, shuffle=True, seed=seed, device=device)
-    has_val = val is not None and len(val[0]) > 0
+    has_val = val is not None and n_items(val) > 0
     val_loader = (
         make_loader(val, config.batch_size, shuffle=False, seed=seed, device=device)
         if has_val
@@ -347,7 +386,7 @@ def _fit_epochs(module, loss_fn, train, val, config, device, seed, quiet, descri
         for batch in train_loader:
             batch = to_device(batch, device)
             loss = _train_step(
-                module, loss_fn, batch, optimizer, scaler, f"epoch {epoch}", len(train[0])
+                module, loss_fn, batch, optimizer, scaler, f"epoch {epoch}", n_items(train)
             )
             steps += 1
             total += loss * len(batch[0])
@@ -429,7 +468,7 @@ def _fit_steps(
     initial_candidate,
 ):
     """Training counted in optimizer steps (see :class:`TrainConfig`)."""
-    plan = schedule_for(len(train[0]), config)
+    plan = schedule_for(n_items(train), config)
     optimizer = torch.optim.Adam(
         _param_groups(module, config.lr), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -443,7 +482,7 @@ def _fit_steps(
         )
     scaler = _grad_scaler(device)
     train_loader = make_loader(train, plan["batch_size"], shuffle=True, seed=seed, device=device)
-    has_val = val is not None and len(val[0]) > 0
+    has_val = val is not None and n_items(val) > 0
     val_loader = make_loader(val, 256, shuffle=False, seed=seed, device=device) if has_val else None
 
     history = {"train_loss": [], "val_loss": [], "lr": []}
@@ -464,7 +503,7 @@ def _fit_steps(
             batch = next(batches)
         batch = to_device(batch, device)
         loss = _train_step(
-            module, loss_fn, batch, optimizer, scaler, f"step {step + 1}", len(train[0])
+            module, loss_fn, batch, optimizer, scaler, f"step {step + 1}", n_items(train)
         )
         step += 1
         bar.update(1)

@@ -290,3 +290,85 @@ def test_backed_anndata_is_still_refused_without_copy(saved):
     with pytest.raises(Exception, match="backed"):
         tl.predict(backed, Model.load(model_path))
     backed.file.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# streamed training (profile): batches encoded from the sparse X when the loop needs them
+
+TRAIN_KW = dict(label_key="y", layout="profile", chunk_size=8, hidden=(8,), max_epochs=3, seed=0)
+
+
+def test_streamed_training_equals_in_memory_bit_for_bit():
+    in_memory, streamed = profile_data(), profile_data()
+    tl.classify(in_memory, stream=False, quiet=True, **TRAIN_KW)
+    tl.classify(streamed, stream=True, quiet=True, **TRAIN_KW)
+    for key in ("X_rnn", "rnn_proba"):
+        assert np.array_equal(in_memory.obsm[key], streamed.obsm[key]), key
+    assert in_memory.obs["rnn_split"].equals(streamed.obs["rnn_split"])
+    a, b = in_memory.uns["rnn"], streamed.uns["rnn"]
+    for model in ("rnn", "linear_path", "baseline"):
+        for name, value in a["metrics"][model].items():
+            assert np.array_equal(value, b["metrics"][model][name]), (model, name)
+    assert not a["params"]["stream"] and b["params"]["stream"]
+
+
+def test_streamed_training_never_encodes_everything_and_subsamples_its_fits(monkeypatch, caplog):
+    import anndata_rnn.baselines as baselines
+    import anndata_rnn.runs as runs
+    from anndata_rnn.streaming import LazyEncoded
+
+    monkeypatch.setattr(runs, "STREAM_FIT_SEQUENCES", 200)
+    monkeypatch.setattr(baselines, "LAZY_FIT_SEQUENCES", 300)
+    monkeypatch.setattr(baselines, "LAZY_BATCH", 256)
+    largest = []
+    real = LazyEncoded.__getitem__
+
+    def recording(self, positions):
+        values = real(self, positions)
+        largest.append(len(values))
+        return values
+
+    monkeypatch.setattr(LazyEncoded, "__getitem__", recording)
+    adata = profile_data(n_cells=1500)
+    with caplog.at_level("INFO", logger="anndata_rnn"):
+        tl.classify(adata, stream=True, quiet=True, batch_size=32, **{**TRAIN_KW, "max_epochs": 1})
+    info = adata.uns["rnn"]
+    n_train = int((adata.obs["rnn_split"] == "train").sum())
+    assert max(largest) <= 512 < adata.n_obs  # batches (and predict_in_batches' 512), never all
+    assert info["preprocessing"]["fitted_on_sequences"] == 200
+    assert "preprocessing fitted on 200 of" in caplog.text
+    assert (
+        f"fitted on a random 300 of {n_train} training sequences"
+        in (info["metrics"]["baseline"]["model"])
+    )
+    # measured 0.587 on its 300 (in memory on all 1,050 training cells: 0.560; chance 0.5)
+    assert info["metrics"]["baseline"]["accuracy"] >= 0.55
+    assert np.isfinite(adata.obsm["rnn_proba"]).all()
+
+
+def test_stream_auto_switches_on_above_the_memory_limit(monkeypatch, caplog):
+    import anndata_rnn.streaming as streaming
+
+    monkeypatch.setattr(streaming, "STREAM_ABOVE_BYTES", 10_000)  # 150 cells × 70 genes × 4 B
+    adata = profile_data()
+    with caplog.at_level("INFO", logger="anndata_rnn"):
+        tl.classify(adata, quiet=True, **TRAIN_KW)
+    assert adata.uns["rnn"]["params"]["stream"]
+    assert "streamed training: the encoded sequences would take" in caplog.text
+    small = profile_data()
+    monkeypatch.setattr(streaming, "STREAM_ABOVE_BYTES", 1 << 30)
+    tl.classify(small, quiet=True, **TRAIN_KW)
+    assert not small.uns["rnn"]["params"]["stream"]
+
+
+def test_cli_stream_always(tmp_path):
+    source = tmp_path / "in.h5ad"
+    profile_data().write_h5ad(source)
+    out = tmp_path / "out.h5ad"
+    result = run_cli(
+        "classify", source, "--label", "y", "--layout", "profile", "--chunk-size", 8,
+        "--hidden", "8", "--epochs", 2, "--stream", "always", "--output", out,
+        "--model-out", tmp_path / "m.h5", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert bool(ad.read_h5ad(out).uns["rnn"]["params"]["stream"])

@@ -43,6 +43,14 @@ regulated?):
     show_default=True,
     help="feature: standardize with training statistics; sequence: z-score each sequence.",
 )
+@click.option(
+    "--stream",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="profile: train without holding the encoded cells in memory (batches encoded from the "
+    "sparse X as needed); auto = when they would exceed 1 GiB.",
+)
 @device_options
 @amp_option
 @report_option
@@ -56,6 +64,7 @@ def classify(
     class_weights,
     cv,
     scale,
+    stream,
     seed,
     device,
     amp,
@@ -82,6 +91,7 @@ def classify(
             class_weights=class_weights,
             cv=cv,
             scale=scale,
+            stream={"auto": "auto", "always": True, "never": False}[stream],
             seed=seed,
             device=device,
             amp=amp,

@@ -7,7 +7,13 @@ import logging
 import numpy as np
 from anndata import AnnData
 
-from ..classification import ClassifierFit, log_cv, test_metrics, train_classifier
+from ..classification import (
+    ClassifierFit,
+    check_training_classes,
+    log_cv,
+    test_metrics,
+    train_classifier,
+)
 from ..errors import InputError
 from ..metrics import cv_summary
 from ..networks import architecture
@@ -25,6 +31,7 @@ from ..sequences import (
     scatter_steps,
 )
 from ..splits import make_folds
+from ..streaming import should_stream
 from ..training import TrainConfig
 
 log = logging.getLogger("anndata_rnn")
@@ -48,6 +55,7 @@ def classify(
     gene_subset: str | None = None,
     scale: str = "feature",
     linear_path: bool = True,
+    stream: bool | str = "auto",
     hidden=(128, 64),
     cell: str = "lstm",
     bidirectional: bool = False,
@@ -106,6 +114,12 @@ def classify(
         (Wide & Deep), trained jointly. Every run also trains the linear path alone the same
         way and reports it (``metrics["linear_path"]``): what the recurrence adds is the
         difference.
+    stream
+        Train without holding the encoded sequences in memory (profile layout): batches are
+        read from X (kept sparse) and encoded when the loop needs them, in the same order and
+        with the same numbers as in memory; the preprocessing and the logistic baseline are
+        fitted on a seeded random 20,000 training sequences. ``"auto"``: when the encoded
+        sequences would exceed 1 GiB (README "Large files").
     hidden, cell, bidirectional, dropout
         Encoder architecture (stacked layer sizes, ``"lstm"`` or ``"gru"``). Sequences longer
         than 64 steps are averaged in windows before the recurrence, whose states are
@@ -190,6 +204,7 @@ def classify(
             "n_top_genes": n_top_genes,
             "gene_subset": gene_subset,
             "order_key": order_key,
+            "stream": should_stream(run.index, len(run.source.feature_names), stream),
         },
         "linear_path": linear_path,
         "class_weights": class_weights,
@@ -270,12 +285,14 @@ def classify(
             "scale": scale,
             "linear_path": linear_path,
             "cv": cv or 0,
+            "stream": options["prepare"]["stream"],
         },
         preprocessing={
             "normalized": prep.normalize,
             "log1p": prep.log1p,
             "n_features": len(prep.features),
             "n_imputed": fitted.imputed,
+            "fitted_on_sequences": run.fit_sequences,
         },
         metrics=metrics,
         written=written,
@@ -291,7 +308,7 @@ def classify(
 def _train(run, labels: Labels, split: np.ndarray, options: dict) -> ClassifierFit:
     """Fit the preprocessing on the training units of ``split``, then the classifier, the
     linear path alone and the baseline (:func:`~anndata_rnn.classification.train_classifier`)."""
-    _check_training_classes(labels, run.index, split)
+    check_training_classes(labels, run.index, split)
     enc = run.prepare(split, options["prep"](), **options["prepare"])
     return train_classifier(
         run.index,
@@ -343,39 +360,6 @@ def apply_classifier(opened: OpenedModel, key: str, batch_size: int) -> dict:
         labels = labels.recode(classes)
         out["metrics"] = {"rnn": test_metrics(index, labels, proba, np.arange(index.n_sequences))}
     return out
-
-
-def _check_training_classes(labels: Labels, index: SequenceIndex, split: np.ndarray) -> None:
-    if labels.level == "unit":
-        train_codes = labels.codes[split == "train"]
-    else:
-        train_codes = labels.sequence_targets(
-            index, index.sequences_of_units(np.flatnonzero(split == "train"))
-        ).ravel()
-    counts = np.bincount(train_codes[train_codes >= 0], minlength=len(labels.classes))
-    if labels.level == "step":
-        # per-step labels: a split by series can hold a whole class out (e.g. each trajectory
-        # ends in its own fate); train anyway and let the held-out metrics show it
-        absent = [str(labels.classes[c]) for c in range(len(counts)) if counts[c] == 0]
-        if len(absent) == len(counts) - 1 or counts.sum() < 2:
-            raise InputError(
-                f"the training split holds fewer than 2 classes of {labels.key!r}: give more "
-                "series or an explicit split (--split-key)"
-            )
-        if absent:
-            log.warning(
-                "class(es) %s of %r never occur in the training series: the model cannot "
-                "predict them (the test metrics will show this)",
-                ", ".join(absent),
-                labels.key,
-            )
-        return
-    small = [f"{labels.classes[c]!r} ({counts[c]})" for c in range(len(counts)) if counts[c] < 2]
-    if small:
-        raise InputError(
-            f"class(es) {', '.join(small)} of {labels.key!r} have fewer than 2 members in the "
-            "training split: drop or merge rare classes, or give more data"
-        )
 
 
 def _write_results(target, index: SequenceIndex, classes, level, proba, embedding, key):
