@@ -1,4 +1,5 @@
-"""Memory and time of ``anndata-rnn predict`` on large synthetic profile data (issue 13).
+"""Memory and time of ``anndata-rnn predict`` (or ``classify``, ``--classify``) on large
+synthetic profile data (issue 13).
 
 Not a test: run by hand, one size per call (each prediction runs in a child process whose peak
 RSS is read with ``resource.getrusage(RUSAGE_CHILDREN)``)::
@@ -99,6 +100,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunk-rows", type=int, default=None)
     parser.add_argument("--keep-input", action="store_true")
+    parser.add_argument(
+        "--classify",
+        action="store_true",
+        help="measure training instead: anndata-rnn classify on the file (profile, 1 epoch, "
+        "a small LSTM: memory is the data path's, not the network's)",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.workdir / "profile_model.h5"
@@ -114,13 +121,23 @@ def main() -> None:
         sys.executable, "-m", "anndata_rnn", "predict", str(source), "--model", str(model),
         "--output", str(output), "--threads", str(args.threads), "--quiet", "--overwrite",
     ]  # fmt: skip
-    if args.chunk_rows:
+    if args.classify:
+        output = args.workdir / f"classified_{args.cells}.h5ad"
+        command = [
+            sys.executable, "-m", "anndata_rnn", "classify", str(source), "--label", "kind",
+            "--layout", "profile", "--chunk-size", "32", "--hidden", "32", "--epochs", "1",
+            "--batch-size", "256", "--min-steps", "0", "--output", str(output),
+            "--model-out", str(args.workdir / "classified_model.h5"),
+            "--threads", str(args.threads), "--quiet", "--overwrite",
+        ]  # fmt: skip
+    if args.chunk_rows and not args.classify:
         command += ["--chunk-rows", str(args.chunk_rows)]
     started = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     wall = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     result = {
+        "command_name": "classify" if args.classify else "predict",
         "cells": args.cells,
         "genes": N_GENES,
         "wall_s": round(wall, 1),
