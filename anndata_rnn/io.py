@@ -25,6 +25,26 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool = False) -> AnnData:
     external links, external raw storage, virtual datasets or non-standard filters is refused
     before anything reads its data.
     """
+    path = check_h5ad(path)
+    try:
+        adata = ad.read_h5ad(path, backed="r" if backed else None)
+    except Exception as exc:
+        raise unreadable(path, exc) from None
+    return adata
+
+
+def unreadable(path, exc: Exception) -> InputError:
+    """The one-line error for an HDF5 file anndata cannot read."""
+    first = str(exc).splitlines()[0][:150] if str(exc) else ""
+    return InputError(
+        f"{str(path)!r} could not be read as AnnData ({type(exc).__name__}: {first}): the file "
+        "may be damaged or written by an incompatible anndata"
+    )
+
+
+def check_h5ad(path: str | os.PathLike) -> Path:
+    """The checks of :func:`read_h5ad` without reading: an existing, self-contained HDF5 file
+    with obs and var (else an :class:`InputError`)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"input file {str(path)!r} does not exist")
@@ -44,15 +64,7 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool = False) -> AnnData:
         raise InputError(
             f"{str(path)!r} is not an HDF5 file or is truncated: give a complete .h5ad file"
         ) from None
-    try:
-        adata = ad.read_h5ad(path, backed="r" if backed else None)
-    except Exception as exc:
-        raise InputError(
-            f"{str(path)!r} could not be read as AnnData ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:150] if str(exc) else ''}): the file may be damaged or "
-            "written by an incompatible anndata"
-        ) from None
-    return adata
+    return path
 
 
 def check_output_path(output: str | os.PathLike, *, inputs: tuple = ()):

@@ -31,10 +31,10 @@ from dataclasses import dataclass, replace
 import h5py
 import numpy as np
 from anndata import AnnData
-from anndata.io import write_elem
+from anndata.io import read_elem, sparse_dataset, write_elem
 
 from .errors import InputError
-from .io import read_h5ad
+from .io import check_h5ad, unreadable
 from .preprocessing import (
     FeatureSource,
     Preprocessor,
@@ -57,27 +57,39 @@ STREAM_FIT_SEQUENCES = 20_000
 
 @contextlib.contextmanager
 def open_lazy(path) -> Iterator[AnnData]:
-    """An AnnData whose X stays on disk; obs, var, obsm, varm, layers and uns are in memory.
+    """An AnnData whose X and layers stay on disk; obs, var, obsm, varm and uns are in memory.
 
     Unlike a backed AnnData (which the tools refuse without ``copy=True``, so that nobody
     expects results written to the file), the result is an ordinary AnnData: a tool writes its
-    results into its obs/obsm/uns in memory, while X is read only by row blocks
-    (:class:`~anndata_rnn.preprocessing.FeatureSource`). The file is closed on leaving the
-    ``with`` block. Layers are loaded into memory (anndata's backed mode keeps only X on disk).
+    results into its obs/obsm/uns in memory, while X and the layers are read only by row blocks
+    (:class:`~anndata_rnn.preprocessing.FeatureSource`; sparse ones through anndata's
+    ``sparse_dataset``). obsp and varp are not read (the output is a copy of the input file, so
+    they are kept there). The file is closed on leaving the ``with`` block.
     """
-    backed = read_h5ad(path, backed=True)
-    try:
-        yield AnnData(
-            X=backed.X,
-            obs=backed.obs,
-            var=backed.var,
-            obsm=dict(backed.obsm),
-            varm=dict(backed.varm),
-            layers=dict(backed.layers),
-            uns=dict(backed.uns),
-        )
-    finally:
-        backed.file.close()
+    path = check_h5ad(path)  # self-contained HDF5 with obs and var
+    with h5py.File(path, "r") as f:
+
+        def in_memory(name):
+            return read_elem(f[name]) if name in f else {}
+
+        try:
+            adata = AnnData(
+                X=_on_disk(f["X"]) if "X" in f else None,
+                obs=read_elem(f["obs"]),
+                var=read_elem(f["var"]),
+                obsm=in_memory("obsm"),
+                varm=in_memory("varm"),
+                layers={k: _on_disk(v) for k, v in f["layers"].items()} if "layers" in f else {},
+                uns=in_memory("uns"),
+            )
+        except Exception as exc:
+            raise unreadable(path, exc) from None
+        yield adata
+
+
+def _on_disk(element):
+    """A matrix element left on disk: a sparse dataset (CSR/CSC group) or the HDF5 dataset."""
+    return sparse_dataset(element) if isinstance(element, h5py.Group) else element
 
 
 # ---------------------------------------------------------------------------------------------

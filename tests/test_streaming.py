@@ -372,3 +372,34 @@ def test_cli_stream_always(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert bool(ad.read_h5ad(out).uns["rnn"]["params"]["stream"])
+
+
+def test_open_lazy_keeps_x_and_layers_on_disk_and_predicts_from_a_layer(tmp_path):
+    from anndata.abc import CSRDataset
+
+    from anndata_rnn.streaming import open_lazy
+
+    adata = profile_data()
+    adata.layers["counts"] = adata.X.copy()
+    adata.layers["dense"] = adata.X.toarray()
+    adata.X = adata.X * 0  # the model reads the layer, not X
+    source = tmp_path / "in.h5ad"
+    adata.write_h5ad(source)
+    with open_lazy(source) as lazy:
+        assert isinstance(lazy.X, CSRDataset) and isinstance(lazy.layers["counts"], CSRDataset)
+        assert isinstance(lazy.layers["dense"], h5py.Dataset)
+        assert lazy.obs.equals(adata.obs) and np.array_equal(
+            lazy.obsm["X_other"], adata.obsm["X_other"]
+        )
+    model = tl.classify(
+        adata, layer="counts", quiet=True, copy=False, **{**TRAIN_KW, "max_epochs": 1}
+    )
+    model.save(tmp_path / "m.h5")
+    out = tmp_path / "out.h5ad"
+    result = run_cli("predict", source, "--model", tmp_path / "m.h5", "--output", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    expected = ad.read_h5ad(source)
+    tl.predict(expected, Model.load(tmp_path / "m.h5"), device="cpu")
+    got = ad.read_h5ad(out)
+    assert np.array_equal(got.obsm["rnn_proba"], expected.obsm["rnn_proba"])
+    assert np.array_equal(got.layers["dense"], adata.layers["dense"])
