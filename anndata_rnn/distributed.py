@@ -12,6 +12,7 @@ gloo on the CPU, nccl on CUDA. Without ``WORLD_SIZE`` > 1 nothing here does anyt
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -89,7 +90,7 @@ def mean(value: float) -> float:
 def gather_batches(parts: list) -> list:
     """Every rank's list of per-batch results, interleaved back into batch order (rank r ran
     batches r, r + world, ...)."""
-    if not active():
+    if not sharding():
         return parts
     everyone: list = [None] * world_size()
     dist.all_gather_object(everyone, parts)
@@ -99,3 +100,40 @@ def gather_batches(parts: list) -> list:
             if i < len(rank_parts):
                 out.append(rank_parts[i])
     return out
+
+
+def row_range(n: int) -> slice:
+    """This rank's contiguous share of ``n`` items (rank r: the r-th of ``world`` near-equal
+    ranges); everything in one process."""
+    if not active():
+        return slice(0, n)
+    bounds = np.linspace(0, n, world_size() + 1).round().astype(int)
+    return slice(int(bounds[rank()]), int(bounds[rank() + 1]))
+
+
+def gather_ranges(part):
+    """Every rank's ``part`` (any picklable value), in rank order (``[part]`` in one process)."""
+    if not active():
+        return [part]
+    everyone: list = [None] * world_size()
+    dist.all_gather_object(everyone, part)
+    return everyone
+
+
+_RANK_ONLY = {"on": False}
+
+
+@contextlib.contextmanager
+def this_rank_only():
+    """Inside, batched inference runs every batch it is given on this rank (the caller has
+    already split the work by :func:`row_range` and gathers it itself)."""
+    before, _RANK_ONLY["on"] = _RANK_ONLY["on"], True
+    try:
+        yield
+    finally:
+        _RANK_ONLY["on"] = before
+
+
+def sharding() -> bool:
+    """Whether batched inference should share its batches among the ranks."""
+    return active() and not _RANK_ONLY["on"]

@@ -450,7 +450,8 @@ def open_model(
         raise InputError(f"min_gene_overlap must be in (0, 1], got {min_gene_overlap}")
     target = target_of(adata, copy)
     seed_everything(seed)
-    torch_device = resolve_device(device)
+    torch_device = distributed.local_device(resolve_device(device))
+    distributed.init(torch_device)  # under torchrun: the ranks share the streamed sequences
     spec = SequenceSpec.from_keys(model.config["keys"], series_subset=series_subset)
     if check_targets is not None:
         check_targets(target, model)

@@ -33,6 +33,7 @@ import numpy as np
 from anndata import AnnData
 from anndata.io import read_elem, sparse_dataset, write_elem
 
+from . import distributed
 from .errors import InputError
 from .io import check_h5ad, unreadable
 from .preprocessing import (
@@ -268,6 +269,10 @@ def stream_apply(
     spilled = {i: _Spilled(scratch, name) for i, name in (spill or {}).items()} if scratch else {}
     if sequence_ids is None:
         sequence_ids = np.arange(index.n_sequences)
+    if distributed.sharding():  # torchrun: each rank streams its own row range
+        return _stream_ranges(
+            index, source, prep, run, batch_size, chunk_rows, progress, sequence_ids
+        )
     if index.layout == "var-series" and len(sequence_ids):
         log.info(
             "var-series: reading the whole matrix (%d obs × %d vars) at once; each sequence "
@@ -335,6 +340,34 @@ def scratch_file(directory) -> Iterator[h5py.File]:
             yield f
     finally:
         os.unlink(path)
+
+
+def _stream_ranges(index, source, prep, run, batch_size, chunk_rows, progress, sequence_ids):
+    """Under torchrun: this rank streams its contiguous share of the sequences; the shares are
+    gathered in rank order, so every rank returns the whole result (rank 0 writes it). Nothing
+    is spilled (the shares travel between processes in memory)."""
+    mine = sequence_ids[distributed.row_range(len(sequence_ids))]
+    with distributed.this_rank_only():
+        part = stream_apply(
+            index,
+            source,
+            prep,
+            run,
+            batch_size=batch_size,
+            chunk_rows=chunk_rows,
+            progress=progress and distributed.is_main(),
+            sequence_ids=mine,
+        )
+    shares = distributed.gather_ranges((part.outputs, part.n_missing, part.lengths))
+    outputs = tuple(
+        None if pieces[0] is None else np.concatenate(pieces)
+        for pieces in zip(*[share[0] for share in shares if share[0]], strict=True)
+    )
+    return Streamed(
+        outputs=outputs,
+        n_missing=np.concatenate([share[1] for share in shares]),
+        lengths=np.concatenate([share[2] for share in shares]),
+    )
 
 
 class _Spilled:

@@ -71,3 +71,30 @@ def test_torchrun_two_processes_write_one_output_and_match_one_process(tmp_path)
     for model in ("rnn", "baseline"):
         assert abs(single[model]["accuracy"] - double[model]["accuracy"]) <= 0.1
         assert double[model]["auroc"] >= 0.95
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_torchrun_predict_shares_the_cells_and_writes_one_output(tmp_path):
+    _data(tmp_path / "in.h5ad")
+    _run([sys.executable, "-m", "anndata_rnn"], tmp_path, "trained")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outputs = {}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    for name, prefix in (("one", [sys.executable]), ("two", torchrun)):
+        (tmp_path / name).mkdir()
+        command = [
+            *prefix, "-m", "anndata_rnn", "predict", str(tmp_path / "in.h5ad"),
+            "--model", str(tmp_path / "trained" / "model.h5"),
+            "--output", str(tmp_path / name / "out.h5ad"),
+            "--batch-size", "16", "--chunk-rows", "50", "--threads", "1",
+        ]  # fmt: skip
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[name] = ad.read_h5ad(tmp_path / name / "out.h5ad")
+    # one output from the two ranks (no temporary or scratch file left by rank 1)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["out.h5ad"]
+    one, two = outputs["one"], outputs["two"]
+    assert "2 processes" in done.stderr  # the ranks really joined one process group
+    np.testing.assert_allclose(two.obsm["rnn_proba"], one.obsm["rnn_proba"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(two.obsm["X_rnn"], one.obsm["X_rnn"], atol=1e-6, rtol=0)
+    assert (two.obs["rnn_pred"] == one.obs["rnn_pred"]).all()

@@ -33,7 +33,9 @@ def predict_in_batches(
     starts = range(0, len(values), batch_size)
     per_batch = []
     # under torchrun every rank runs its share of the batches; they are gathered in order
-    for start in starts[distributed.rank() :: distributed.world_size()]:
+    if distributed.sharding():
+        starts = starts[distributed.rank() :: distributed.world_size()]
+    for start in starts:
         batch = slice(start, start + batch_size)
         x = torch.as_tensor(values[batch])
         x = (x.pin_memory() if pin else x).to(device, non_blocking=pin)
