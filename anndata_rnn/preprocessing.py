@@ -636,9 +636,10 @@ def encode(
         rows = index.obs_rows(ids)
         block = prep.transform_rows(source.read_rows(rows), source.feature_names)
         raw = assemble(index, ids, rows, block)
-        seen = ~np.isnan(raw) & index.mask[ids][..., None]
+        real = (index.steps[ids] >= 0)[..., None]  # these sequences' steps only (not index.mask)
+        seen = ~np.isnan(raw) & real
         observed.append(seen)
-        missing.append((~seen & index.mask[ids][..., None]).sum(axis=(1, 2)))
+        missing.append((~seen & real).sum(axis=(1, 2)))
         if prep.imputation == "causal":
             raw = causal_fill(raw, ~np.isnan(raw), prep.mean)
         parts.append(prep.transform_sequences(raw, index.times[ids]))
@@ -649,7 +650,7 @@ def encode(
         if parts
         else np.zeros((0, index.max_steps, width), np.float32),
         observed=np.concatenate(observed) if observed else np.zeros((0, index.max_steps, 0), bool),
-        lengths=index.lengths[sequence_ids].astype(np.int64),
+        lengths=(index.steps[sequence_ids] >= 0).sum(axis=1).astype(np.int64),
         times=index.times[sequence_ids],
         n_features=len(prep.mean),
         n_missing=np.concatenate(missing) if missing else np.zeros(0, dtype=np.int64),

@@ -223,7 +223,7 @@ class LazyEncoded:
 
     def __getitem__(self, positions) -> np.ndarray:
         ids = self.ids[self._positions(positions)]
-        enc = encode(self.index, self.source, self.prep, ids, chunk=max(len(ids), 1))
+        enc = encode(self.index, self.source, self.prep, ids)
         self._missing[ids] = enc.n_missing
         return enc.values
 
