@@ -35,6 +35,8 @@ SCALE_CHOICES = ("feature", "sequence")
 IMPUTATION_CHOICES = ("interpolate", "causal")
 #: sequences encoded per chunk (bounds the memory of one read)
 CHUNK_SEQUENCES = 4096
+#: columns whose training statistics are computed together (bounds the float64 copies)
+STATISTICS_COLUMNS = 64
 
 
 def resolve_rep(adata: AnnData, use_rep: str) -> str:
@@ -438,13 +440,19 @@ class Preprocessor:
     def _fit_statistics(self, values: np.ndarray, times: np.ndarray) -> None:
         # float64: a constant float32 column otherwise gets a std of ~1e-8 instead of 0, and
         # standardizing by it blows any later deviation up by 1e8
-        flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
+        # (a block of columns at a time: a float64 copy of the whole block would take several
+        # times its memory)
+        flat = values.reshape(-1, values.shape[-1])
+        mean, std = np.empty(flat.shape[1]), np.empty(flat.shape[1])
         # a feature without any value in the training rows gives numpy's "mean of empty slice"
         # warnings: reported below as one line instead
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(flat, axis=0)
-            std = np.nanstd(flat, axis=0)
+            for start in range(0, flat.shape[1], STATISTICS_COLUMNS):
+                columns = slice(start, start + STATISTICS_COLUMNS)
+                part = flat[:, columns].astype(np.float64)
+                mean[columns] = np.nanmean(part, axis=0)
+                std[columns] = np.nanstd(part, axis=0)
         empty = ~np.isfinite(mean)
         if empty.any() and self.layout != "var-series" and len(self.features) == len(mean):
             log.warning(
