@@ -116,6 +116,8 @@ class FeatureSource:
             block = matrix.iloc[rows].to_numpy()
         elif len(rows) == self.n_rows and not _is_backed(matrix):
             block = matrix
+        elif len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            block = matrix[int(rows[0]) : int(rows[-1]) + 1]  # a run of rows: read as a slice
         else:
             block = matrix[rows]
         if sp.issparse(block) or hasattr(block, "to_memory"):
@@ -481,7 +483,7 @@ class Preprocessor:
                 "negative values in a matrix this model normalizes as raw counts: give the raw "
                 "counts (the same kind of matrix the model was trained on)"
             )
-        tmp = AnnData(np.nan_to_num(block, nan=0.0))
+        tmp = AnnData(np.where(np.isnan(block), np.float32(0), block))  # (no ±inf: refused)
         sc.pp.normalize_total(tmp, target_sum=self.target_sum)
         sc.pp.log1p(tmp)
         out = np.asarray(tmp.X, dtype=np.float32)

@@ -478,20 +478,24 @@ def assemble(
     ``block`` holds the (already transformed) feature matrix for the obs ``rows`` (sorted, as
     returned by :meth:`SequenceIndex.obs_rows`). Padding is NaN.
     """
-    position = np.full(index.n_obs, -1, dtype=np.int64)
-    position[rows] = np.arange(len(rows))
+    rows = np.asarray(rows)
+    # positions in the block of obs rows that are all in ``rows`` (sorted): no per-call array
+    # over every obs (a streamed batch would otherwise fill one of n_obs entries)
     if index.layout == "profile":
         cs = index.chunk_size
         n_chunks = index.max_steps
         order = index.gene_order
-        local = position[index.unit_rows[index.unit[sequence_ids]]]
+        local = np.searchsorted(rows, index.unit_rows[index.unit[sequence_ids]])
+        taken = block if np.array_equal(local, np.arange(len(block))) else block[local]
+        if not np.array_equal(order, np.arange(taken.shape[1])):
+            taken = taken[:, order]
         values = np.zeros((len(sequence_ids), n_chunks * cs), dtype=np.float32)
-        values[:, : len(order)] = block[local][:, order]
+        values[:, : len(order)] = taken
         return values.reshape(len(sequence_ids), n_chunks, cs)
 
     steps = index.steps[sequence_ids]
     valid = steps >= 0
-    local = np.where(valid, position[np.where(valid, steps, 0)], 0)
+    local = np.where(valid, np.searchsorted(rows, np.where(valid, steps, 0)), 0)
     if index.layout == "obs-series":
         values = block[local].astype(np.float32, copy=False)
     else:  # var-series: the gene's value at each step
