@@ -1052,7 +1052,8 @@ def test_outputs_record_versions_seed_device_and_every_parameter(tmp_path):
     check_provenance(uns, 3)
     assert uns["params"]["label_key"] == "label"  # the model's keys
     assert dict(uns["predict_params"]) == {"key_added": "pred", "min_gene_overlap": 0.9,
-                                           "batch_size": 16, "chunk_rows": 8192}  # fmt: skip
+                                           "batch_size": 16, "chunk_rows": 8192,
+                                           "amp": False}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -309,7 +309,7 @@ def test_streamed_training_equals_in_memory_bit_for_bit():
     for model in ("rnn", "linear_path", "baseline"):
         for name, value in a["metrics"][model].items():
             assert np.array_equal(value, b["metrics"][model][name]), (model, name)
-    assert not a["params"]["stream"] and b["params"]["stream"]
+    assert not a["params"]["streamed"] and b["params"]["streamed"]
 
 
 def test_streamed_training_never_encodes_everything_and_subsamples_its_fits(monkeypatch, caplog):
@@ -353,12 +353,12 @@ def test_stream_auto_switches_on_above_the_memory_limit(monkeypatch, caplog):
     adata = profile_data()
     with caplog.at_level("INFO", logger="anndata_rnn"):
         tl.classify(adata, quiet=True, **TRAIN_KW)
-    assert adata.uns["rnn"]["params"]["stream"]
+    assert adata.uns["rnn"]["params"]["streamed"] and adata.uns["rnn"]["params"]["stream"] == "auto"
     assert "streamed training: the encoded sequences would take" in caplog.text
     small = profile_data()
     monkeypatch.setattr(streaming, "STREAM_ABOVE_BYTES", 1 << 30)
     tl.classify(small, quiet=True, **TRAIN_KW)
-    assert not small.uns["rnn"]["params"]["stream"]
+    assert not small.uns["rnn"]["params"]["streamed"]
 
 
 def test_cli_stream_always(tmp_path):
@@ -371,7 +371,7 @@ def test_cli_stream_always(tmp_path):
         "--model-out", tmp_path / "m.h5", "--quiet",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert bool(ad.read_h5ad(out).uns["rnn"]["params"]["stream"])
+    assert bool(ad.read_h5ad(out).uns["rnn"]["params"]["streamed"])
 
 
 def test_open_lazy_keeps_x_and_layers_on_disk_and_predicts_from_a_layer(tmp_path):

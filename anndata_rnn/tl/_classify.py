@@ -285,7 +285,8 @@ def classify(
             "scale": scale,
             "linear_path": linear_path,
             "cv": cv or 0,
-            "stream": options["prepare"]["stream"],
+            "stream": stream,
+            "streamed": options["prepare"]["stream"],
         },
         preprocessing={
             "normalized": prep.normalize,
