@@ -97,6 +97,7 @@ class FeatureSource:
             else:
                 self.feature_names = np.asarray(adata.var_names, dtype=object)
                 self.names_from = "var_names"
+        self.matrix = _same_index_dtypes(self.matrix)
         self.n_rows = adata.n_obs
         if adata.n_obs == 0 or len(self.feature_names) == 0:
             raise InputError(
@@ -164,6 +165,27 @@ def duplicated_names(names: np.ndarray, limit: int = 3) -> str:
     shown = ", ".join(f"{name!r} ({n}×)" for name, n in repeated.iloc[:limit].items())
     more = f" and {len(repeated) - limit} more" if len(repeated) > limit else ""
     return shown + more
+
+
+def _same_index_dtypes(matrix):
+    """A CSR/CSC matrix whose ``indptr`` and ``indices`` share one dtype (sharing the arrays).
+
+    anndata writes ``indptr`` as int64 and ``indices`` as int32; scipy then converts the whole
+    ``indices`` array to int64 on every row selection (a copy of the matrix's size per batch).
+    """
+    if not sp.issparse(matrix) or matrix.format not in ("csr", "csc"):
+        return matrix
+    if matrix.indptr.dtype == matrix.indices.dtype:
+        return matrix
+    if matrix.nnz < np.iinfo(np.int32).max and max(matrix.shape) < np.iinfo(np.int32).max:
+        indptr, indices = (
+            matrix.indptr.astype(np.int32),
+            matrix.indices.astype(np.int32, copy=False),
+        )
+    else:
+        indptr, indices = matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64)
+    out = type(matrix)((matrix.data, indices, indptr), shape=matrix.shape, copy=False)
+    return out
 
 
 def _is_backed(matrix) -> bool:
