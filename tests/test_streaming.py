@@ -403,3 +403,26 @@ def test_open_lazy_keeps_x_and_layers_on_disk_and_predicts_from_a_layer(tmp_path
     got = ad.read_h5ad(out)
     assert np.array_equal(got.obsm["rnn_proba"], expected.obsm["rnn_proba"])
     assert np.array_equal(got.layers["dense"], adata.layers["dense"])
+
+
+def test_cli_fixes_the_mmap_threshold_so_streamed_batches_do_not_fragment_the_heap(monkeypatch):
+    import ctypes
+    import sys
+
+    from anndata_rnn.cli import _common
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, parameter, value):
+            calls.append((parameter, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    _common.bound_heap_growth()
+    assert calls == [(-3, 1 << 20)]  # glibc's M_MMAP_THRESHOLD, 1 MB
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own setting wins
+    _common.bound_heap_growth()
+    assert len(calls) == 1

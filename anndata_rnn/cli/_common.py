@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -52,6 +53,7 @@ def common_options(func):
     def wrapper(*args, quiet, debug, threads, **kwargs):
         RUN.warnings = []
         _setup_logging(quiet)
+        bound_heap_growth()
         if threads:
             import torch
 
@@ -191,6 +193,28 @@ def amp_option(func):
         is_flag=True,
         help="Mixed precision on a CUDA GPU (bf16 where supported, else fp16); ignored on CPU.",
     )(func)
+
+
+#: glibc mallopt parameter and the value set by :func:`bound_heap_growth`
+M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES = -3, 1 << 20
+
+
+def bound_heap_growth() -> None:
+    """Serve arrays of 1 MB and more from their own mappings, returned to the system when freed.
+
+    glibc raises its mmap threshold up to 32 MB after such arrays are freed; streamed batches of
+    a few MB then fragment the heap, which kept twice the live memory (measured: 3.7 GB peak
+    RSS for a 300,000-cell ``classify`` whose live memory was 2 GB; 1.9 GB with a fixed 1 MB
+    threshold, 3.5 GB with 4 MB, as its batches are ~2 MB). On other C libraries this does
+    nothing. The same setting from outside: ``MALLOC_MMAP_THRESHOLD_=1048576``.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _setup_logging(quiet: bool) -> None:
