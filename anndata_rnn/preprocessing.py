@@ -184,8 +184,7 @@ def _same_index_dtypes(matrix):
         )
     else:
         indptr, indices = matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64)
-    out = type(matrix)((matrix.data, indices, indptr), shape=matrix.shape, copy=False)
-    return out
+    return type(matrix)((matrix.data, indices, indptr), shape=matrix.shape, copy=False)
 
 
 def _is_backed(matrix) -> bool:
