@@ -17,11 +17,13 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 
+import h5py
 import numpy as np
 import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
+from anndata.abc import CSCDataset, CSRDataset
 
 from .errors import InputError
 from .sequences import SequenceIndex, assemble
@@ -106,6 +108,12 @@ class FeatureSource:
             )
 
     @property
+    def on_disk(self) -> bool:
+        """Whether the matrix is read from the file (an HDF5 dataset or anndata's sparse
+        dataset, as in :func:`anndata_rnn.streaming.open_lazy` or a backed AnnData)."""
+        return isinstance(self.matrix, h5py.Dataset | CSRDataset | CSCDataset)
+
+    @property
     def kind(self) -> str:
         return "rep" if self.use_rep else ("layer" if self.layer else "X")
 
@@ -119,6 +127,8 @@ class FeatureSource:
             block = matrix
         elif len(rows) and rows[-1] - rows[0] + 1 == len(rows):
             block = matrix[int(rows[0]) : int(rows[-1]) + 1]  # a run of rows: read as a slice
+        elif _is_backed(matrix) and len(rows):
+            block = _read_spans(matrix, rows)
         else:
             block = matrix[rows]
         if sp.issparse(block) or hasattr(block, "to_memory"):
@@ -189,6 +199,47 @@ def _same_index_dtypes(matrix):
 
 def _is_backed(matrix) -> bool:
     return not isinstance(matrix, np.ndarray | sp.spmatrix | sp.sparray)
+
+
+#: a matrix on disk is read in slices of at most this many rows (32 MB of 2,000 float32 genes)
+SLICE_ROWS = 4096
+#: a slice is read whole (the rows not asked for are dropped) when at least 1 in this many of its
+#: rows is asked for: a slice costs ~2 µs a row, a row read on its own ~250 µs (CSR on disk)
+SLICE_DENSITY = 64
+
+
+def _read_spans(matrix, rows: np.ndarray):
+    """``matrix[rows]`` of a matrix on disk (sorted, unique ``rows``), read in slices.
+
+    Measured on a 100,000 × 2,000 CSR file: 256 scattered rows 65 ms one by one, 8,192
+    consecutive rows 18 ms as one slice. Rows are taken in groups spanning at most
+    :data:`SLICE_ROWS` rows; a group dense enough is read as one slice, the other rows in one
+    row-by-row read per run of sparse groups (each read of anndata's costs ~5 ms on its own).
+    """
+    reads: list[tuple[bool, np.ndarray]] = []  # (as a slice, rows)
+    start = 0
+    while start < len(rows):
+        stop = int(np.searchsorted(rows, rows[start] + SLICE_ROWS, side="left"))
+        group = rows[start:stop]
+        whole = len(group) * SLICE_DENSITY >= group[-1] - group[0] + 1
+        if not whole and reads and not reads[-1][0]:
+            reads[-1] = (False, np.concatenate([reads[-1][1], group]))
+        else:
+            reads.append((whole, group))
+        start = stop
+    blocks = []
+    for whole, group in reads:
+        first = int(group[0])
+        block = matrix[first : int(group[-1]) + 1] if whole else matrix[group]
+        block = block.to_memory() if hasattr(block, "to_memory") else block
+        if whole and len(group) < block.shape[0]:
+            block = block[group - first]
+        blocks.append(block)
+    if len(blocks) == 1:
+        return blocks[0]
+    if sp.issparse(blocks[0]):
+        return sp.vstack(blocks, format="csr")
+    return np.concatenate([np.asarray(b) for b in blocks])
 
 
 def looks_like_counts(block: np.ndarray) -> tuple[bool, str]:

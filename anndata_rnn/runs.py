@@ -66,6 +66,12 @@ class TaskResult:
     def written(self) -> list[str]:
         return list(self.record.get("written", []))
 
+    @property
+    def elements(self) -> list[str]:
+        """Every element the tool added to the AnnData (``written`` and ``uns/{key}``): what a
+        copy of the input file needs to get (:func:`~anndata_rnn.streaming.write_new_elements`)."""
+        return [*self.written, f"uns/{self.key}"]
+
     def returned(self):
         """scanpy style: the model (training) or None; with ``copy`` the annotated copy too."""
         if self.model is not None:
@@ -191,13 +197,15 @@ class TrainingRun:
         order_key: str | None = None,
         fit_index: SequenceIndex | None = None,
         stream: bool = False,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
     ) -> Encoded | LazyEncoded:
         """Fit ``prep`` on the training units (on ``fit_index`` when given) and encode.
 
         Sets ``split``, ``ids`` (train / val / test sequence ids), ``prep`` and ``encoded``
         (every sequence of ``fit_index`` or of the run's index). With ``stream``, ``prep`` is
         fitted on at most :data:`~anndata_rnn.streaming.STREAM_FIT_SEQUENCES` training
-        sequences (seeded) and ``encoded`` is a :class:`~anndata_rnn.streaming.LazyEncoded`.
+        sequences (seeded) and ``encoded`` is a :class:`~anndata_rnn.streaming.LazyEncoded`
+        (which, on a file, reads its shuffle buffer ``chunk_rows`` sequences at a time).
         """
         self.split = split
         self.ids = {
@@ -238,7 +246,7 @@ class TrainingRun:
         if layout == "profile":  # the steps follow the number of selected genes
             self.index = index = self.index.with_width(len(prep.features))
         if stream:  # encoded batch by batch while training and predicting
-            self.encoded = LazyEncoded(index, self.source, prep)
+            self.encoded = LazyEncoded(index, self.source, prep, chunk_rows=chunk_rows)
             return self.encoded
         self.encoded = encode(index, self.source, prep)
         if self.encoded.imputed:

@@ -54,6 +54,9 @@ STREAM_ABOVE_BYTES = 1 << 30
 #: streamed training: the preprocessing and the logistic baseline are fitted on at most this many
 #: training sequences (a seeded random subset; 20,000 × 2,000 genes is 160 MB of float32)
 STREAM_FIT_SEQUENCES = 20_000
+#: streamed training from a file: shuffled batches come from blocks of this many consecutive
+#: sequences, ``chunk_rows // STREAM_BLOCK`` blocks read and shuffled together
+STREAM_BLOCK = 256
 
 
 @contextlib.contextmanager
@@ -190,13 +193,29 @@ class LazyEncoded:
     Imputation counts fill in as sequences get encoded (all of them after a pass over the data).
     """
 
-    def __init__(self, index: SequenceIndex, source: FeatureSource, prep: Preprocessor):
+    def __init__(
+        self,
+        index: SequenceIndex,
+        source: FeatureSource,
+        prep: Preprocessor,
+        *,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        read_blocks: bool | None = None,
+    ):
         self.index, self.source, self.prep = index, source, prep
         self._set_ids(np.arange(index.n_sequences))
         probe = encode(index, source, prep, self.ids[:1], chunk=1)
         self.shape = (len(self.ids), *probe.values.shape[1:])
         self.n_features = probe.n_features
         self._missing = np.full(index.n_sequences, -1, dtype=np.int64)  # -1: not encoded yet
+        if read_blocks is None:  # a file is read fast by contiguous blocks, not row by row
+            read_blocks = source.on_disk
+        #: (block, buffer) for :class:`~anndata_rnn.training.BufferedBlocks`, or None
+        self.read_blocks = (
+            (STREAM_BLOCK, max(1, chunk_rows // STREAM_BLOCK)) if read_blocks else None
+        )
+        self._buffer_ids = np.zeros(0, dtype=np.int64)  # sorted ids of the read-ahead buffer
+        self._buffer = None
 
     def _set_ids(self, ids: np.ndarray) -> None:
         self.ids = np.asarray(ids, dtype=np.int64)
@@ -221,8 +240,23 @@ class LazyEncoded:
         view.shape = (len(view.ids), *self.shape[1:])
         return view
 
+    def prefetch(self, positions: np.ndarray) -> None:
+        """Read and encode the sequences at ``positions`` now, in file order (a few slices of
+        the file); the batches indexed next are served from them."""
+        self._buffer = None  # the previous buffer's memory is free before the next one is read
+        ids = np.sort(self.ids[self._positions(positions)])
+        self._buffer = self._encode(ids)
+        self._buffer_ids = ids
+
     def __getitem__(self, positions) -> np.ndarray:
         ids = self.ids[self._positions(positions)]
+        if self._buffer is not None:
+            where = np.minimum(np.searchsorted(self._buffer_ids, ids), len(self._buffer_ids) - 1)
+            if np.array_equal(self._buffer_ids[where], ids):
+                return self._buffer[where]
+        return self._encode(ids)
+
+    def _encode(self, ids: np.ndarray) -> np.ndarray:
         enc = encode(self.index, self.source, self.prep, ids)
         self._missing[ids] = enc.n_missing
         return enc.values

@@ -18,6 +18,7 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     RandomSampler,
+    Sampler,
     SequentialSampler,
 )
 from tqdm.auto import tqdm
@@ -199,19 +200,82 @@ def n_items(items) -> int:
     return len(items[0])
 
 
+class BufferedBlocks(Sampler):
+    """Shuffled batches that a file on disk can serve fast: contiguous blocks, a shuffle buffer.
+
+    Each pass permutes blocks of ``block`` consecutive positions (a multiple of ``batch_size``),
+    takes them ``buffer`` blocks at a time, tells every item that can read ahead (``prefetch``,
+    e.g. :class:`anndata_rnn.streaming.LazyEncoded` on a file) which positions come next, and
+    yields those positions shuffled in batches of ``batch_size``: the approach of scverse's
+    annbatch. Batches mix ``buffer`` random regions of the data (not the whole data at once, as
+    a full permutation does); a pass has ``ceil(n / batch_size)`` batches, as with full
+    shuffling.
+    """
+
+    def __init__(self, items, batch_size: int, block: int, buffer: int, generator):
+        self.items, self.batch_size, self.buffer, self.generator = (
+            items,
+            batch_size,
+            buffer,
+            generator,
+        )
+        self.n = n_items(items)
+        self.block = max(1, math.ceil(block / batch_size)) * batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        n_blocks = math.ceil(self.n / self.block)
+        blocks = torch.randperm(n_blocks, generator=self.generator).numpy()
+        for start in range(0, n_blocks, self.buffer):
+            chosen = np.sort(blocks[start : start + self.buffer])
+            positions = np.concatenate(
+                [np.arange(b * self.block, min(self.n, (b + 1) * self.block)) for b in chosen]
+            )
+            for item in self.items:
+                if hasattr(item, "prefetch"):
+                    item.prefetch(positions)
+            order = positions[torch.randperm(len(positions), generator=self.generator).numpy()]
+            for first in range(0, len(order), self.batch_size):
+                yield order[first : first + self.batch_size].tolist()
+
+
+def _read_blocks(items) -> tuple[int, int] | None:
+    return next((i.read_blocks for i in items if getattr(i, "read_blocks", None)), None)
+
+
+def batch_order(items, batch_size: int) -> str:
+    """How :func:`make_loader` shuffles ``items`` in batches of ``batch_size`` (for the record)."""
+    blocks = _read_blocks(items)
+    if not blocks:
+        return "random"
+    block = max(1, math.ceil(blocks[0] / batch_size)) * batch_size
+    return f"blocks of {block} in a shuffle buffer of {block * blocks[1]}"
+
+
 def make_loader(items: tuple, batch_size: int, *, shuffle: bool, seed: int, device=None):
     """Batches of ``items`` (pinned for fast copies when ``device`` is a CUDA device).
 
     The order is DataLoader's own (``shuffle=True``: a permutation per pass drawn from a
     generator seeded with ``seed``), so tensors and lazily encoded items give the same batches.
+    When an item reads from a file (``read_blocks = (block, buffer)``), shuffled batches come
+    from :class:`BufferedBlocks` instead, with the same seeded generator.
     """
     generator = torch.Generator().manual_seed(seed)
     pin = device is not None and torch.device(device).type == "cuda"
     dataset = _Batches(items)
-    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    blocks = _read_blocks(items)
+    if shuffle and blocks:
+        batches = BufferedBlocks(items, batch_size, *blocks, generator)
+    else:
+        order = (
+            RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        )
+        batches = BatchSampler(order, batch_size, drop_last=False)
     return DataLoader(
         dataset,
-        sampler=BatchSampler(order, batch_size, drop_last=False),
+        sampler=batches,
         batch_size=None,  # the sampler yields whole batches of positions
         generator=generator,
         pin_memory=pin,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -331,28 +332,39 @@ def write_metrics_table(metrics: dict, path, *, atomic: bool = True) -> None:
     write_table(metrics_frame(metrics), path, atomic=atomic)
 
 
-def train_and_write(input, output, model_out, metrics_table, train):
+def train_and_write(input, output, model_out, metrics_table, train, *, lazy: bool = False):
     """Read ``input``, run ``train(adata) -> TaskResult``, write the h5ad, model and metrics.
 
-    All outputs appear together or not at all (temporary names renamed at the end).
+    All outputs appear together or not at all (temporary names renamed at the end). With
+    ``lazy``, X and the layers stay in the file (:func:`~anndata_rnn.streaming.open_lazy`) and
+    the output h5ad is a copy of the input plus the new elements, as ``predict`` writes it.
     """
     from .. import distributed
     from ..io import read_h5ad, write_h5ad
+    from ..streaming import open_lazy, write_new_elements
 
-    if distributed.requested() and int(os.environ.get("RANK", "0")) != 0:
-        return train(read_h5ad(input))  # under torchrun rank 0 alone writes the outputs
-    with Outputs(inputs=(input,)) as outputs:
-        out_tmp = outputs.add(output)
-        model_tmp = outputs.add(model_out)
-        table_tmp = outputs.add(metrics_table)
-        result = train(read_h5ad(input))
-        result.model.save(model_tmp, atomic=False)
-        write_h5ad(result.adata, out_tmp, atomic=False)
-        if table_tmp:
-            write_metrics_table(result.metrics, table_tmp, atomic=False)
-        outputs.write_report(result.adata, result.key)
-        outputs.commit()
-    echo_written(result.written + [f"uns/{result.key}"], output, model_out)
+    with contextlib.ExitStack() as opened:
+
+        def read():
+            return opened.enter_context(open_lazy(input)) if lazy else read_h5ad(input)
+
+        if distributed.requested() and int(os.environ.get("RANK", "0")) != 0:
+            return train(read())  # under torchrun rank 0 alone writes the outputs
+        with Outputs(inputs=(input,)) as outputs:
+            out_tmp = outputs.add(output)
+            model_tmp = outputs.add(model_out)
+            table_tmp = outputs.add(metrics_table)
+            result = train(read())
+            result.model.save(model_tmp, atomic=False)
+            if lazy:
+                write_new_elements(input, out_tmp, result.adata, result.elements)
+            else:
+                write_h5ad(result.adata, out_tmp, atomic=False)
+            if table_tmp:
+                write_metrics_table(result.metrics, table_tmp, atomic=False)
+            outputs.write_report(result.adata, result.key)
+            outputs.commit()
+    echo_written(result.elements, output, model_out)
     print_metrics(result.metrics, title=result.title)
     print_cautions(result.record)
     return result

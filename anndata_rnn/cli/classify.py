@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..streaming import DEFAULT_CHUNK_ROWS
 from ._common import (
     amp_option,
     common_options,
@@ -48,8 +49,16 @@ regulated?):
     type=click.Choice(["auto", "always", "never"]),
     default="auto",
     show_default=True,
-    help="profile: train without holding the encoded cells in memory (batches encoded from the "
-    "sparse X as needed); auto = when they would exceed 1 GiB.",
+    help="profile: train without holding the cells in memory: X stays in the file and batches "
+    "are read and encoded as needed; auto = when the encoded cells would exceed 1 GiB; never "
+    "= read the whole file into memory.",
+)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CHUNK_ROWS,
+    show_default=True,
+    help="Streamed training: cells read from the file and shuffled together (bounds memory).",
 )
 @device_options
 @amp_option
@@ -65,6 +74,7 @@ def classify(
     cv,
     scale,
     stream,
+    chunk_rows,
     seed,
     device,
     amp,
@@ -92,6 +102,7 @@ def classify(
             cv=cv,
             scale=scale,
             stream={"auto": "auto", "always": True, "never": False}[stream],
+            chunk_rows=chunk_rows,
             seed=seed,
             device=device,
             amp=amp,
@@ -100,4 +111,6 @@ def classify(
             **sequence_kwargs(kw),
             **network_kwargs(kw),
         ),
+        # profile data can be far larger than memory: X stays in the file
+        lazy=kw["layout"] == "profile" and stream != "never",
     )

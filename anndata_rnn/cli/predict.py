@@ -102,7 +102,7 @@ def predict(
             overwrite=overwrite,
             quiet=quiet,
         )
-        written = result.written + [f"uns/{result.key}"]
+        written = result.elements
         write_new_elements(input, out_tmp, result.adata, written)
         outputs.write_report(result.adata, result.key)
         outputs.commit()

@@ -31,8 +31,8 @@ from ..sequences import (
     scatter_steps,
 )
 from ..splits import make_folds
-from ..streaming import should_stream
-from ..training import TrainConfig
+from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
+from ..training import TrainConfig, batch_order, schedule_for
 
 log = logging.getLogger("anndata_rnn")
 
@@ -56,6 +56,7 @@ def classify(
     scale: str = "feature",
     linear_path: bool = True,
     stream: bool | str = "auto",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
     hidden=(128, 64),
     cell: str = "lstm",
     bidirectional: bool = False,
@@ -119,7 +120,14 @@ def classify(
         read from X (kept sparse) and encoded when the loop needs them, in the same order and
         with the same numbers as in memory; the preprocessing and the logistic baseline are
         fitted on a seeded random 20,000 training sequences. ``"auto"``: when the encoded
-        sequences would exceed 1 GiB (README "Large files").
+        sequences would exceed 1 GiB (README "Large files"). When X is read from the file
+        (:func:`anndata_rnn.streaming.open_lazy`, as the command line does for profile data),
+        shuffled batches come from blocks of 256 consecutive cells, ``chunk_rows // 256`` blocks
+        read and shuffled together (a file is read fast in slices, slowly row by row);
+        ``uns[key]["params"]["batch_order"]`` says which order a run used.
+    chunk_rows
+        Streamed training from the file: cells read and encoded at a time (the shuffle buffer;
+        8192 cells of 2,000 genes is 64 MB).
     hidden, cell, bidirectional, dropout
         Encoder architecture (stacked layer sizes, ``"lstm"`` or ``"gru"``). Sequences longer
         than 64 steps are averaged in windows before the recurrence, whose states are
@@ -161,6 +169,8 @@ def classify(
     Writes ``{key}_pred`` (categorical), ``{key}_conf``, ``{key}_split`` to obs (var for
     var-series), ``{key}_proba`` and ``X_{key}`` to obsm (varm) and ``uns[key]``.
     """
+    if chunk_rows < 1:
+        raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
     spec = SequenceSpec(
         layout,
         series_key,
@@ -205,6 +215,7 @@ def classify(
             "gene_subset": gene_subset,
             "order_key": order_key,
             "stream": should_stream(run.index, len(run.source.feature_names), stream),
+            "chunk_rows": chunk_rows,
         },
         "linear_path": linear_path,
         "class_weights": class_weights,
@@ -272,7 +283,7 @@ def classify(
     written = _write_results(
         target, index, labels.classes, labels.level, fitted.proba, fitted.embedding, key
     )
-    run.write_split()  # not listed in "written", as before
+    written.append(run.write_split())
     classes = [str(c) for c in labels.classes]
     return run.finish(
         fitted.config,
@@ -287,6 +298,10 @@ def classify(
             "cv": cv or 0,
             "stream": stream,
             "streamed": options["prepare"]["stream"],
+            "chunk_rows": chunk_rows,
+            "batch_order": batch_order(
+                (run.encoded,), schedule_for(len(run.ids["train"]), run.train_config)["batch_size"]
+            ),
         },
         preprocessing={
             "normalized": prep.normalize,
