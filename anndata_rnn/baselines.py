@@ -14,6 +14,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.metrics import pairwise_distances_argmin
 from sklearn.preprocessing import StandardScaler
 
 from .clustering import cluster_matrix
@@ -138,6 +139,45 @@ def pca_kmeans_baseline(features: np.ndarray, n_components: int, n_clusters: int
     scores = pca.fit_transform(scaled)
     codes, _ = cluster_matrix(scores, method="kmeans", n_clusters=n_clusters, seed=seed)
     return scores, codes, n_components, float(pca.explained_variance_ratio_.sum())
+
+
+def embedding_baseline(
+    index: SequenceIndex, values, members, steps, n_components, n_clusters, seed
+):
+    """The PCA + k-means baseline of an embedding on the clustered ``members`` (units, or the
+    ``steps`` positions at step level): ``(scores, codes, n_components, explained, fitted_on)``.
+
+    ``values`` is an array, or lazily encoded sequences (streamed profile training, one sequence
+    per unit): then the scaler, PCA and k-means are fitted on a seeded random
+    :data:`LAZY_FIT_SEQUENCES` members and every member is projected and assigned to its nearest
+    centre :data:`LAZY_BATCH` at a time.
+    """
+
+    def flat(positions):
+        return np.asarray(values[positions], dtype=np.float64).reshape(len(positions), -1)
+
+    if isinstance(values, np.ndarray):
+        features = unit_features(index, values)[members] if steps is None else values[steps]
+        return (*pca_kmeans_baseline(features, n_components, n_clusters, seed), len(members))
+    if len(members) <= LAZY_FIT_SEQUENCES:  # small enough: exactly the in-memory baseline
+        return (*pca_kmeans_baseline(flat(members), n_components, n_clusters, seed), len(members))
+    chosen = random_subset(members, LAZY_FIT_SEQUENCES, seed)
+
+    sample = flat(chosen)
+    scaler = StandardScaler().fit(sample)
+    n_components = max(1, min(n_components, *sample.shape))
+    pca = PCA(n_components=n_components, random_state=seed).fit(scaler.transform(sample))
+    fitted = pca.transform(scaler.transform(sample))
+    _, centres = cluster_matrix(fitted, method="kmeans", n_clusters=n_clusters, seed=seed)
+    del sample, fitted
+    scores = np.concatenate(
+        [
+            pca.transform(scaler.transform(flat(members[start : start + LAZY_BATCH])))
+            for start in range(0, len(members), LAZY_BATCH)
+        ]
+    )
+    codes = pairwise_distances_argmin(scores, centres)
+    return scores, codes, n_components, float(pca.explained_variance_ratio_.sum()), len(chosen)
 
 
 def unit_features(index: SequenceIndex, values: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from sklearn.cluster import KMeans
 
 from .errors import InputError
 from .metrics import silhouette
-from .sequences import Labels, SequenceIndex, broadcast_to_rows
+from .sequences import Labels, SequenceIndex, broadcast_to_rows, pool_units
 
 log = logging.getLogger("anndata_rnn")
 
@@ -140,6 +140,16 @@ def level_name(layout: str, level: str) -> str:
     if level == "step":
         return "observations"
     return {"obs-series": "series", "var-series": "genes", "profile": "observations"}[layout]
+
+
+def clustered_members(index: SequenceIndex, level: str, usable, latent, step_latent):
+    """What is clustered: the members (units, or obs rows at step level), their (sequence,
+    step) positions at step level (else None) and their latents."""
+    if level == "unit":
+        members = np.flatnonzero(usable)
+        return members, None, pool_units(index, latent)[members]
+    rows, seq, pos = index.step_rows(index.sequences_of_units(np.flatnonzero(usable)))
+    return rows, (seq, pos), step_latent[seq, pos]
 
 
 def clustered_truth(labels: Labels, index: SequenceIndex, members, steps) -> np.ndarray:

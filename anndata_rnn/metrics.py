@@ -151,6 +151,11 @@ def cluster_report(codes: np.ndarray, truth: np.ndarray, classes: np.ndarray) ->
     }
 
 
+def reconstruction_metrics(errors: np.ndarray, sequence_ids: np.ndarray) -> dict:
+    """Mean reconstruction error (an autoencoder's per-sequence MSE) over ``sequence_ids``."""
+    return {"reconstruction_mse": float(errors[sequence_ids].mean())}
+
+
 def clustering_metrics(x, codes, truth, classes, seed) -> tuple[dict, dict | None]:
     """Silhouette and, with known labels ``truth`` (codes, -1 = unlabelled), ARI, NMI and the
     per-cluster report."""

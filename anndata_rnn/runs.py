@@ -35,7 +35,7 @@ from .streaming import (
     Streamed,
     stream_apply,
 )
-from .training import TrainConfig, precision, resolve_device, seed_everything
+from .training import TrainConfig, batch_order, precision, resolve_device, seed_everything
 
 log = logging.getLogger("anndata_rnn")
 
@@ -207,6 +207,8 @@ class TrainingRun:
         sequences (seeded) and ``encoded`` is a :class:`~anndata_rnn.streaming.LazyEncoded`
         (which, on a file, reads its shuffle buffer ``chunk_rows`` sequences at a time).
         """
+        if chunk_rows < 1:
+            raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self.split = split
         self.ids = {
             name: self.index.sequences_of_units(np.flatnonzero(split == name))
@@ -252,6 +254,16 @@ class TrainingRun:
         if self.encoded.imputed:
             log.info(IMPUTATION_LOG[prep.imputation], self.encoded.imputed)
         return self.encoded
+
+    def stream_params(self, stream, chunk_rows: int, batch_size: int) -> dict:
+        """The record of streaming: as asked, whether the run streamed, the buffer size and the
+        order of the training batches (:func:`~anndata_rnn.training.batch_order`)."""
+        return {
+            "stream": stream,
+            "streamed": isinstance(self.encoded, LazyEncoded),
+            "chunk_rows": chunk_rows,
+            "batch_order": batch_order((self.encoded,), batch_size),
+        }
 
     def exclude_units(self, usable: np.ndarray, why: str) -> None:
         """Units that cannot be trained on become "unused" (they are still embedded)."""

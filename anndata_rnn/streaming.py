@@ -202,7 +202,7 @@ class LazyEncoded:
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         read_blocks: bool | None = None,
     ):
-        self.index, self.source, self.prep = index, source, prep
+        self.index, self.source, self.prep, self.chunk_rows = index, source, prep, chunk_rows
         self._set_ids(np.arange(index.n_sequences))
         probe = encode(index, source, prep, self.ids[:1], chunk=1)
         self.shape = (len(self.ids), *probe.values.shape[1:])
@@ -239,6 +239,14 @@ class LazyEncoded:
         view._set_ids(self.ids[self._positions(positions)])
         view.shape = (len(view.ids), *self.shape[1:])
         return view
+
+    def count_missing(self) -> LazyEncoded:
+        """Encode every sequence once, ``chunk_rows`` at a time, keeping only the counts of
+        missing values (what ``missing_fraction`` needs before training); returns ``self``."""
+        log.info("streamed training: counting missing values (one pass over the data)")
+        for start in range(0, len(self.ids), self.chunk_rows):
+            self._encode(self.ids[start : start + self.chunk_rows])
+        return self
 
     def prefetch(self, positions: np.ndarray) -> None:
         """Read and encode the sequences at ``positions`` now, in file order (a few slices of

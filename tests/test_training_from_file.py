@@ -204,3 +204,83 @@ def test_rows_read_from_the_file_in_slices_equal_rows_read_in_memory(tmp_path, d
             assert np.array_equal(on_disk.read_rows(rows), in_memory.read_rows(rows)), n
         rows = np.r_[0:10, 4090:4100, 8990:9000]
         assert np.array_equal(on_disk.read_rows(rows), in_memory.read_rows(rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# embed (profile) streams the same way
+
+EMBED_KW = dict(
+    layout="profile", chunk_size=8, hidden=(8,), n_latent=4, max_epochs=3, cluster="kmeans",
+    eval_label="y", quiet=True, seed=0,
+)  # fmt: skip
+
+
+def test_streamed_embedding_equals_in_memory_bit_for_bit():
+    in_memory, streamed = profile_data(n_cells=300), profile_data(n_cells=300)
+    tl.embed(in_memory, stream=False, **EMBED_KW)
+    tl.embed(streamed, stream=True, **EMBED_KW)
+    assert np.array_equal(in_memory.obsm["X_rnn"], streamed.obsm["X_rnn"])
+    assert in_memory.obs["rnn_cluster"].equals(streamed.obs["rnn_cluster"])
+    a, b = in_memory.uns["rnn"], streamed.uns["rnn"]
+    for model in ("rnn", "baseline"):
+        for name, value in a["metrics"][model].items():
+            assert np.array_equal(value, b["metrics"][model][name]), (model, name)
+    assert not a["params"]["streamed"] and b["params"]["streamed"]
+    assert b["params"]["batch_order"] == "random"  # X in memory: the full shuffle
+
+
+def test_streamed_embedding_baseline_is_fitted_on_a_subset_and_applied_to_every_cell(monkeypatch):
+    import anndata_rnn.baselines as baselines
+
+    monkeypatch.setattr(baselines, "LAZY_FIT_SEQUENCES", 100)
+    monkeypatch.setattr(baselines, "LAZY_BATCH", 64)
+    adata = profile_data(n_cells=300)
+    tl.embed(adata, stream=True, **EMBED_KW)
+    baseline = adata.uns["rnn"]["metrics"]["baseline"]
+    assert baseline["model"].endswith("(fitted on a random 100 of 300)")
+    assert baseline["n"] == 300 and baseline["n_clusters"] == 2  # every cell got a cluster
+    assert np.isfinite(
+        [baseline["silhouette"], baseline["ari"], baseline["explained_variance"]]
+    ).all()
+
+
+def test_embedding_from_the_file_equals_in_memory_with_the_same_batch_order(tmp_path, monkeypatch):
+    import anndata_rnn.streaming as streaming
+
+    monkeypatch.setattr(streaming, "STREAM_BLOCK", 16)
+    path = tmp_path / "in.h5ad"
+    profile_data(n_cells=300).write_h5ad(path)
+    kw = dict(stream=True, chunk_rows=64, batch_size=8, **EMBED_KW)
+    with open_lazy(path) as lazy:
+        tl.embed(lazy, **kw)
+        from_file = (lazy.obsm["X_rnn"], lazy.obs["rnn_cluster"], lazy.uns["rnn"])
+    _with_blocks(monkeypatch)
+    in_memory = profile_data(n_cells=300)
+    tl.embed(in_memory, **kw)
+    assert np.array_equal(from_file[0], in_memory.obsm["X_rnn"])
+    assert from_file[1].equals(in_memory.obs["rnn_cluster"])
+    assert from_file[2]["params"]["batch_order"] == "blocks of 16 in a shuffle buffer of 64"
+
+
+def test_cli_embed_profile_keeps_x_in_the_file_and_writes_input_plus_results(tmp_path, file_hash):
+    source = tmp_path / "in.h5ad"
+    profile_data().write_h5ad(source)
+    before = file_hash(source)
+    outs = {}
+    for stream in ("auto", "never"):
+        outs[stream] = tmp_path / f"{stream}.h5ad"
+        result = run_cli(
+            "embed", source, "--layout", "profile", "--chunk-size", 8, "--hidden", "8",
+            "--n-latent", 3, "--epochs", 2, "--cluster", "kmeans", "--n-clusters", 2,
+            "--stream", stream, "--output", outs[stream], "--model-out", tmp_path / f"{stream}.h5",
+            "--quiet",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    assert file_hash(source) == before
+    original, written = _elements(source), _elements(outs["auto"])
+    for name, value in original.items():
+        if name != "obs":
+            assert written[name] == value, name
+    auto, never = ad.read_h5ad(outs["auto"]), ad.read_h5ad(outs["never"])
+    assert auto.obs.equals(never.obs)
+    assert np.array_equal(auto.obsm["X_rnn"], never.obsm["X_rnn"])

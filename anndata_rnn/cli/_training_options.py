@@ -201,3 +201,38 @@ def network_kwargs(kw: dict) -> dict:
         "min_steps": kw["min_steps"],
         "linear_path": kw["linear_path"],
     }
+
+
+def stream_options(func):
+    """``--stream`` and ``--chunk-rows``: training on profile data larger than memory."""
+    from ..streaming import DEFAULT_CHUNK_ROWS
+
+    func = click.option(
+        "--chunk-rows",
+        type=click.IntRange(min=1),
+        default=DEFAULT_CHUNK_ROWS,
+        show_default=True,
+        help="Streamed training: cells read from the file and shuffled together (bounds memory).",
+    )(func)
+    return click.option(
+        "--stream",
+        type=click.Choice(["auto", "always", "never"]),
+        default="auto",
+        show_default=True,
+        help="profile: train without holding the cells in memory: X stays in the file and "
+        "batches are read and encoded as needed; auto = when the encoded cells would exceed "
+        "1 GiB; never = read the whole file into memory.",
+    )(func)
+
+
+def stream_kwargs(kw: dict) -> dict:
+    """CLI values -> ``stream`` / ``chunk_rows`` of the tl functions."""
+    return {
+        "stream": {"auto": "auto", "always": True, "never": False}[kw["stream"]],
+        "chunk_rows": kw["chunk_rows"],
+    }
+
+
+def reads_lazily(kw: dict) -> bool:
+    """Whether the command leaves X in the file: profile data, unless ``--stream never``."""
+    return kw["layout"] == "profile" and kw["stream"] != "never"

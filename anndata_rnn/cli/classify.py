@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..streaming import DEFAULT_CHUNK_ROWS
 from ._common import (
     amp_option,
     common_options,
@@ -12,7 +11,15 @@ from ._common import (
     report_option,
     train_and_write,
 )
-from ._training_options import network_kwargs, network_options, sequence_kwargs, sequence_options
+from ._training_options import (
+    network_kwargs,
+    network_options,
+    reads_lazily,
+    sequence_kwargs,
+    sequence_options,
+    stream_kwargs,
+    stream_options,
+)
 
 
 @click.command(
@@ -44,22 +51,7 @@ regulated?):
     show_default=True,
     help="feature: standardize with training statistics; sequence: z-score each sequence.",
 )
-@click.option(
-    "--stream",
-    type=click.Choice(["auto", "always", "never"]),
-    default="auto",
-    show_default=True,
-    help="profile: train without holding the cells in memory: X stays in the file and batches "
-    "are read and encoded as needed; auto = when the encoded cells would exceed 1 GiB; never "
-    "= read the whole file into memory.",
-)
-@click.option(
-    "--chunk-rows",
-    type=click.IntRange(min=1),
-    default=DEFAULT_CHUNK_ROWS,
-    show_default=True,
-    help="Streamed training: cells read from the file and shuffled together (bounds memory).",
-)
+@stream_options
 @device_options
 @amp_option
 @report_option
@@ -73,8 +65,6 @@ def classify(
     class_weights,
     cv,
     scale,
-    stream,
-    chunk_rows,
     seed,
     device,
     amp,
@@ -101,8 +91,6 @@ def classify(
             class_weights=class_weights,
             cv=cv,
             scale=scale,
-            stream={"auto": "auto", "always": True, "never": False}[stream],
-            chunk_rows=chunk_rows,
             seed=seed,
             device=device,
             amp=amp,
@@ -110,7 +98,8 @@ def classify(
             quiet=quiet,
             **sequence_kwargs(kw),
             **network_kwargs(kw),
+            **stream_kwargs(kw),
         ),
         # profile data can be far larger than memory: X stays in the file
-        lazy=kw["layout"] == "profile" and stream != "never",
+        lazy=reads_lazily(kw),
     )

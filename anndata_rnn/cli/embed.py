@@ -11,7 +11,14 @@ from ._common import (
     report_option,
     train_and_write,
 )
-from ._training_options import sequence_kwargs, sequence_options, training_options
+from ._training_options import (
+    reads_lazily,
+    sequence_kwargs,
+    sequence_options,
+    stream_kwargs,
+    stream_options,
+    training_options,
+)
 
 
 def embed_network_options(func):
@@ -98,6 +105,7 @@ clusters with Spellman's cell-cycle genes; embed the cells of simulated trajecto
     help="Column (obs or var) with known groups: ARI, NMI, silhouette and per-cluster "
     "enrichment, RNN vs PCA + k-means.",
 )
+@stream_options
 @device_options
 @amp_option
 @report_option
@@ -173,5 +181,8 @@ def embed(
             overwrite=overwrite,
             quiet=quiet,
             **sequence_kwargs(kw),
+            **stream_kwargs(kw),
         ),
+        # profile data can be far larger than memory: X stays in the file
+        lazy=reads_lazily(kw),
     )

@@ -32,7 +32,7 @@ from ..sequences import (
 )
 from ..splits import make_folds
 from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
-from ..training import TrainConfig, batch_order, schedule_for
+from ..training import TrainConfig, schedule_for
 
 log = logging.getLogger("anndata_rnn")
 
@@ -169,8 +169,6 @@ def classify(
     Writes ``{key}_pred`` (categorical), ``{key}_conf``, ``{key}_split`` to obs (var for
     var-series), ``{key}_proba`` and ``X_{key}`` to obsm (varm) and ``uns[key]``.
     """
-    if chunk_rows < 1:
-        raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
     spec = SequenceSpec(
         layout,
         series_key,
@@ -296,11 +294,10 @@ def classify(
             "scale": scale,
             "linear_path": linear_path,
             "cv": cv or 0,
-            "stream": stream,
-            "streamed": options["prepare"]["stream"],
-            "chunk_rows": chunk_rows,
-            "batch_order": batch_order(
-                (run.encoded,), schedule_for(len(run.ids["train"]), run.train_config)["batch_size"]
+            **run.stream_params(
+                stream,
+                chunk_rows,
+                schedule_for(len(run.ids["train"]), run.train_config)["batch_size"],
             ),
         },
         preprocessing={

@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ..baselines import pca_kmeans_baseline, unit_features
+from ..baselines import embedding_baseline
 from ..clustering import (
     check_count,
     check_settings,
     cluster_matrix,
+    clustered_members,
     clustered_truth,
     level_name,
     nearest_centre,
@@ -22,16 +23,11 @@ from ..clustering import (
     write_clusters,
 )
 from ..errors import InputError
-from ..metrics import clustering_metrics
+from ..metrics import clustering_metrics, reconstruction_metrics
 from ..networks import architecture, build_module
 from ..networks.autoencoder import embed_sequences, masked_mse
 from ..preprocessing import Preprocessor
-from ..runs import (
-    OpenedModel,
-    check_keys_free,
-    start_training,
-    task_api,
-)
+from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
     SequenceIndex,
     SequenceSpec,
@@ -40,7 +36,8 @@ from ..sequences import (
     read_labels,
     scatter_steps,
 )
-from ..training import TrainConfig, fit
+from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
+from ..training import TrainConfig, fit, take
 
 log = logging.getLogger("anndata_rnn")
 
@@ -78,6 +75,8 @@ def embed(
     resolution: float = 1.0,
     cluster_level: str = "auto",
     eval_label: str | None = None,
+    stream: bool | str = "auto",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
     seed: int = 0,
     device: str = "auto",
     amp: bool = False,
@@ -132,6 +131,9 @@ normalize, n_top_genes, gene_subset
         and a per-cluster report (fraction of each class, enrichment over the overall fraction),
         for the RNN and for the baseline (PCA with ``n_latent`` components of the z-scored
         preprocessed inputs + k-means with the same number of clusters).
+    stream, chunk_rows
+        Large profile data, as in :func:`anndata_rnn.tl.classify`; the PCA + k-means baseline
+        is then fitted on a seeded random 20,000 cells and applied to every cell.
     seed, device, amp, key_added, overwrite, quiet, copy
         As in :func:`anndata_rnn.tl.classify`.
 
@@ -192,6 +194,7 @@ normalize, n_top_genes, gene_subset
     prep = Preprocessor(
         layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
     )
+    streamed = should_stream(run.index, len(run.source.feature_names), stream)
     enc = run.prepare(
         split,
         prep,
@@ -199,9 +202,12 @@ normalize, n_top_genes, gene_subset
         n_top_genes=n_top_genes,
         gene_subset=gene_subset,
         order_key=order_key,
+        stream=streamed,
+        chunk_rows=chunk_rows,
     )
     index = run.index
-    values, lengths = torch.from_numpy(enc.values), torch.from_numpy(enc.lengths)
+    values = enc.count_missing() if streamed else torch.from_numpy(enc.values)
+    lengths = torch.from_numpy(enc.lengths)
     usable = pool_units(index, enc.missing_fraction(prep)) <= max_missing
     run.exclude_units(
         usable, f"miss more than {100 * max_missing:.0f}% of their values (max_missing)"
@@ -234,8 +240,8 @@ normalize, n_top_genes, gene_subset
     history = fit(
         module,
         lambda net, batch: masked_mse(net(*batch)[0], *batch),
-        (values[ids["train"]], lengths[ids["train"]]),
-        (values[ids["val"]], lengths[ids["val"]]) if len(ids["val"]) else None,
+        (take(values, ids["train"]), lengths[ids["train"]]),
+        (take(values, ids["val"]), lengths[ids["val"]]) if len(ids["val"]) else None,
         run.train_config,
         device=run.device,
         seed=seed,
@@ -248,11 +254,12 @@ normalize, n_top_genes, gene_subset
     written = [*_write_embedding(target, index, latent, step_latent, key)]
     written.append(run.write_split(categories=("train", "val", "unused")))
 
-    metrics = {"rnn": _reconstruction(index, errors, usable)}
+    metrics = {
+        "rnn": reconstruction_metrics(errors, index.sequences_of_units(np.flatnonzero(usable)))
+    }
     reports, arrays, cluster_info = {}, {}, None
     if cluster is not None:
-        members, steps, rnn_x = _clustered(index, level, usable, latent, step_latent)
-        base_x = unit_features(index, enc.values)[members] if steps is None else enc.values[steps]
+        members, steps, rnn_x = clustered_members(index, level, usable, latent, step_latent)
         truth = None if labels is None else clustered_truth(labels, index, members, steps)
         k = n_clusters
         if k is None and cluster == "kmeans" and labels is not None:
@@ -263,8 +270,8 @@ normalize, n_top_genes, gene_subset
         n_found = int(codes.max()) + 1
         written.append(write_clusters(target, index, level, codes, members, n_found, key))
         classes = None if labels is None else labels.classes
-        scores, base_codes, n_components, explained = pca_kmeans_baseline(
-            base_x, n_latent, n_found, seed
+        scores, base_codes, n_components, explained, fitted_on = embedding_baseline(
+            index, enc.values, members, steps, n_latent, n_found, seed
         )
         rnn_metrics, rnn_report = clustering_metrics(rnn_x, codes, truth, classes, seed)
         base_metrics, base_report = clustering_metrics(scores, base_codes, truth, classes, seed)
@@ -272,7 +279,12 @@ normalize, n_top_genes, gene_subset
         metrics["baseline"] = {
             **base_metrics,
             "explained_variance": explained,
-            "model": f"PCA ({n_components} components of the z-scored inputs) + k-means (sklearn)",
+            "model": f"PCA ({n_components} components of the z-scored inputs) + k-means (sklearn)"
+            + (
+                f" (fitted on a random {fitted_on} of {len(members)})"
+                if fitted_on < len(members)
+                else ""
+            ),
         }
         if rnn_report is not None:
             reports = {"rnn": rnn_report, "baseline": base_report}
@@ -302,12 +314,14 @@ normalize, n_top_genes, gene_subset
             "n_clusters": n_clusters,
             "resolution": resolution,
             "cluster_level": cluster_level,
+            **run.stream_params(stream, chunk_rows, run.train_config.batch_size),
         },
         preprocessing={
             "normalized": prep.normalize,
             "n_features": len(prep.features),
             "n_imputed": enc.imputed,
             "n_units_excluded": int((~usable).sum()),
+            "fitted_on_sequences": run.fit_sequences,
         },
         metrics=metrics,
         written=written,
@@ -340,22 +354,6 @@ def _write_embedding(target, index: SequenceIndex, latent, step_latent, key) -> 
     ]
 
 
-def _reconstruction(index: SequenceIndex, errors: np.ndarray, usable: np.ndarray) -> dict:
-    """Mean reconstruction error over the sequences of the usable units."""
-    usable_ids = index.sequences_of_units(np.flatnonzero(usable))
-    return {"reconstruction_mse": float(errors[usable_ids].mean())}
-
-
-def _clustered(index: SequenceIndex, level: str, usable, latent, step_latent):
-    """What is clustered: the members (units, or obs rows at step level), their (sequence,
-    step) positions at step level (else None) and their latents."""
-    if level == "unit":
-        members = np.flatnonzero(usable)
-        return members, None, pool_units(index, latent)[members]
-    rows, seq, pos = index.step_rows(index.sequences_of_units(np.flatnonzero(usable)))
-    return rows, (seq, pos), step_latent[seq, pos]
-
-
 def apply_embedding(opened: OpenedModel, key: str, batch_size: int) -> dict:
     """Embed new data with a saved autoencoder; k-means models also assign clusters.
 
@@ -373,14 +371,16 @@ def apply_embedding(opened: OpenedModel, key: str, batch_size: int) -> dict:
     written = _write_embedding(target, index, latent, step_latent, key)
     missing = enc.missing_fraction(model.preprocessor)
     usable = pool_units(index, missing) <= float(model.config.get("max_missing", 1.0))
-    metrics = {"rnn": _reconstruction(index, errors, usable)}
+    metrics = {
+        "rnn": reconstruction_metrics(errors, index.sequences_of_units(np.flatnonzero(usable)))
+    }
     out = {"written": written, "n_imputed": enc.imputed, "metrics": metrics}
     info = model.config.get("cluster") or {}
     centers = model.arrays.get("cluster_centers")
     if info.get("method") != "kmeans" or centers is None:
         return out
     level = "step" if info.get("level") == "step" else "unit"
-    members, steps, x = _clustered(index, level, usable, latent, step_latent)
+    members, steps, x = clustered_members(index, level, usable, latent, step_latent)
     codes = nearest_centre(x, centers)
     written.append(write_clusters(target, index, level, codes, members, len(centers), key))
     label_key = opened.spec.get("eval_label")
