@@ -390,6 +390,7 @@ def render_report(
             )
         body.append(_per_class(record, metrics))
         body.append(_confusion_tables(record, metrics))
+        body.append(_cross_validation(record))
     training = record.get("training_metrics", {})
     if training:
         table = metrics_table(training)
@@ -483,7 +484,51 @@ def _per_class(record: dict, metrics: dict) -> str:
     )
 
 
-def _confusion_tables(record: dict, metrics: dict) -> str:
+#: the per-fold columns of the cross-validation table
+CV_COLUMNS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc")
+
+
+def _cross_validation(record: dict) -> str:
+    """Cross-validation (``--cv``): every fold's scores per model, the paired differences with
+    their 95 % intervals, and the confusion matrices of the out-of-fold predictions."""
+    from .pl._plots import model_entries, model_label
+
+    cv = record.get("cv") or {}
+    folds = cv.get("folds", {})
+    if not folds:
+        return ""
+    out = [
+        f"<p>Cross-validation over {_fmt(cv.get('n_folds', len(folds)))} folds of the units: the "
+        "table above is the mean over folds; every fold trained and tested each model on the "
+        "same units.</p>"
+    ]
+    rows = []
+    for fold, metrics in sorted(folds.items(), key=lambda item: int(item[0])):
+        for m in model_entries(metrics):
+            rows.append([int(fold) + 1, model_label(m), *(metrics[m].get(c) for c in CV_COLUMNS)])
+    out.append(_table(["fold", "model", *CV_COLUMNS], rows, numeric_from=2))
+    differences = [
+        [pair, name, d["mean"], d["ci95_low"], d["ci95_high"]]
+        for pair, by_metric in cv.get("difference", {}).items()
+        for name, d in by_metric.items()
+        if name in CV_COLUMNS
+    ]
+    if differences:
+        out.append("<p>Paired differences over folds (an interval that holds 0: no difference "
+                   "shown):</p>")  # fmt: skip
+        out.append(_table(["models", "metric", "mean", "95% low", "95% high"], differences, 2))
+    summed: dict = {}
+    for metrics in folds.values():
+        for m in model_entries(metrics):
+            if "confusion_matrix" in metrics[m]:
+                counts = np.asarray(metrics[m]["confusion_matrix"])
+                summed.setdefault(m, {"confusion_matrix": 0})["confusion_matrix"] += counts
+    if summed:
+        out.append(_confusion_tables(record, summed, "out-of-fold predictions"))
+    return "\n".join(out)
+
+
+def _confusion_tables(record: dict, metrics: dict, of: str = "") -> str:
     """Each model's confusion matrix as a table (counts; rows true, columns predicted)."""
     from .pl._plots import model_entries, model_label
 
@@ -494,7 +539,8 @@ def _confusion_tables(record: dict, metrics: dict) -> str:
             continue
         counts = np.asarray(metrics[m]["confusion_matrix"]).astype(int)
         names = classes if len(classes) == len(counts) else [str(i) for i in range(len(counts))]
-        out.append(f"<p>Confusion matrix ({_e(model_label(m))}), rows true, columns predicted:</p>")
+        what = f"{model_label(m)}, {of}" if of else model_label(m)
+        out.append(f"<p>Confusion matrix ({_e(what)}), rows true, columns predicted:</p>")
         out.append(
             _table(
                 ["true / predicted", *names],

@@ -11,7 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 import anndata_rnn as ar
 
@@ -151,6 +151,20 @@ def test_cross_validation_on_a_small_cohort(default_schedule):
     subjects = adata.obs.groupby("subject", observed=True).first()
     oof = accuracy_score(subjects["group"].astype(str), subjects["rnn_pred"].astype(str))
     assert oof == pytest.approx(cv["mean"]["rnn"]["accuracy"])
+    # the report shows every fold, the paired differences and the out-of-fold confusion matrix
+    # (the folds' matrices summed: that of the written out-of-fold predictions)
+    summed = np.sum([cv["folds"][str(k)]["rnn"]["confusion_matrix"] for k in range(4)], axis=0)
+    classes = list(result.record["classes"])
+    assert np.array_equal(
+        summed,
+        confusion_matrix(
+            subjects["group"].astype(str), subjects["rnn_pred"].astype(str), labels=classes
+        ),
+    )
+    page = ar.report.render_report(adata)
+    assert "Cross-validation over 4 folds" in page and "Paired differences" in page
+    assert page.count(", out-of-fold predictions)") == 3  # RNN, linear path, baseline
+    assert page.count('<th scope="row">4</th>') >= 3  # fold 4 of every model
 
 
 def test_small_test_split_is_flagged(krumsiek):

@@ -3,8 +3,8 @@
 Refused (exit 2, one ``Error:`` line naming the problem and the fix, no output or temporary file,
 input bytes unchanged): duplicated gene names at training and at prediction, repeated obs names
 inside a series, values beyond float32's range, inf in a layer, an embed model given to explain,
-a split column that leaves a class out of training, a non-boolean gene subset, more k-means
-clusters than units.
+a split column that leaves a class out of training, cross-validation beside a split column, a
+non-boolean gene subset, more k-means clusters than units.
 
 Accepted with a correct result: a gene without any value (filled, with one warning line), NaN in a
 sparse X (imputed), a profile chunk size larger than the number of genes (one step), more top
@@ -274,6 +274,17 @@ def test_a_split_column_leaving_a_class_out_of_training_is_refused(tmp_path):
         tmp_path, [source], 2,
         ["'up' (0)", "fewer than 2 members in the training split", "drop or merge rare classes"],
         *_train(tmp_path, source, "--split-key sp"),
+    )  # fmt: skip
+
+
+def test_cross_validation_with_a_split_column_is_refused(tmp_path):
+    def change(adata):
+        adata.obs["sp"] = np.where(adata.obs["series"] == "s00", "test", "train").astype(object)
+
+    source = h5ad(tmp_path, variant(change))
+    expect_failure(
+        tmp_path, [source], 2, ["cv makes its own folds", "not both"],
+        *_train(tmp_path, source, "--split-key sp --cv 3"),
     )  # fmt: skip
 
 

@@ -225,6 +225,8 @@ def classify(
         },
     }
     cv_record, cautions = None, []
+    if cv and split_key is not None:
+        raise InputError("cv makes its own folds of the units: give cv or split_key, not both")
     if cv:
         folds = make_folds(
             run.index.n_units,
