@@ -55,7 +55,8 @@ STREAM_ABOVE_BYTES = 1 << 30
 #: training sequences (a seeded random subset; 20,000 × 2,000 genes is 160 MB of float32)
 STREAM_FIT_SEQUENCES = 20_000
 #: streamed training from a file: shuffled batches come from blocks of this many consecutive
-#: sequences, ``chunk_rows // STREAM_BLOCK`` blocks read and shuffled together
+#: sequences (rounded up to whole batches), as many blocks as fit in ``chunk_rows`` read and
+#: shuffled together
 STREAM_BLOCK = 256
 
 
@@ -210,10 +211,8 @@ class LazyEncoded:
         self._missing = np.full(index.n_sequences, -1, dtype=np.int64)  # -1: not encoded yet
         if read_blocks is None:  # a file is read fast by contiguous blocks, not row by row
             read_blocks = source.on_disk
-        #: (block, buffer) for :class:`~anndata_rnn.training.BufferedBlocks`, or None
-        self.read_blocks = (
-            (STREAM_BLOCK, max(1, chunk_rows // STREAM_BLOCK)) if read_blocks else None
-        )
+        #: (block, buffer) in sequences for :class:`~anndata_rnn.training.BufferedBlocks`
+        self.read_blocks = (STREAM_BLOCK, chunk_rows) if read_blocks else None
         self._buffer_ids = np.zeros(0, dtype=np.int64)  # sorted ids of the read-ahead buffer
         self._buffer = None
 

@@ -203,24 +203,19 @@ def n_items(items) -> int:
 class BufferedBlocks(Sampler):
     """Shuffled batches that a file on disk can serve fast: contiguous blocks, a shuffle buffer.
 
-    Each pass permutes blocks of ``block`` consecutive positions (a multiple of ``batch_size``),
-    takes them ``buffer`` blocks at a time, tells every item that can read ahead (``prefetch``,
-    e.g. :class:`anndata_rnn.streaming.LazyEncoded` on a file) which positions come next, and
-    yields those positions shuffled in batches of ``batch_size``: the approach of scverse's
-    annbatch. Batches mix ``buffer`` random regions of the data (not the whole data at once, as
-    a full permutation does); a pass has ``ceil(n / batch_size)`` batches, as with full
-    shuffling.
+    Each pass permutes blocks of ``block`` consecutive positions (rounded up to whole batches),
+    takes as many blocks as fit in ``buffer`` positions (at least one) at a time, tells every
+    item that can read ahead (``prefetch``, e.g. :class:`anndata_rnn.streaming.LazyEncoded` on
+    a file) which positions come next, and yields those positions shuffled in batches of
+    ``batch_size``: the approach of scverse's annbatch. Batches mix the buffer's random regions
+    of the data (not the whole data at once, as a full permutation does); a pass has
+    ``ceil(n / batch_size)`` batches, as with full shuffling.
     """
 
     def __init__(self, items, batch_size: int, block: int, buffer: int, generator):
-        self.items, self.batch_size, self.buffer, self.generator = (
-            items,
-            batch_size,
-            buffer,
-            generator,
-        )
+        self.items, self.batch_size, self.generator = items, batch_size, generator
         self.n = n_items(items)
-        self.block = max(1, math.ceil(block / batch_size)) * batch_size
+        self.block, self.buffer = _block_geometry(block, buffer, batch_size)
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch_size)
@@ -245,13 +240,19 @@ def _read_blocks(items) -> tuple[int, int] | None:
     return next((i.read_blocks for i in items if getattr(i, "read_blocks", None)), None)
 
 
+def _block_geometry(block: int, buffer: int, batch_size: int) -> tuple[int, int]:
+    """(positions per block: ``block`` rounded up to whole batches, blocks per buffer)."""
+    block = max(1, math.ceil(block / batch_size)) * batch_size
+    return block, max(1, buffer // block)
+
+
 def batch_order(items, batch_size: int) -> str:
     """How :func:`make_loader` shuffles ``items`` in batches of ``batch_size`` (for the record)."""
     blocks = _read_blocks(items)
     if not blocks:
         return "random"
-    block = max(1, math.ceil(blocks[0] / batch_size)) * batch_size
-    return f"blocks of {block} in a shuffle buffer of {block * blocks[1]}"
+    block, per_buffer = _block_geometry(*blocks, batch_size)
+    return f"blocks of {block} in a shuffle buffer of {block * per_buffer}"
 
 
 def make_loader(items: tuple, batch_size: int, *, shuffle: bool, seed: int, device=None):
@@ -259,7 +260,8 @@ def make_loader(items: tuple, batch_size: int, *, shuffle: bool, seed: int, devi
 
     The order is DataLoader's own (``shuffle=True``: a permutation per pass drawn from a
     generator seeded with ``seed``), so tensors and lazily encoded items give the same batches.
-    When an item reads from a file (``read_blocks = (block, buffer)``), shuffled batches come
+    When an item reads from a file (``read_blocks = (block, buffer)``, in positions), shuffled
+    batches come
     from :class:`BufferedBlocks` instead, with the same seeded generator.
     """
     generator = torch.Generator().manual_seed(seed)

@@ -32,27 +32,30 @@ class Recorder:
         self.prefetched.append(np.asarray(positions))
 
 
-@pytest.mark.parametrize(("n", "batch", "block", "buffer"), [(1000, 32, 100, 3), (97, 10, 10, 4)])
+@pytest.mark.parametrize(
+    ("n", "batch", "block", "buffer"), [(1000, 32, 100, 400), (97, 10, 10, 45), (50, 64, 16, 8)]
+)
 def test_buffered_blocks_read_ahead_contiguous_blocks_and_cover_every_position(
     n, batch, block, buffer
 ):
     item = Recorder(n)
     sampler = BufferedBlocks((item,), batch, block, buffer, torch.Generator().manual_seed(0))
-    block = sampler.block
-    assert block == {1000: 128, 97: 10}[n]  # rounded up to whole batches
+    size, per_buffer = sampler.block, sampler.buffer
+    assert size == {1000: 128, 97: 10, 50: 64}[n]  # rounded up to whole batches
+    assert per_buffer == {1000: 3, 97: 4, 50: 1}[n]  # whole blocks in the buffer (at least one)
     batches = list(sampler)
     assert len(batches) == len(sampler) == -(-n // batch)  # as many batches as full shuffling
     every = np.concatenate(batches)
     assert np.array_equal(np.sort(every), np.arange(n))  # every position once per pass
-    # each batch comes from the buffer read ahead just before it; a buffer is at most `buffer`
-    # whole blocks of consecutive positions
+    # each batch comes from the buffer read ahead just before it; a buffer is at most
+    # `per_buffer` whole blocks of consecutive positions
     start = 0
     for ahead in item.prefetched:
         assert np.array_equal(ahead, np.sort(ahead))
-        assert len(np.unique(ahead // block)) <= buffer
-        for b in np.unique(ahead // block):
+        assert len(np.unique(ahead // size)) <= per_buffer
+        for b in np.unique(ahead // size):
             assert np.array_equal(
-                ahead[ahead // block == b], np.arange(b * block, min(n, (b + 1) * block))
+                ahead[ahead // size == b], np.arange(b * size, min(n, (b + 1) * size))
             )
         taken = every[start : start + len(ahead)]
         assert np.array_equal(np.sort(taken), ahead)
