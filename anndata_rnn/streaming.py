@@ -191,7 +191,11 @@ class LazyEncoded:
     until then) and encodes them exactly as :func:`~anndata_rnn.preprocessing.encode` does for
     the whole data, so a batch holds the same numbers either way and training sees the same
     batches (:func:`anndata_rnn.training.make_loader`). ``take(positions)`` is a lazy subset.
-    Imputation counts fill in as sequences get encoded (all of them after a pass over the data).
+    Imputation counts fill in as sequences get encoded (all of them after a pass over the data,
+    or after :meth:`count_missing`). When the source is a file (``read_blocks``, default: when
+    X is on disk), training draws its shuffled batches from blocks read ahead into a buffer of
+    ``chunk_rows`` sequences (:class:`~anndata_rnn.training.BufferedBlocks` calls
+    :meth:`prefetch`), since rows read one by one from a file are slow.
     """
 
     def __init__(
