@@ -1,5 +1,5 @@
-"""Memory and time of ``anndata-rnn predict`` (or ``classify``, ``--classify``) on large
-synthetic profile data (issue 13).
+"""Memory and time of ``anndata-rnn predict`` (or ``classify``, ``--classify``, or ``embed``,
+``--embed``) on large synthetic profile data (issue 13).
 
 Not a test: run by hand, one size per call (each prediction runs in a child process whose peak
 RSS is read with ``resource.getrusage(RUSAGE_CHILDREN)``)::
@@ -106,6 +106,12 @@ def main() -> None:
         help="measure training instead: anndata-rnn classify on the file (profile, 1 epoch, "
         "a small LSTM: memory is the data path's, not the network's)",
     )
+    parser.add_argument(
+        "--embed",
+        action="store_true",
+        help="measure anndata-rnn embed instead (profile, 1 epoch, latent 8, k-means with 2 "
+        "clusters against the cell kind)",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.workdir / "profile_model.h5"
@@ -130,14 +136,24 @@ def main() -> None:
             "--model-out", str(args.workdir / "classified_model.h5"),
             "--threads", str(args.threads), "--quiet", "--overwrite",
         ]  # fmt: skip
-    if args.chunk_rows and not args.classify:
+    if args.embed:
+        output = args.workdir / f"embedded_{args.cells}.h5ad"
+        command = [
+            sys.executable, "-m", "anndata_rnn", "embed", str(source), "--layout", "profile",
+            "--chunk-size", "32", "--hidden", "32", "--n-latent", "8", "--epochs", "1",
+            "--batch-size", "256", "--cluster", "kmeans", "--n-clusters", "2",
+            "--eval-label", "kind", "--output", str(output),
+            "--model-out", str(args.workdir / "embedded_model.h5"),
+            "--threads", str(args.threads), "--quiet", "--overwrite",
+        ]  # fmt: skip
+    if args.chunk_rows and not (args.classify or args.embed):
         command += ["--chunk-rows", str(args.chunk_rows)]
     started = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     wall = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     result = {
-        "command_name": "classify" if args.classify else "predict",
+        "command_name": "embed" if args.embed else "classify" if args.classify else "predict",
         "cells": args.cells,
         "genes": N_GENES,
         "wall_s": round(wall, 1),
