@@ -100,6 +100,13 @@ class FeatureSource:
                 self.feature_names = np.asarray(adata.var_names, dtype=object)
                 self.names_from = "var_names"
         self.matrix = _same_index_dtypes(self.matrix)
+        if isinstance(self.matrix, CSCDataset):
+            log.warning(
+                "%s is stored by column (CSC) in the file: every read of cells goes through the "
+                "whole matrix, slow on large files; store it by row (adata.X = adata.X.tocsr(), "
+                "then write_h5ad)",
+                self.description,
+            )
         self.n_rows = adata.n_obs
         if adata.n_obs == 0 or len(self.feature_names) == 0:
             raise InputError(

@@ -287,3 +287,14 @@ def test_cli_embed_profile_keeps_x_in_the_file_and_writes_input_plus_results(tmp
     auto, never = ad.read_h5ad(outs["auto"]), ad.read_h5ad(outs["never"])
     assert auto.obs.equals(never.obs)
     assert np.array_equal(auto.obsm["X_rnn"], never.obsm["X_rnn"])
+
+
+def test_a_column_stored_matrix_in_the_file_gets_a_warning(tmp_path, caplog):
+    x = sp.random(50, 20, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    for name, matrix in (("csr", x), ("csc", x.tocsc())):
+        ad.AnnData(matrix).write_h5ad(tmp_path / f"{name}.h5ad")
+        caplog.clear()
+        with open_lazy(tmp_path / f"{name}.h5ad") as lazy, caplog.at_level("WARNING"):
+            rows = FeatureSource(lazy).read_rows(np.arange(5, 9))
+        assert np.array_equal(rows, x[5:9].toarray())
+        assert ("stored by column (CSC)" in caplog.text) == (name == "csc"), name
