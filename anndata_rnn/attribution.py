@@ -18,9 +18,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import InputError
-from .networks.classifier import predict_proba
 from .preprocessing import encode, future_gaps, network_inputs
 from .sequences import read_labels
+from .streaming import sub_index
 
 log = logging.getLogger("anndata_rnn")
 
@@ -70,6 +70,14 @@ def resolve_targets(target, names: np.ndarray, what: str) -> list[int]:
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         raise InputError(f"unknown {what} {', '.join(map(str, missing))}; the model has: {shown}")
     return list(dict.fromkeys(lookup[str(t)] for t in target))
+
+
+def explained_only(index, jobs: Jobs):
+    """The index of the explained sequences only, and the jobs renumbered into it, so that only
+    those sequences need to be encoded (the rest of the data is never held in memory)."""
+    chosen = np.unique(jobs.ids)
+    renumbered = Jobs(np.searchsorted(chosen, jobs.ids), jobs.column, jobs.weights)
+    return sub_index(index, chosen), renumbered
 
 
 def subsample(jobs: Jobs, max_per_class: int | None, seed: int) -> Jobs:
@@ -240,11 +248,12 @@ def completeness_report(result: dict, method: str) -> dict:
 # what is explained: which sequences, toward which output
 
 
-def classifier_jobs(adata, model, index, values, lengths, target, use_labels, device):
+def classifier_jobs(adata, model, index, proba, target, use_labels):
+    """Classifiers: each sequence explained toward its predicted class (``proba``, the model's
+    probabilities of every sequence) or, with ``use_labels``, its label."""
     classes = np.asarray(model.classes, dtype=object)
     wanted = resolve_targets(target, classes, "class")
     level = model.config.get("label_level", "unit")
-    proba, _ = predict_proba(model.module, values, lengths, device)
     n_classes = len(classes)
     if use_labels:
         label_key = model.config["keys"].get("label_key")

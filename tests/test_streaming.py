@@ -426,3 +426,50 @@ def test_cli_fixes_the_mmap_threshold_so_streamed_batches_do_not_fragment_the_he
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own setting wins
     _common.bound_heap_growth()
     assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# explain: predictions streamed, only the explained sequences encoded
+
+
+def test_explain_encodes_only_the_explained_sequences(profile_model, monkeypatch):
+    import anndata_rnn.tl._explain as explain_module
+
+    adata, model = profile_model
+    sizes = []
+    real = explain_module.encode
+
+    def recording(index, *args, **kwargs):
+        sizes.append(index.n_sequences)
+        return real(index, *args, **kwargs)
+
+    monkeypatch.setattr(explain_module, "encode", recording)
+    target = adata.copy()
+    tl.explain(target, model, max_per_class=5, n_steps=4, quiet=True)
+    assert sizes == [10] and target.n_obs == 150  # 5 per class of 2, not all 150 cells
+    assert list(target.uns["rnn"]["explain"]["n_explained"]) == [5, 5]
+
+
+def test_cli_explain_output_is_the_input_plus_the_new_elements(saved, tmp_path, file_hash):
+    source, model_path = saved
+    before = file_hash(source)
+    out = tmp_path / "explained.h5ad"
+    result = run_cli(
+        "explain", source, "--model", model_path, "--output", out, "--max-per-class", 5,
+        "--n-steps", 4, "--table", tmp_path / "top.tsv", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert file_hash(source) == before
+    original, written = _elements(source), _elements(out)
+    for name, value in original.items():
+        if name not in ("var", "varm"):  # var gains a column, varm a matrix
+            assert written[name] == value, name
+    expected = ad.read_h5ad(source)
+    tl.explain(expected, Model.load(model_path), max_per_class=5, n_steps=4, quiet=True)
+    got = ad.read_h5ad(out)
+    assert np.array_equal(
+        got.varm["rnn_importance"], expected.varm["rnn_importance"], equal_nan=True
+    )
+    assert np.array_equal(
+        got.uns["rnn"]["step_importance"], expected.uns["rnn"]["step_importance"], equal_nan=True
+    )

@@ -6,7 +6,8 @@ import click
 import numpy as np
 
 from ..errors import InputError
-from ..io import read_h5ad, write_h5ad, write_table
+from ..io import write_table
+from ..streaming import open_lazy, write_new_elements
 from ._common import (
     Outputs,
     apply_model_arguments,
@@ -126,7 +127,9 @@ def explain(
     from ..model import Model
     from ..tl import importance_table
 
-    with Outputs(inputs=(input, model_path)) as outputs:
+    # X stays in the file (read chunk by chunk for the predictions, then only the explained
+    # sequences); the output is a copy of the input plus the new elements, as predict writes it
+    with Outputs(inputs=(input, model_path)) as outputs, open_lazy(input) as adata:
         out_tmp = outputs.add(output)
         table_tmp = outputs.add(table)
         model = Model.load(model_path)
@@ -137,7 +140,7 @@ def explain(
                 "uns[key]['step_importance'] / obsm[key_step_importance]"
             )
         result = tl.explain.run(
-            read_h5ad(input),
+            adata,
             model,
             target=target,
             method=method,
@@ -159,7 +162,8 @@ def explain(
         ranked = importance_table(adata, key_added, top) if has_genes else None
         if table_tmp and ranked is not None:
             write_table(ranked, table_tmp, atomic=False)
-        write_h5ad(adata, out_tmp, atomic=False)
+        elements = [w for w in result.record["explain"]["written"] if not w.startswith("uns/")]
+        write_new_elements(input, out_tmp, adata, [*elements, f"uns/{key_added}"])
         outputs.write_report(adata, key_added)
         outputs.commit()
     explained = record["explain"]

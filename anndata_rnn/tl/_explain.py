@@ -27,6 +27,7 @@ from ..attribution import (
     baseline_values,
     classifier_jobs,
     completeness_report,
+    explained_only,
     explained_step_times,
     forecaster_inputs,
     forecaster_jobs,
@@ -35,10 +36,15 @@ from ..attribution import (
 from ..errors import InputError
 from ..io import versions
 from ..model import Model
+from ..networks.classifier import predict_proba
 from ..preprocessing import encode
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
 
 log = logging.getLogger("anndata_rnn")
+
+#: sequences per batch of the classifier's predictions (which class each sequence is explained
+#: toward)
+PREDICT_BATCH = 512
 
 
 @task_api
@@ -174,17 +180,22 @@ def explain(
     out, index, source, overlap = opened.target, opened.index, opened.source, opened.overlap
     torch_device = opened.device
     if model.task == "classify":
+        # the predictions stream over the data; only the explained sequences are encoded
+        streamed = opened.stream(
+            lambda x, n: predict_proba(model.module, x, n, torch_device), PREDICT_BATCH
+        )
+        columns, jobs, output = classifier_jobs(
+            out, model, index, streamed.outputs[0], target, use_labels
+        )
+        index, jobs = explained_only(index, subsample(jobs, max_per_class, seed))
         enc = encode(index, source, prep)
         values, lengths = torch.from_numpy(enc.values), torch.from_numpy(enc.lengths)
-        columns, jobs, output = classifier_jobs(
-            out, model, index, values, lengths, target, use_labels, torch_device
-        )
     else:
         if use_labels:
             raise InputError("use_labels applies to classifiers, not to forecasters")
         values, lengths = forecaster_inputs(model, index, source)
         columns, jobs, output = forecaster_jobs(model, index, lengths, target)
-    jobs = subsample(jobs, max_per_class, seed)
+        jobs = subsample(jobs, max_per_class, seed)
 
     n_channels = values.shape[-1]
     n_expression = n_channels - 1 if (prep.use_time and model.layout != "profile") else n_channels
