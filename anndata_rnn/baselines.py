@@ -162,14 +162,15 @@ def embedding_baseline(
     if len(members) <= LAZY_FIT_SEQUENCES:  # small enough: exactly the in-memory baseline
         return (*pca_kmeans_baseline(flat(members), n_components, n_clusters, seed), len(members))
     chosen = random_subset(members, LAZY_FIT_SEQUENCES, seed)
-
     sample = flat(chosen)
     scaler = StandardScaler().fit(sample)
-    n_components = max(1, min(n_components, *sample.shape))
-    pca = PCA(n_components=n_components, random_state=seed).fit(scaler.transform(sample))
-    fitted = pca.transform(scaler.transform(sample))
-    _, centres = cluster_matrix(fitted, method="kmeans", n_clusters=n_clusters, seed=seed)
-    del sample, fitted
+    scaled = scaler.transform(sample)
+    n_components = max(1, min(n_components, *scaled.shape))
+    pca = PCA(n_components=n_components, random_state=seed).fit(scaled)
+    _, centres = cluster_matrix(
+        pca.transform(scaled), method="kmeans", n_clusters=n_clusters, seed=seed
+    )
+    del sample, scaled
     scores = np.concatenate(
         [
             pca.transform(scaler.transform(flat(members[start : start + LAZY_BATCH])))

@@ -1,5 +1,6 @@
 """Memory and time of ``anndata-rnn predict`` (or ``classify``, ``--classify``, or ``embed``,
-``--embed``) on large synthetic profile data (issue 13).
+``--embed``; or the cost of reading cells from the file, ``--reads``) on large synthetic profile
+data (issue 13).
 
 Not a test: run by hand, one size per call (each prediction runs in a child process whose peak
 RSS is read with ``resource.getrusage(RUSAGE_CHILDREN)``)::
@@ -93,6 +94,32 @@ def train_model(path: Path) -> None:
     model.save(path)
 
 
+def time_reads(path: Path, draws: int = 20) -> dict:
+    """Mean seconds to read 256 scattered rows, 256 and 8,192 consecutive rows of X."""
+    from anndata.io import sparse_dataset
+
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "r") as f:
+        x = sparse_dataset(f["X"])
+        n = x.shape[0]
+
+        def mean_seconds(pick) -> float:
+            started = time.perf_counter()
+            for _ in range(draws):
+                x[pick()]
+            return round((time.perf_counter() - started) / draws, 4)
+
+        return {
+            "scattered_256_s": mean_seconds(lambda: np.sort(rng.choice(n, 256, replace=False))),
+            "consecutive_256_s": mean_seconds(
+                lambda: slice(s := int(rng.integers(0, n - 256)), s + 256)
+            ),
+            "consecutive_8192_s": mean_seconds(
+                lambda: slice(s := int(rng.integers(0, n - 8192)), s + 8192)
+            ),
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, required=True)
@@ -112,16 +139,27 @@ def main() -> None:
         help="measure anndata-rnn embed instead (profile, 1 epoch, latent 8, k-means with 2 "
         "clusters against the cell kind)",
     )
+    parser.add_argument(
+        "--reads",
+        action="store_true",
+        help="time reading cells from the file instead: 256 scattered rows vs 256 and 8,192 "
+        "consecutive rows (anndata's sparse_dataset, 20 draws each); why training reads blocks",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.workdir / "profile_model.h5"
-    if not model.exists():
+    if not model.exists() and not args.reads:
         train_model(model)
     source = args.workdir / f"cells_{args.cells}.h5ad"
     if not source.exists():
         started = time.perf_counter()
         write_synthetic(source, args.cells)
         print(f"wrote {source} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    if args.reads:
+        print(json.dumps({"cells": args.cells, **time_reads(source)}))
+        if not args.keep_input:
+            source.unlink()
+        return
     output = args.workdir / f"predicted_{args.cells}.h5ad"
     command = [
         sys.executable, "-m", "anndata_rnn", "predict", str(source), "--model", str(model),

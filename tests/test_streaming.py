@@ -192,6 +192,16 @@ def _elements(path):
     return out
 
 
+def assert_input_elements_kept(source, out, grown=("obs",)):
+    """Every element of the input file is in the output, unchanged; the groups in ``grown``
+    (which gain new columns or matrices) are compared by their members only."""
+    original, written = _elements(source), _elements(out)
+    for name, value in original.items():
+        if name not in grown:
+            assert written[name] == value, name
+    return original, written
+
+
 def run_cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -216,15 +226,9 @@ def test_cli_output_is_the_input_plus_the_in_memory_results(saved, tmp_path, fil
     assert result.exit_code == 0, result.output
     assert file_hash(source) == before
     # every input element is in the output, unchanged (column-order only gains the new columns)
-    original, written = _elements(source), _elements(out)
-    for name, value in original.items():
-        if name in ("obs",):
-            assert (
-                written[name]["column-order"][: len(value["column-order"])]
-                == (value["column-order"])
-            )
-            continue
-        assert written[name] == value, name
+    original, written = assert_input_elements_kept(source, out)
+    order = original["obs"]["column-order"]
+    assert written["obs"]["column-order"][: len(order)] == order
     new = set(written) - set(original)
     assert {"obs/rnn_pred", "obs/rnn_conf", "obsm/rnn_proba", "obsm/X_rnn", "uns/rnn"} <= {
         "/".join(n.split("/")[:2]) for n in new
@@ -460,10 +464,7 @@ def test_cli_explain_output_is_the_input_plus_the_new_elements(saved, tmp_path, 
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert file_hash(source) == before
-    original, written = _elements(source), _elements(out)
-    for name, value in original.items():
-        if name not in ("var", "varm"):  # var gains a column, varm a matrix
-            assert written[name] == value, name
+    assert_input_elements_kept(source, out, grown=("var", "varm"))
     expected = ad.read_h5ad(source)
     tl.explain(expected, Model.load(model_path), max_per_class=5, n_steps=4, quiet=True)
     got = ad.read_h5ad(out)

@@ -122,8 +122,9 @@ def classify(
         fitted on a seeded random 20,000 training sequences. ``"auto"``: when the encoded
         sequences would exceed 1 GiB (README "Large files"). When X is read from the file
         (:func:`anndata_rnn.streaming.open_lazy`, as the command line does for profile data),
-        shuffled batches come from blocks of 256 consecutive cells, ``chunk_rows // 256`` blocks
-        read and shuffled together (a file is read fast in slices, slowly row by row);
+        shuffled batches come from blocks of 256 consecutive cells, as many blocks as fit in
+        ``chunk_rows`` cells read and shuffled together (a file is read fast in slices, slowly
+        row by row);
         ``uns[key]["params"]["batch_order"]`` says which order a run used.
     chunk_rows
         Streamed training from the file: cells read and encoded at a time (the shuffle buffer;
