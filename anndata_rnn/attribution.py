@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from .errors import InputError, listed
 from .preprocessing import encode, future_gaps, network_inputs
 from .sequences import read_labels
 from .streaming import sub_index
@@ -67,8 +67,7 @@ def resolve_targets(target, names: np.ndarray, what: str) -> list[int]:
     lookup = {n: i for i, n in enumerate(names)}
     missing = [t for t in target if str(t) not in lookup]
     if missing:
-        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-        raise InputError(f"unknown {what} {', '.join(map(str, missing))}; the model has: {shown}")
+        raise InputError(f"unknown {what} {listed(missing)}; the model has: {listed(names, 20)}")
     return list(dict.fromkeys(lookup[str(t)] for t in target))
 
 

@@ -12,7 +12,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from .baselines import logistic_baseline
-from .errors import InputError
+from .errors import InputError, listed
 from .metrics import classification_metrics
 from .networks import build_module
 from .networks.classifier import new_architecture, predict_proba
@@ -165,14 +165,14 @@ def check_training_classes(labels: Labels, index: SequenceIndex, split: np.ndarr
             log.warning(
                 "class(es) %s of %r never occur in the training series: the model cannot "
                 "predict them (the test metrics will show this)",
-                ", ".join(absent),
+                listed(absent),
                 labels.key,
             )
         return
     small = [f"{labels.classes[c]!r} ({counts[c]})" for c in range(len(counts)) if counts[c] < 2]
     if small:
         raise InputError(
-            f"class(es) {', '.join(small)} of {labels.key!r} have fewer than 2 members in the "
+            f"class(es) {listed(small)} of {labels.key!r} have fewer than 2 members in the "
             "training split: drop or merge rare classes, or give more data"
         )
 

@@ -1,4 +1,5 @@
-"""Exception types. The CLI maps them to one-line messages and exit codes."""
+"""Exception types (the CLI maps them to one-line messages and exit codes), and how names are
+listed in a message so that it stays one short line whatever the data holds."""
 
 
 class AnnDataRNNError(Exception):
@@ -19,3 +20,12 @@ class ModelFileError(InputError):
 
 class TrainingError(AnnDataRNNError):
     """Training failed at run time (for example a NaN loss)."""
+
+
+def listed(names, limit: int = 5, width: int = 40) -> str:
+    """``names`` joined by commas for a message: at most ``limit`` of them, each cut to
+    ``width`` characters with "…", then "and N more"."""
+    names = [str(n) for n in names]
+    shown = [n if len(n) <= width else n[: width - 1] + "…" for n in names[:limit]]
+    more = f" and {len(names) - limit:,} more" if len(names) > limit else ""
+    return ", ".join(shown) + more

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import stat
+import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -68,7 +70,12 @@ def check_h5ad(path: str | os.PathLike) -> Path:
 
 
 def check_output_path(output: str | os.PathLike, *, inputs: tuple = ()):
-    """Refuse output paths that equal an input, or whose directory is missing / not writable."""
+    """Refuse output paths that equal an input, that exist as anything but a regular file (a
+    device, a symbolic link, a pipe), or whose directory is missing / not writable.
+
+    The directory is checked as the operating system resolves the path given (``nodir/../o``
+    needs ``nodir``), before any work starts.
+    """
     output = Path(output)
     for item in inputs:
         if item is None:
@@ -78,19 +85,37 @@ def check_output_path(output: str | os.PathLike, *, inputs: tuple = ()):
             output.exists() and item.exists() and os.path.samefile(output, item)
         ):
             raise InputError(
-                f"output path {str(output)!r} is the input file: write to a new file "
+                f"output path {_shown(output)} is the input file: write to a new file "
                 "(the input is never modified)"
             )
-    parent = output.resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"output directory {str(parent)!r} does not exist: create it first")
+    parent = os.path.dirname(os.fspath(output)) or "."
+    if not os.path.isdir(parent):
+        raise InputError(f"output directory {_shown(parent)} does not exist: create it first")
     if not os.access(parent, os.W_OK):
         raise InputError(
-            f"output directory {str(parent)!r} is not writable: choose another output directory "
+            f"output directory {_shown(parent)} is not writable: choose another output directory "
             "or fix its permissions"
         )
     if output.is_dir():
-        raise InputError(f"output path {str(output)!r} is a directory: give a file name")
+        raise InputError(f"output path {_shown(output)} is a directory: give a file name")
+    try:
+        mode = os.lstat(output).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+        raise InputError(
+            f"output path {_shown(output)} exists and is {kind}: give the name of a new or "
+            "regular file (outputs replace the path, they never write through it)"
+        )
+
+
+def _shown(path) -> str:
+    """A path for a one-line message: quoted, and cut in the middle when very long."""
+    text = os.fspath(path)
+    if len(text) > 120:
+        text = text[:50] + "…" + text[-50:]
+    return repr(text)
 
 
 @contextlib.contextmanager
@@ -101,6 +126,7 @@ def atomic_path(path: str | os.PathLike):
     leaves no partial file behind.
     """
     path = Path(path)
+    check_output_path(path)
     tmp = temporary_name(path)
     try:
         yield tmp
@@ -111,8 +137,16 @@ def atomic_path(path: str | os.PathLike):
 
 
 def temporary_name(path: Path) -> Path:
-    """A hidden name in the same directory (same file system, so the rename is atomic)."""
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    """A new, empty file with an unpredictable hidden name in the same directory (same file
+    system, so the rename is atomic). Created exclusively (``O_EXCL``): a link planted in the
+    directory is never followed."""
+    handle, name = tempfile.mkstemp(
+        prefix=f".{path.stem[:64]}.partial-",
+        suffix=path.suffix,
+        dir=os.path.dirname(os.fspath(path)) or ".",
+    )
+    os.close(handle)
+    return Path(name)
 
 
 def write_h5ad(adata: AnnData, path: str | os.PathLike, *, atomic: bool = True) -> None:

@@ -33,7 +33,7 @@ from .h5check import check_self_contained
 from .io import atomic_path
 from .networks import CELLS, TASK_MODULES, build_module
 from .preprocessing import IMPUTATION_CHOICES, SCALE_CHOICES, FeatureSource, Preprocessor
-from .sequences import LAYOUTS
+from .sequences import LAYOUTS, check_output_key
 
 FORMAT_NAME = "anndata-rnn-model"
 FORMAT_VERSION = 1
@@ -182,8 +182,17 @@ class Model:
         n_stats = 1 if config.get("layout") == "var-series" else len(features)
         mean = _read_float(f, "preprocessing/mean", where, (n_stats,))
         std = _read_float(f, "preprocessing/std", where, (n_stats,))
-        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
-            raise ModelFileError(f"{where} has invalid preprocessing statistics")
+        if not (
+            len(features)
+            and np.isfinite(mean).all()
+            and np.isfinite(std).all()
+            and (np.abs(mean) <= MAX_STATISTIC).all()
+            and ((std >= 1 / MAX_STATISTIC) & (std <= MAX_STATISTIC)).all()
+        ):
+            raise ModelFileError(
+                f"{where} has invalid preprocessing statistics (no genes, or means / standard "
+                "deviations that are not finite, zero or beyond 1e15): retrain or restore the file"
+            )
         # files written before the imputation setting was stored: forecasters filled causally
         implied = "causal" if config["task"] == "forecast" else "interpolate"
         preprocessor = Preprocessor.from_stored(
@@ -270,6 +279,12 @@ def _read_float(f: h5py.File, name: str, where: str, shape: tuple) -> np.ndarray
     return np.asarray(_numeric_dataset(f, name, where, shape)[()], dtype=np.float64)
 
 
+#: largest magnitude of a stored statistic (mean, std, time gap, library size) and of a time
+MAX_STATISTIC = 1e15
+#: most steps a stored config may ask a model to roll out or hold out
+MAX_HORIZON = 1000
+
+
 def _check_config(config: dict, where: str) -> None:
     """Types and ranges of the config fields that loading and applying a model read."""
 
@@ -302,10 +317,8 @@ def _check_config(config: dict, where: str) -> None:
     for name in ("label_key", "series_key", "time_key", "order_key", "layer", "use_rep"):
         if not (keys.get(name) is None or isinstance(keys[name], str)):
             refuse(f"keys/{name}", "a text or null")
-    if not (
-        keys.get("key_added") is None or (isinstance(keys["key_added"], str) and keys["key_added"])
-    ):
-        refuse("keys/key_added", "a non-empty text")
+    if not (keys.get("key_added") is None or _plain_name(keys["key_added"])):
+        refuse("keys/key_added", "a plain name (letters, digits, '_', '-')")
     if keys.get("layout") not in (None, config["layout"]):
         refuse("keys/layout", "the model's layout")
     if not (keys.get("series_subset") is None or texts(keys["series_subset"])):
@@ -332,10 +345,11 @@ def _check_config(config: dict, where: str) -> None:
             refuse(f"architecture/{name}", "true or false")
     if arch.get("pooling", "last") not in ("last", "mean", "attention"):
         refuse("architecture/pooling", "last, mean or attention")
-    if not integer(arch.get("downsample", 1), 1, 1_000_000):
-        refuse("architecture/downsample", "a positive integer")
     if not (arch.get("max_steps") is None or integer(arch["max_steps"], 1, 10_000_000)):
         refuse("architecture/max_steps", "a positive integer")
+    # a training run averages windows of ceil(max_steps / 32) steps: never more than max_steps
+    if not integer(arch.get("downsample", 1), 1, arch.get("max_steps") or 1_000_000):
+        refuse("architecture/downsample", "a positive integer, at most max_steps")
     for name in ("linear_c", "linear_lr"):
         if not (number(arch.get(name, 1.0)) and arch.get(name, 1.0) > 0):
             refuse(f"architecture/{name}", "a positive number")
@@ -365,6 +379,32 @@ def _check_config(config: dict, where: str) -> None:
     for name, ok in checks.items():
         if not ok:
             refuse(f"preprocessing/{name}", "the value anndata-rnn writes")
+    # statistics a training run can produce: a time gap or library size of 10^300 would turn
+    # every standardized value into inf or 0 on the way into the network
+    for name in ("dt_mean", "dt_std", "target_sum"):
+        if abs(prep[name]) > MAX_STATISTIC:
+            refuse(f"preprocessing/{name}", f"a number of magnitude at most {MAX_STATISTIC:g}")
+    # fields that size what applying the model allocates (a forecaster's rollout)
+    for name, high in (("horizon", MAX_HORIZON), ("holdout_steps", MAX_HORIZON)):
+        if not (config.get(name) is None or integer(config[name], 0, high)):
+            refuse(name, f"an integer in 0..{high}")
+    if not (config.get("ar_lags") is None or integer(config["ar_lags"], 1, MAX_HORIZON)):
+        refuse("ar_lags", f"an integer in 1..{MAX_HORIZON}")
+    future = config.get("future_times") or []
+    if not (
+        isinstance(future, list)
+        and len(future) <= MAX_HORIZON
+        and all(number(t) and abs(t) <= MAX_STATISTIC for t in future)
+    ):
+        refuse("future_times", f"at most {MAX_HORIZON} finite time points")
+
+
+def _plain_name(value) -> bool:
+    try:
+        check_output_key(value)
+    except InputError:
+        return False
+    return True
 
 
 def _plain(value):

@@ -99,6 +99,7 @@ class FeatureSource:
             else:
                 self.feature_names = np.asarray(adata.var_names, dtype=object)
                 self.names_from = "var_names"
+        check_sparse_structure(self.matrix, self.description)
         self.matrix = _same_index_dtypes(self.matrix)
         if isinstance(self.matrix, CSCDataset):
             log.warning(
@@ -140,6 +141,11 @@ class FeatureSource:
             block = matrix[rows]
         if sp.issparse(block) or hasattr(block, "to_memory"):
             block = block.to_memory() if hasattr(block, "to_memory") else block
+            if sp.issparse(block) and _is_backed(matrix):
+                # the file's indptr was checked when it was opened; the indices of the rows read
+                # are checked here, chunk by chunk, before scipy's C code dereferences them
+                minor = block.shape[0] if block.format == "csc" else block.shape[1]
+                _check_minor_indices(block.indices, minor, self.description)
             block = block.toarray() if sp.issparse(block) else np.asarray(block)
         block = np.asarray(block)
         if block.dtype.kind == "f" and block.dtype.itemsize > 4:
@@ -156,6 +162,75 @@ class FeatureSource:
                 "recompute the representation on complete data"
             )
         return block
+
+
+#: entries of a sparse matrix's ``indices`` checked per read (bounds the memory of the check)
+INDEX_CHECK_CHUNK = 1 << 22
+
+
+def check_sparse_structure(matrix, description: str) -> None:
+    """Refuse a CSR/CSC matrix whose arrays do not describe a valid matrix.
+
+    scipy trusts ``indptr`` and ``indices``: an index outside the matrix or a decreasing
+    ``indptr`` makes its C code write outside its arrays (a crash) or put a value in another
+    cell (silent corruption). In memory every array is checked; in a file ``indptr`` (one entry
+    per row) is checked here and ``indices`` per block read (:meth:`FeatureSource.read_rows`),
+    except for CSC, whose row reads go through the whole matrix: its indices are checked here in
+    chunks of :data:`INDEX_CHECK_CHUNK`.
+    """
+    if sp.issparse(matrix):
+        if matrix.format not in ("csr", "csc"):
+            return
+        indptr, indices, n_data = matrix.indptr, matrix.indices, matrix.data.shape[0]
+        by_column = matrix.format == "csc"
+    elif isinstance(matrix, CSRDataset | CSCDataset):
+        group = matrix.group
+        try:
+            indptr = group["indptr"][()]
+            indices, n_data = group["indices"], group["data"].shape[0]
+        except Exception as exc:
+            raise _bad_sparse(
+                description, f"its arrays cannot be read ({type(exc).__name__})"
+            ) from None
+        by_column = isinstance(matrix, CSCDataset)
+    else:
+        return
+    shape = tuple(int(n) for n in matrix.shape)
+    major, minor = (shape[1], shape[0]) if by_column else shape
+    if indptr.ndim != 1 or indptr.shape[0] != major + 1:
+        raise _bad_sparse(
+            description,
+            f"indptr has {indptr.shape[0] if indptr.ndim == 1 else indptr.shape} entries "
+            f"for {major} {'columns' if by_column else 'rows'} (needs {major + 1})",
+        )
+    if indptr.dtype.kind not in "iu" or getattr(indices, "dtype", np.int64).kind not in "iu":
+        raise _bad_sparse(description, "indptr and indices must be integers")
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+        raise _bad_sparse(description, "indptr must start at 0 and never decrease")
+    if int(indptr[-1]) != n_data or indices.shape[0] != n_data:
+        raise _bad_sparse(
+            description,
+            f"indptr ends at {int(indptr[-1])} but there are {indices.shape[0]} indices and "
+            f"{n_data} values",
+        )
+    if sp.issparse(matrix) or by_column:
+        for start in range(0, n_data, INDEX_CHECK_CHUNK):
+            _check_minor_indices(indices[start : start + INDEX_CHECK_CHUNK], minor, description)
+
+
+def _check_minor_indices(indices: np.ndarray, n: int, description: str) -> None:
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= n):
+        raise _bad_sparse(
+            description,
+            f"indices outside 0..{n - 1} (found {int(indices.min())}..{int(indices.max())})",
+        )
+
+
+def _bad_sparse(description: str, problem: str) -> InputError:
+    return InputError(
+        f"{description} is a damaged sparse matrix: {problem}; rewrite the file with anndata "
+        "(e.g. adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad(...))"
+    )
 
 
 def _check_float32_range(block: np.ndarray, description: str) -> None:

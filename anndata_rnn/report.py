@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .errors import InputError
+from .errors import InputError, listed
 
 #: metrics that are counts, shown in the table but not as scores
 _UNITS = {"obs-series": "series", "var-series": "gene", "profile": "observation"}
@@ -216,7 +216,7 @@ def small_split_warnings(adata: AnnData, key: str = "rnn") -> list[str]:
             scored = "test split" if _text(record.get("mode", "")) != "predict" else "scored data"
             out.append(
                 f"classes with fewer than {MIN_TEST_PER_CLASS} entries in the {scored}: "
-                f"{', '.join(low)}; their per-class metrics and the AUROC are unreliable"
+                f"{listed(low)}; their per-class metrics and the AUROC are unreliable"
             )
     return out
 

@@ -22,7 +22,7 @@ import torch
 from anndata import AnnData
 
 from . import distributed
-from .errors import InputError
+from .errors import InputError, listed
 from .io import uns_safe, versions
 from .model import Model, check_gene_overlap
 from .preprocessing import Encoded, FeatureSource, Preprocessor, encode
@@ -30,6 +30,7 @@ from .sequences import SequenceIndex, SequenceSpec, bool_column, broadcast_to_ro
 from .splits import log_split, make_split, random_subset, split_from_column
 from .streaming import (
     DEFAULT_CHUNK_ROWS,
+    FIT_BUDGET_BYTES,
     STREAM_FIT_SEQUENCES,
     LazyEncoded,
     Streamed,
@@ -227,6 +228,7 @@ class TrainingRun:
                 len(fit_ids),
                 len(self.ids["train"]),
             )
+        fit_ids = self._within_fit_budget(index, fit_ids)
         self.fit_sequences = len(fit_ids)
         prep.fit(
             self.source,
@@ -254,6 +256,35 @@ class TrainingRun:
         if self.encoded.imputed:
             log.info(IMPUTATION_LOG[prep.imputation], self.encoded.imputed)
         return self.encoded
+
+    def _within_fit_budget(self, index: SequenceIndex, fit_ids: np.ndarray) -> np.ndarray:
+        """At most :data:`~anndata_rnn.streaming.FIT_BUDGET_BYTES` of dense float32 for the
+        preprocessing fit: a seeded subset of the training sequences when the rows × genes the
+        file declares would take more (a file can claim 10⁵ × 10⁵ in a few MB)."""
+        n_features = len(self.source.feature_names)
+        if index.layout == "var-series":  # every sequence reads every row: the whole matrix
+            needed = self.source.n_rows * n_features * 4
+            if needed > FIT_BUDGET_BYTES * 8:
+                raise InputError(
+                    f"var-series reads the whole {self.source.description} ({self.source.n_rows} "
+                    f"× {n_features}, {needed / 2**30:.1f} GiB as float32): give fewer genes "
+                    "(--gene-subset) or time points"
+                )
+            return fit_ids
+        n_rows = len(index.obs_rows(fit_ids))
+        needed = n_rows * n_features * 4
+        if needed <= FIT_BUDGET_BYTES:
+            return fit_ids
+        keep = max(1, int(len(fit_ids) * FIT_BUDGET_BYTES / needed))
+        log.info(
+            "preprocessing fitted on %d of %d training sequences (%d genes: the fit reads at most "
+            "%d MiB)",
+            keep,
+            len(fit_ids),
+            n_features,
+            FIT_BUDGET_BYTES >> 20,
+        )
+        return random_subset(fit_ids, keep, self.seed)
 
     def stream_params(self, stream, chunk_rows: int, batch_size: int) -> dict:
         """The record of streaming: as asked, whether the run streamed, the buffer size and the
@@ -300,7 +331,7 @@ class TrainingRun:
             rare = [str(c) for c, n in zip(labels.classes, counts, strict=True) if n < 2]
             if rare:
                 cautions.append(
-                    f"class(es) {', '.join(rare)} have fewer than 2 test units: their metrics "
+                    f"class(es) {listed(rare)} have fewer than 2 test units: their metrics "
                     "are unreliable; use cross-validation (--cv 5)"
                 )
         for caution in cautions:  # printed under the metrics table and stored in uns
@@ -441,6 +472,20 @@ class OpenedModel:
         )
 
 
+def _check_sequence_length(model: Model, index: SequenceIndex) -> None:
+    """Refuse data whose sequences are longer than any the model was trained on: its linear
+    path reads a fixed number of steps, so the rest would be ignored without a word (a
+    var-series model given obs-series data, or the reverse, ends here)."""
+    max_steps = model.config["architecture"].get("max_steps")
+    steps = index.steps.shape[1]
+    if max_steps and model.config.get("label_level", "unit") == "unit" and steps > max_steps:
+        raise InputError(
+            f"the data's {model.layout} sequences have up to {steps} steps but the model was "
+            f"trained on at most {max_steps}: check the layout and the series/time keys, or "
+            "keep the time points the model was trained on"
+        )
+
+
 def open_model(
     adata: AnnData,
     model: Model | str,
@@ -483,6 +528,7 @@ def open_model(
     index = spec.index(target, n_features=n_features)
     for note in index.notes:
         log.info(note)
+    _check_sequence_length(model, index)
     return OpenedModel(
         target, model, spec, source, index, overlap, torch_device, chunk_rows, progress, scratch
     )

@@ -26,6 +26,7 @@ backed file in chunks (:meth:`SequenceIndex.obs_rows`, :func:`assemble`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 import h5py
@@ -33,9 +34,29 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .errors import InputError
+from .errors import InputError, listed
 
 LAYOUTS = ("obs-series", "var-series", "profile")
+
+
+#: an output key (``key_added``): a name, never an HDF5 path ("/X", ".", "a/b" would write into
+#: or over other elements of the output file)
+KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+KEY_MAX_LENGTH = 64
+
+
+def check_output_key(key, what: str = "key_added") -> str:
+    """Refuse an output key that is not a plain name: letters, digits, '_' and '-', starting
+    with a letter or '_', at most :data:`KEY_MAX_LENGTH` characters."""
+    if not isinstance(key, str) or not key:
+        raise InputError(f"{what} is empty: give a name such as 'rnn'")
+    if len(key) > KEY_MAX_LENGTH or not KEY_PATTERN.fullmatch(key):
+        shown = key if len(key) <= 40 else key[:40] + "…"
+        raise InputError(
+            f"{what} {shown!r} is not a plain name: use at most {KEY_MAX_LENGTH} letters, digits, "
+            "'_' and '-', starting with a letter or '_' (e.g. 'rnn')"
+        )
+    return key
 
 
 def check_layout(layout: str) -> str:
@@ -53,6 +74,11 @@ def _column(frame: pd.DataFrame, key: str, where: str, other: pd.DataFrame | Non
         available = ", ".join(map(str, frame.columns)) or "none"
         raise InputError(f"{where} has no column {key!r}{hint}; available columns: {available}")
     return frame[key]
+
+
+#: largest magnitude of a time point (milliseconds since 1970 are ~1.7e12); beyond it the time
+#: gaps the network reads lose their precision or overflow
+MAX_TIME = 1e15
 
 
 def numeric_times(adata: AnnData, time_key: str | None) -> np.ndarray:
@@ -74,6 +100,11 @@ def numeric_times(adata: AnnData, time_key: str | None) -> np.ndarray:
         )
     if not np.isfinite(times).all():
         raise InputError(f"obs[{time_key!r}] has infinite time points: fix them first")
+    if len(times) and np.abs(times).max() > MAX_TIME:
+        raise InputError(
+            f"obs[{time_key!r}] has time points beyond ±{MAX_TIME:g} (largest "
+            f"{np.abs(times).max():.3g}): give times in a unit such as hours or days"
+        )
     return times
 
 
@@ -315,9 +346,9 @@ def build_index(
         keep = np.isin(series, list(series_subset))
         missing = sorted(set(series_subset) - set(series[keep]))
         if missing:
-            levels = ", ".join(sorted(set(series)))
+            levels = listed(sorted(set(series)), 20)
             raise InputError(
-                f"series {', '.join(missing)} not found in obs[{series_key!r}]; available: "
+                f"series {listed(missing)} not found in obs[{series_key!r}]; available: "
                 f"{levels} (when applying a model, choose the series with --series-subset)"
             )
     absolute = np.flatnonzero(keep)
@@ -400,6 +431,7 @@ class SequenceSpec:
 
     def __post_init__(self):
         check_layout(self.layout)
+        check_output_key(self.key_added)
         if self.series_subset is not None:
             object.__setattr__(self, "series_subset", tuple(self.series_subset) or None)
 
@@ -536,6 +568,10 @@ class Labels:
         return np.where(steps >= 0, self.codes[np.where(steps >= 0, steps, 0)], -1)
 
 
+#: longest class name accepted (names go into columns, the model file and every message)
+MAX_CLASS_NAME = 200
+
+
 def read_labels(
     adata: AnnData, index: SequenceIndex, label_key: str, *, max_missing_fraction: float = 0.5
 ) -> Labels:
@@ -568,6 +604,12 @@ def read_labels(
     else:
         classes = sorted(set(text[present]))
     classes = np.asarray(classes, dtype=object)
+    long_names = [c for c in classes if len(c) > MAX_CLASS_NAME]
+    if long_names:
+        raise InputError(
+            f"label column {label_key!r} has class names longer than {MAX_CLASS_NAME} characters "
+            f"({listed(long_names, 1)}, {len(long_names[0]):,} characters): shorten them"
+        )
     if len(classes) < 2:
         raise InputError(
             f"label column {label_key!r} has a single class ({classes[0] if len(classes) else 'none'}):"

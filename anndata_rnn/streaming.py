@@ -54,10 +54,32 @@ STREAM_ABOVE_BYTES = 1 << 30
 #: streamed training: the preprocessing and the logistic baseline are fitted on at most this many
 #: training sequences (a seeded random subset; 20,000 × 2,000 genes is 160 MB of float32)
 STREAM_FIT_SEQUENCES = 20_000
+#: the preprocessing fit reads at most this many bytes of dense float32 (a seeded subset of the
+#: training sequences beyond it), and one streamed read at most :data:`READ_BUDGET_BYTES`: what
+#: a file declares (10⁵ × 10⁵ through fill values or compression) cannot size the allocations
+FIT_BUDGET_BYTES = 512 << 20
+READ_BUDGET_BYTES = 256 << 20
 #: streamed training from a file: shuffled batches come from blocks of this many consecutive
 #: sequences (rounded up to whole batches), as many blocks as fit in ``chunk_rows`` read and
 #: shuffled together
 STREAM_BLOCK = 256
+
+
+def bounded_chunk_rows(chunk_rows: int, source: FeatureSource) -> int:
+    """``chunk_rows``, lowered so that one read of that many rows stays within
+    :data:`READ_BUDGET_BYTES` of dense float32 (logged when it is lowered)."""
+    width = max(1, len(source.feature_names))
+    limit = max(1, READ_BUDGET_BYTES // (4 * width))
+    if chunk_rows > limit:
+        log.info(
+            "reading %d rows at a time instead of %d: %d genes per row (at most %d MiB a read)",
+            limit,
+            chunk_rows,
+            width,
+            READ_BUDGET_BYTES >> 20,
+        )
+        return limit
+    return chunk_rows
 
 
 @contextlib.contextmanager
@@ -207,6 +229,7 @@ class LazyEncoded:
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         read_blocks: bool | None = None,
     ):
+        chunk_rows = bounded_chunk_rows(chunk_rows, source)
         self.index, self.source, self.prep, self.chunk_rows = index, source, prep, chunk_rows
         self._set_ids(np.arange(index.n_sequences))
         probe = encode(index, source, prep, self.ids[:1], chunk=1)
@@ -312,6 +335,7 @@ def stream_apply(
     returned as those ``h5py.Dataset`` s, so memory does not grow with them.
     """
     spilled = {i: _Spilled(scratch, name) for i, name in (spill or {}).items()} if scratch else {}
+    chunk_rows = bounded_chunk_rows(chunk_rows, source)
     if sequence_ids is None:
         sequence_ids = np.arange(index.n_sequences)
     if distributed.sharding():  # torchrun: each rank streams its own row range

@@ -794,8 +794,18 @@ def test_entry_point_bad_input_is_one_line_exit_2(tmp_path):
     assert listing(tmp_path) == before and hashes(source) == state
 
 
-def test_entry_point_sigint_during_training_leaves_nothing(base, tmp_path):
-    """Ctrl-C (SIGINT) while the real command trains: exit 130, no output, no temp file."""
+@pytest.mark.parametrize(
+    "sig, code, last_line",
+    [
+        (signal.SIGINT, 130, "Interrupted: no output was written."),
+        (signal.SIGTERM, 143, "Terminated by SIGTERM: no output was written."),
+        (signal.SIGHUP, 129, "Terminated by SIGHUP: no output was written."),
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
+def test_entry_point_signal_during_training_leaves_nothing(sig, code, last_line, base, tmp_path):
+    """Ctrl-C (SIGINT), and SIGTERM / SIGHUP (what Galaxy, batch schedulers and a closed
+    terminal send) while the real command trains: exit 128 + signal, no output, no temp file."""
     rich = copy(base, "rich.h5ad", tmp_path)
     before, state = listing(tmp_path), hashes(rich)
     process = subprocess.Popen(
@@ -818,14 +828,14 @@ def test_entry_point_sigint_during_training_leaves_nothing(base, tmp_path):
                 seen += chunk
         assert b"step" in seen, seen.decode(errors="replace")
         time.sleep(0.3)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sig)
         _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 130, (seen + stderr).decode(errors="replace")
-    assert stderr.decode().strip().splitlines()[-1].endswith("Interrupted: no output was written.")
+    assert process.returncode == code, (seen + stderr).decode(errors="replace")
+    assert stderr.decode().strip().splitlines()[-1].endswith(last_line)
     assert b"Traceback" not in stderr
     assert listing(tmp_path) == before and hashes(rich) == state
 

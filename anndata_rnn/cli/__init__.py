@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
+from ._common import error_line
 from .classify import classify
 from .demo import demo
 from .embed import embed
@@ -16,7 +19,30 @@ from .predict import predict
 COMMANDS = [classify, forecast, embed, predict, explain, inspect, demo]
 
 
+class OneLineErrors(click.Group):
+    """Usage errors (a missing option, a value out of range) as one ``Error:`` line, like every
+    other error of the tool, instead of click's three-line usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx is not None else "anndata-rnn"
+            error_line(exc.format_message(), suffix=f" (see '{path} --help')")
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            error_line(exc.format_message())
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 @click.group(
+    cls=OneLineErrors,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Run 'anndata-rnn COMMAND --help' for a command's options and an example.",
 )

@@ -9,7 +9,9 @@ import functools
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -26,6 +28,8 @@ log = logging.getLogger("anndata_rnn")
 EXIT_INPUT = 2
 EXIT_RUNTIME = 1
 EXIT_INTERRUPTED = 130
+#: upper bound of --threads (torch allocates per thread; 100,000 threads exhaust memory)
+MAX_THREADS = 1024
 
 #: the fix to suggest for operating-system errors while reading or writing
 OS_HINTS = {
@@ -43,7 +47,7 @@ def common_options(func):
     @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
     @click.option(
         "--threads",
-        type=click.IntRange(min=1),
+        type=click.IntRange(1, MAX_THREADS),
         default=None,
         help="CPU threads for torch (Galaxy passes GALAXY_SLOTS). Default: torch's choice.",
     )
@@ -60,7 +64,7 @@ def common_options(func):
 
             torch.set_num_threads(threads)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), terminate_as_interrupt():
                 # our own warnings are already logged as one line; python's repeat them with
                 # a source line, which reads like a crash on the command line
                 warnings.simplefilter("ignore", UserWarning)
@@ -69,34 +73,117 @@ def common_options(func):
                 # message: the checks report such data as one line of their own
                 warnings.simplefilter("ignore", RuntimeWarning)
                 return func(*args, quiet=quiet, **kwargs)
+        except Terminated as exc:
+            click.echo(f"Terminated by {exc.name}: no output was written.", err=True)
+            sys.exit(128 + exc.signum)
         except KeyboardInterrupt:
             click.echo("Interrupted: no output was written.", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except AnnDataRNNError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"Error: {exc}", err=True)
+            error_line(str(exc))
             sys.exit(exc.exit_code)
-        except MemoryError:
-            click.echo("Error: out of memory: use a smaller --batch-size or fewer genes", err=True)
-            sys.exit(EXIT_RUNTIME)
-        except OSError as exc:
+        except Exception as exc:
             if debug:
                 traceback.print_exc()
-            message = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
-            hint = OS_HINTS.get(exc.errno)
-            click.echo(f"Error: {message}{f': {hint}' if hint else ''}", err=True)
-            sys.exit(EXIT_RUNTIME)
-        except Exception as exc:  # unexpected: still one line unless --debug
+            if out_of_memory(exc):
+                error_line(f"out of memory{_tried(exc)}: {memory_hint()}")
+                sys.exit(EXIT_INPUT)
+            if isinstance(exc, OSError):
+                message = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+                hint = OS_HINTS.get(exc.errno)
+                error_line(f"{message}{f': {hint}' if hint else ''}")
+                sys.exit(EXIT_RUNTIME)
             if debug:
                 raise
-            click.echo(
-                f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug and report it)",
-                err=True,
+            # unexpected: still one line
+            error_line(
+                f"unexpected {type(exc).__name__}: {exc}",
+                suffix=" (rerun with --debug and report it)",
             )
             sys.exit(EXIT_RUNTIME)
 
     return wrapper
+
+
+#: the longest error line printed; a longer message (a huge class or file name) is cut in the
+#: middle with "…"
+MAX_ERROR_CHARS = 500
+
+
+def error_line(message: str, *, suffix: str = "") -> None:
+    """Print ``Error: message`` as one line of at most :data:`MAX_ERROR_CHARS` characters."""
+    text = " ".join(message.split())
+    room = MAX_ERROR_CHARS - len("Error: ") - len(suffix)
+    if len(text) > room:
+        half = (room - 1) // 2
+        text = text[:half] + "…" + text[len(text) - (room - 1 - half) :]
+    click.echo(f"Error: {text}{suffix}", err=True)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (what Galaxy, batch schedulers and a closed terminal send): unwinds
+    like Ctrl-C, so every temporary and scratch file is removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` while a command runs (main thread only:
+    Python delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, raise_terminated) for sig in TERMINATING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+TERMINATING_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+#: what a failed allocation says (numpy's MemoryError, torch's CPU and CUDA allocators)
+_OOM_WORDS = ("out of memory", "not enough memory", "cannot allocate memory", "unable to allocate")
+#: the options that lower memory, in the order a hint names them (those the command has)
+_MEMORY_OPTIONS = ("--batch-size", "--chunk-rows", "--hidden", "--n-top-genes", "--n-steps")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in _OOM_WORDS)
+
+
+def _tried(exc: BaseException) -> str:
+    """' (tried to allocate 22.5 GB)' when the allocator said how much."""
+    import re
+
+    found = re.search(r"allocate (\d+) bytes", str(exc))
+    if found:
+        return f" (tried to allocate {int(found.group(1)) / 1e9:.1f} GB)"
+    found = re.search(r"allocate ([\d.]+ [KMGT]i?B)", str(exc))
+    return f" (tried to allocate {found.group(1)})" if found else ""
+
+
+def memory_hint() -> str:
+    """Which options of the running command lower its memory."""
+    ctx = click.get_current_context(silent=True)
+    have = {o for p in (ctx.command.params if ctx else []) for o in getattr(p, "opts", [])}
+    options = [o for o in _MEMORY_OPTIONS if o in have] or ["--batch-size"]
+    return f"lower {', '.join(options[:-1])}{' or ' if len(options) > 1 else ''}{options[-1]}"
 
 
 class RunState:
@@ -182,7 +269,11 @@ def device_options(func):
         help="auto = CUDA when available, else CPU.",
     )(func)
     func = click.option(
-        "--seed", type=int, default=0, show_default=True, help="Seed (runs are reproducible)."
+        "--seed",
+        type=click.IntRange(0, 2**32 - 1),
+        default=0,
+        show_default=True,
+        help="Seed (runs are reproducible).",
     )(func)
     return func
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+#: upper bound of --n-top-genes (more genes than any genome has)
+MAX_TOP_GENES = 1_000_000
+
 
 def sequence_options(func):
     """How the AnnData becomes sequences (layout and keys) and which matrix is read."""
@@ -22,7 +25,7 @@ def sequence_options(func):
         click.option("--order-key", help="profile: var column giving the gene order."),
         click.option(
             "--chunk-size",
-            type=click.IntRange(min=1),
+            type=click.IntRange(1, 100_000),
             default=32,
             show_default=True,
             help="profile: genes per step.",
@@ -46,7 +49,11 @@ def sequence_options(func):
         ),
         click.option("--gene-subset", help="Boolean var column selecting the genes to use."),
         click.option(
-            "--key-added", default="rnn", show_default=True, help="Prefix of the output keys."
+            "--key-added",
+            default="rnn",
+            show_default=True,
+            callback=output_key,
+            help="Prefix of the output keys (letters, digits, '_' and '-').",
         ),
     ]
     for option in reversed(options):
@@ -62,9 +69,24 @@ def _top_genes(ctx, param, value):
         number = int(value)
     except ValueError:
         raise click.BadParameter("give auto, 0 (every gene) or a number of genes") from None
-    if number < 0:
-        raise click.BadParameter("give auto, 0 (every gene) or a number of genes")
+    if not 0 <= number <= MAX_TOP_GENES:
+        raise click.BadParameter(
+            f"give auto, 0 (every gene) or a number of genes up to {MAX_TOP_GENES:,}"
+        )
     return number
+
+
+def output_key(ctx, param, value):
+    """``--key-added``: a plain name (it becomes obs/var column and uns keys, never a path)."""
+    if value is None:
+        return value
+    from ..errors import InputError
+    from ..sequences import check_output_key
+
+    try:
+        return check_output_key(value, "--key-added")
+    except InputError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--key-added ")) from None
 
 
 def training_options(
@@ -95,16 +117,16 @@ def training_options(
         click.option("--dropout", type=float, default=dropout, show_default=True),
         click.option(
             "--epochs",
-            type=click.IntRange(min=1),
+            type=click.IntRange(1, 1_000_000),
             default=100,
             show_default=True,
             help="Maximum number of epochs.",
         ),
-        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1, 16_384), default=64, show_default=True),
         click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate."),
         click.option(
             "--patience",
-            type=click.IntRange(min=1),
+            type=click.IntRange(1, 1_000_000),
             default=10,
             show_default=True,
             help="Early stopping: epochs without validation improvement.",
@@ -113,7 +135,7 @@ def training_options(
             [
                 click.option(
                     "--min-steps",
-                    type=click.IntRange(min=0),
+                    type=click.IntRange(0, 1_000_000),
                     default=None,
                     help="Train at least this many optimizer steps, however small the data "
                     "[default: 600, or the environment's ANNDATA_RNN_MIN_STEPS].",
@@ -209,7 +231,7 @@ def stream_options(func):
 
     func = click.option(
         "--chunk-rows",
-        type=click.IntRange(min=1),
+        type=click.IntRange(1, 10_000_000),
         default=DEFAULT_CHUNK_ROWS,
         show_default=True,
         help="Streamed training: cells read from the file and shuffled together (bounds memory).",

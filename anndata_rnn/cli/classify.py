@@ -40,7 +40,7 @@ regulated?):
 @click.option("--class-weights", is_flag=True, help="Balanced class weights (imbalanced labels).")
 @click.option(
     "--cv",
-    type=click.IntRange(min=2),
+    type=click.IntRange(2, 100),
     help="K-fold cross-validation by unit: per-fold metrics, mean ± sd and the paired "
     "difference RNN − baseline with a 95% interval; out-of-fold predictions are written.",
 )

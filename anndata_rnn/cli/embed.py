@@ -34,7 +34,7 @@ def embed_network_options(func):
     )(func)
     return click.option(
         "--n-latent",
-        type=click.IntRange(min=1),
+        type=click.IntRange(1, 1_024),
         default=16,
         show_default=True,
         help="Dimension of the latent embedding.",
@@ -81,7 +81,7 @@ clusters with Spellman's cell-cycle genes; embed the cells of simulated trajecto
 )
 @click.option(
     "--n-clusters",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10_000),
     help="k-means: number of clusters (default: classes of --eval-label, else best silhouette "
     "in 2..10).",
 )

@@ -16,6 +16,7 @@ from ._common import (
     echo_written,
     report_option,
 )
+from ._training_options import output_key
 
 
 @click.command(
@@ -41,7 +42,7 @@ from ._common import (
 )
 @click.option(
     "--n-steps",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1_024),
     default=50,
     show_default=True,
     help="Integration steps (more = attributions closer to complete).",
@@ -61,12 +62,12 @@ from ._common import (
 )
 @click.option(
     "--max-per-class",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1_000_000),
     help="Explain at most this many sequences per class (seeded random subset; faster).",
 )
 @click.option(
     "--top",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 100_000),
     default=50,
     show_default=True,
     help="Genes per class in --table.",
@@ -76,7 +77,13 @@ from ._common import (
     type=click.Path(dir_okay=False),
     help="Write the top genes per class as a TSV (class, rank, gene, importance).",
 )
-@click.option("--key-added", default="rnn", show_default=True, help="Prefix of the output keys.")
+@click.option(
+    "--key-added",
+    default="rnn",
+    show_default=True,
+    callback=output_key,
+    help="Prefix of the output keys (letters, digits, '_' and '-').",
+)
 @click.option("--gene-symbols", help="var column with the gene identifiers to match.")
 @click.option(
     "--min-gene-overlap",
@@ -87,7 +94,7 @@ from ._common import (
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 16_384),
     default=32,
     show_default=True,
     help="Sequences per attribution call (each is expanded --n-steps times).",

@@ -39,7 +39,7 @@ its first 20, on 30 % held-out genes; then series of cells or samples over time)
 @forecast_network_options
 @click.option(
     "--horizon",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 1_000),
     default=None,
     help="Steps to forecast beyond the end of every series (rollout) into uns[KEY]['future']. "
     "Default 1, or the number of --future-times.",
@@ -51,7 +51,7 @@ its first 20, on 30 % held-out genes; then series of cells or samples over time)
 )
 @click.option(
     "--holdout-steps",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 1_000),
     default=0,
     show_default=True,
     help="Forecast the last K steps by rollout and score them (of the test units; of all units "
@@ -66,7 +66,7 @@ its first 20, on 30 % held-out genes; then series of cells or samples over time)
 )
 @click.option(
     "--ar-lags",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 100),
     default=3,
     show_default=True,
     help="Steps seen by the linear autoregression baseline.",

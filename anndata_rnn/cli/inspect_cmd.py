@@ -25,7 +25,7 @@ from ..errors import InputError
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 def inspect(path, quiet, debug):
     """Describe an .h5ad (shape, columns with types and levels, layers, obsm) or a model file."""
-    from ._common import _setup_logging
+    from ._common import _setup_logging, error_line
 
     _setup_logging(True)
     try:
@@ -37,7 +37,7 @@ def inspect(path, quiet, debug):
     except InputError as exc:
         if debug:
             raise
-        click.echo(f"Error: {exc}", err=True)
+        error_line(str(exc))
         raise SystemExit(exc.exit_code) from None
 
 

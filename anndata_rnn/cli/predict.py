@@ -19,6 +19,7 @@ from ._common import (
     report_option,
     split_list,
 )
+from ._training_options import output_key
 
 
 @click.command(
@@ -29,7 +30,12 @@ from ._common import (
 """
 )
 @apply_model_arguments
-@click.option("--key-added", default=None, help="Prefix of the output keys (default: the model's).")
+@click.option(
+    "--key-added",
+    default=None,
+    callback=output_key,
+    help="Prefix of the output keys (default: the model's).",
+)
 @click.option("--gene-symbols", help="var column with the gene identifiers to match.")
 @click.option(
     "--min-gene-overlap",
@@ -42,10 +48,10 @@ from ._common import (
     "--series-subset",
     help="Series of the new data to use, comma separated (default: the training run's subset).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 16_384), default=512, show_default=True)
 @click.option(
     "--chunk-rows",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10_000_000),
     default=DEFAULT_CHUNK_ROWS,
     show_default=True,
     help="Observations read and encoded at a time (bounds memory; lower it on a small machine).",

@@ -31,6 +31,10 @@ def build_module(task: str, n_inputs: int, config: dict) -> nn.Module:
     return BUILDERS[task](n_inputs, config)
 
 
+#: bounds of ``hidden``: a recurrent layer of 4,096 units already holds ~10⁸ weights
+MAX_LAYERS, MAX_HIDDEN = 8, 4096
+
+
 def parse_hidden(hidden) -> tuple[int, ...]:
     """``"128,64"`` or ``(128, 64)`` -> ``(128, 64)``; every size must be >= 1."""
     if isinstance(hidden, str):
@@ -41,6 +45,11 @@ def parse_hidden(hidden) -> tuple[int, ...]:
     hidden = tuple(int(h) for h in np.atleast_1d(hidden))
     if not hidden or min(hidden) < 1:
         raise InputError(f"hidden layer sizes must be >= 1, got {hidden}")
+    if len(hidden) > MAX_LAYERS or max(hidden) > MAX_HIDDEN:
+        raise InputError(
+            f"hidden takes at most {MAX_LAYERS} layers of at most {MAX_HIDDEN} units, got "
+            f"{len(hidden)} layers up to {max(hidden)}: give e.g. 128,64"
+        )
     return hidden
 
 

@@ -75,9 +75,12 @@ def downsample(x: torch.Tensor, lengths: torch.Tensor, factor: int):
     A window is averaged over its real steps only, so a sequence's tail does not mix with
     padding; the new length is ``ceil(length / factor)``.
     """
+    batch, max_len, f = x.shape
+    # a window longer than the batch's steps averages them all, as one window of max_len does:
+    # capping keeps the padding bounded whatever factor a (possibly hostile) config gives
+    factor = min(int(factor), max(max_len, 1))
     if factor <= 1:
         return x, lengths
-    batch, max_len, f = x.shape
     pad = (-max_len) % factor
     mask = step_mask(lengths, max_len, x.device)
     xm = x * mask[..., None]

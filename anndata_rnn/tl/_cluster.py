@@ -12,7 +12,7 @@ from ..clustering import cluster_matrix
 from ..errors import InputError
 from ..preprocessing import resolve_rep
 from ..runs import TaskResult, check_keys_free, store_uns, target_of, task_api
-from ..sequences import set_column
+from ..sequences import check_output_key, set_column
 
 log = logging.getLogger("anndata_rnn")
 
@@ -60,6 +60,7 @@ def cluster(
 
     Rows with NaN in the embedding (observations outside every sequence) get no cluster.
     """
+    check_output_key(key_added)
     target = target_of(adata, copy)
     if use_rep in target.obsm or any(
         c in target.obsm for c in (f"X_{use_rep}", use_rep.removeprefix("X_"))

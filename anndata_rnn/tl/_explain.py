@@ -39,6 +39,7 @@ from ..model import Model
 from ..networks.classifier import predict_proba
 from ..preprocessing import encode
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
+from ..sequences import check_output_key
 
 log = logging.getLogger("anndata_rnn")
 
@@ -130,6 +131,7 @@ def explain(
         explained per class and ``completeness`` (mean |delta|, mean |f(x) - f(baseline)| and
         their ratio ``relative_delta``).
     """
+    check_output_key(key_added)
     if isinstance(model, str):
         model = Model.load(model)
     if method not in METHODS:

@@ -12,6 +12,7 @@ from ..errors import InputError
 from ..io import versions
 from ..model import Model
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
+from ..sequences import check_output_key
 from ..streaming import DEFAULT_CHUNK_ROWS
 from . import _classify, _embed, _forecast
 
@@ -104,7 +105,7 @@ def predict(
     if model.task not in APPLIERS:
         raise InputError(f"models of task {model.task!r} cannot be applied with predict")
     apply, output_targets = APPLIERS[model.task]
-    key = key_added or model.config["keys"].get("key_added", "rnn")
+    key = check_output_key(key_added or model.config["keys"].get("key_added", "rnn"))
 
     def check_targets(target, model):
         targets = [t for t in output_targets(model.layout, key) if not t[1].endswith("_split")]
