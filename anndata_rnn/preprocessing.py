@@ -37,6 +37,11 @@ SCALE_CHOICES = ("feature", "sequence")
 IMPUTATION_CHOICES = ("interpolate", "causal")
 #: sequences encoded per chunk (bounds the memory of one read)
 CHUNK_SEQUENCES = 4096
+#: the preprocessing fit reads at most this many bytes of dense float32 (a seeded subset of the
+#: training sequences beyond it), and one streamed read at most :data:`READ_BUDGET_BYTES`: what
+#: a file declares (10⁵ × 10⁵ through fill values or compression) cannot size the allocations
+FIT_BUDGET_BYTES = 512 << 20
+READ_BUDGET_BYTES = 256 << 20
 #: columns whose training statistics are computed together (bounds the float64 copies)
 STATISTICS_COLUMNS = 64
 
@@ -794,6 +799,10 @@ def encode(
     """
     if sequence_ids is None:
         sequence_ids = np.arange(index.n_sequences)
+    if index.layout != "var-series":  # (var-series: every sequence reads every row anyway)
+        rows = 1 if index.layout == "profile" else max(1, int(index.steps.shape[1]))
+        row_bytes = 4 * len(source.feature_names) * rows
+        chunk = max(1, min(chunk, READ_BUDGET_BYTES // row_bytes))
     parts, observed, missing = [], [], []
     for start in range(0, len(sequence_ids), chunk):
         ids = sequence_ids[start : start + chunk]

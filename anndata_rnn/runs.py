@@ -25,12 +25,11 @@ from . import distributed
 from .errors import InputError, listed
 from .io import uns_safe, versions
 from .model import Model, check_gene_overlap
-from .preprocessing import Encoded, FeatureSource, Preprocessor, encode
+from .preprocessing import FIT_BUDGET_BYTES, Encoded, FeatureSource, Preprocessor, encode
 from .sequences import SequenceIndex, SequenceSpec, bool_column, broadcast_to_rows
 from .splits import log_split, make_split, random_subset, split_from_column
 from .streaming import (
     DEFAULT_CHUNK_ROWS,
-    FIT_BUDGET_BYTES,
     STREAM_FIT_SEQUENCES,
     LazyEncoded,
     Streamed,

@@ -37,6 +37,7 @@ from . import distributed
 from .errors import InputError
 from .io import check_h5ad, unreadable
 from .preprocessing import (
+    READ_BUDGET_BYTES,
     FeatureSource,
     Preprocessor,
     encode,
@@ -54,11 +55,6 @@ STREAM_ABOVE_BYTES = 1 << 30
 #: streamed training: the preprocessing and the logistic baseline are fitted on at most this many
 #: training sequences (a seeded random subset; 20,000 × 2,000 genes is 160 MB of float32)
 STREAM_FIT_SEQUENCES = 20_000
-#: the preprocessing fit reads at most this many bytes of dense float32 (a seeded subset of the
-#: training sequences beyond it), and one streamed read at most :data:`READ_BUDGET_BYTES`: what
-#: a file declares (10⁵ × 10⁵ through fill values or compression) cannot size the allocations
-FIT_BUDGET_BYTES = 512 << 20
-READ_BUDGET_BYTES = 256 << 20
 #: streamed training from a file: shuffled batches come from blocks of this many consecutive
 #: sequences (rounded up to whole batches), as many blocks as fit in ``chunk_rows`` read and
 #: shuffled together

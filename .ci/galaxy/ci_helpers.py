@@ -105,11 +105,11 @@ def break_xml(src: str, dst: str) -> None:
 
 #: a key_added value that runs `touch PWNED` if it ever reaches a shell unquoted/unsanitized
 HOSTILE_KEY = 'x\'; touch PWNED; $(touch PWNED) `touch PWNED` "; touch PWNED; echo "'
-KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 def sanitized_key(value: str) -> str:
-    """What the tool's key sanitizer (macros.xml sanitize_key) keeps of a value."""
+    """What the tool's output-key sanitizer (macros.xml sanitize_output_key) keeps of a value."""
     return "".join(c for c in value if c in KEY_CHARS)
 
 
@@ -125,7 +125,7 @@ def hostile_xml(src_dir: str, dst_dir: str) -> None:
     os.makedirs(dst_dir, exist_ok=True)
     macros = ET.parse(os.path.join(src_dir, "macros.xml"))
     for xml in macros.getroot().iter("xml"):
-        if xml.get("name") == "sanitize_key":
+        if xml.get("name") in ("sanitize_key", "sanitize_output_key"):
             for validator in xml.findall("validator"):
                 xml.remove(validator)
     macros.write(os.path.join(dst_dir, "macros.xml"), encoding="unicode")

@@ -26,7 +26,7 @@ from ._common import Outputs, common_options, device_options, print_metrics, wri
     type=click.Path(file_okay=False),
     help="Folder for the outputs (created).",
 )
-@click.option("--epochs", type=click.IntRange(1, 100_000), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1_000_000), default=30, show_default=True)
 @device_options
 @common_options
 def demo(out_dir, epochs, seed, device, overwrite, quiet):
