@@ -178,14 +178,33 @@ def clustering_metrics(x, codes, truth, classes, seed) -> tuple[dict, dict | Non
     return out, report
 
 
-def cv_summary(fold_metrics: list[dict], reference: str = "baseline") -> dict:
+def cv_summary(
+    fold_metrics: list[dict], reference: str = "baseline", test_train_ratio: float | None = None
+) -> dict:
     """Cross-validation summary: per model and scalar metric the mean and sd over folds, and
-    for every other model the paired difference to ``reference`` (mean, sd and a 95 % t
-    interval over folds)."""
+    for every other model the paired difference to ``reference``: mean, sd and a 95 %
+    interval over the folds where both are defined (``n``; folds with NaN are counted in
+    ``n_dropped``).
+
+    The interval is Nadeau & Bengio's (2003) corrected resampled t: the folds share most of
+    their training units, so their differences are correlated and the plain t interval
+    (standard error ``sd / sqrt(n)``) is too narrow; the standard error is ``sd * sqrt(1/n +
+    n_test/n_train)`` instead, with ``test_train_ratio`` = ``n_test/n_train`` (default
+    ``1/(K-1)``, K-fold), on ``n - 1`` degrees of freedom.
+    """
     from scipy import stats
 
     models = list(fold_metrics[0])
-    summary: dict = {"n_folds": len(fold_metrics), "mean": {}, "sd": {}, "difference": {}}
+    k = len(fold_metrics)
+    ratio = float(test_train_ratio) if test_train_ratio is not None else 1 / max(k - 1, 1)
+    summary: dict = {
+        "n_folds": k,
+        "interval": "corrected resampled t (Nadeau & Bengio 2003)",
+        "test_train_ratio": ratio,
+        "mean": {},
+        "sd": {},
+        "difference": {},
+    }
     for model in models:
         names = [
             name
@@ -205,12 +224,15 @@ def cv_summary(fold_metrics: list[dict], reference: str = "baseline") -> dict:
             d = d[np.isfinite(d)]
             if len(d) < 2:
                 continue
-            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+            se = d.std(ddof=1) * np.sqrt(1 / len(d) + ratio)
+            half = stats.t.ppf(0.975, len(d) - 1) * se
             difference[n] = {
                 "mean": float(d.mean()),
                 "sd": float(d.std(ddof=1)),
                 "ci95_low": float(d.mean() - half),
                 "ci95_high": float(d.mean() + half),
+                "n": len(d),
+                "n_dropped": k - len(d),
             }
         summary["difference"][f"{model} - {reference}"] = difference
     return summary

@@ -514,7 +514,9 @@ def _cross_validation(record: dict) -> str:
         if name in CV_COLUMNS
     ]
     if differences:
-        out.append("<p>Paired differences over folds (an interval that holds 0: no difference "
+        out.append("<p>Paired differences over folds, with the corrected resampled t interval "
+                   "(Nadeau &amp; Bengio 2003: the folds share most of their training units, so "
+                   "the plain t interval is too narrow; an interval that holds 0: no difference "
                    "shown):</p>")  # fmt: skip
         out.append(_table(["models", "metric", "mean", "95% low", "95% high"], differences, 2))
     summed: dict = {}

@@ -144,8 +144,18 @@ def test_cross_validation_on_a_small_cohort(default_schedule):
         folds = [cv["folds"][str(k)][model]["accuracy"] for k in range(4)]
         assert cv["mean"][model]["accuracy"] == pytest.approx(np.mean(folds))
         assert cv["sd"][model]["accuracy"] == pytest.approx(np.std(folds, ddof=1))
+    # the paired difference and its corrected resampled t interval, recomputed from the folds
+    from scipy import stats
+
     difference = cv["difference"]["rnn - baseline"]["accuracy"]
-    assert difference["ci95_low"] <= difference["mean"] <= difference["ci95_high"]
+    d = np.array(
+        [cv["folds"][str(k)]["rnn"]["accuracy"] - cv["folds"][str(k)]["baseline"]["accuracy"]
+         for k in range(4)]
+    )  # fmt: skip
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) * np.sqrt(1 / 4 + cv["test_train_ratio"])
+    assert difference["mean"] == pytest.approx(d.mean())
+    assert difference["ci95_high"] == pytest.approx(d.mean() + half)
+    assert difference["ci95_low"] == pytest.approx(d.mean() - half)
     # out-of-fold predictions: every subject was tested once, and the pooled out-of-fold
     # accuracy equals the mean of the folds' accuracies (equal-sized folds)
     subjects = adata.obs.groupby("subject", observed=True).first()

@@ -247,7 +247,12 @@ def classify(
             oof[tested] = fitted.proba[tested]
         cv_record = {
             "folds": {str(i): m for i, m in enumerate(fold_metrics)},
-            **cv_summary(fold_metrics),
+            **cv_summary(
+                fold_metrics,
+                test_train_ratio=float(
+                    np.mean([(s == "test").sum() / max((s == "train").sum(), 1) for s in folds])
+                ),
+            ),
         }
         log_cv(cv_record)
         split = run.choose_split(
