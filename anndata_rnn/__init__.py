@@ -9,7 +9,7 @@ from .model import Model
 try:
     __version__ = version("anndata-rnn")
 except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.1.0"
+    __version__ = "0.2.0"
 
 __all__ = [
     "Model",

@@ -31,6 +31,13 @@ TITLES = {
 }
 
 
+def model_version(model: Model) -> str:
+    """The anndata-rnn version that wrote ``model`` ("unknown" for files that do not say)."""
+    stored = model.config.get("versions")
+    version = stored.get("anndata-rnn") if isinstance(stored, dict) else None
+    return version if isinstance(version, str) and len(version) < 64 else "unknown"
+
+
 @task_api
 def predict(
     adata: AnnData,
@@ -105,6 +112,8 @@ def predict(
     if model.task not in APPLIERS:
         raise InputError(f"models of task {model.task!r} cannot be applied with predict")
     apply, output_targets = APPLIERS[model.task]
+    written_by = model_version(model)
+    log.info("model written by anndata-rnn %s", written_by)
     key = check_output_key(key_added or model.config["keys"].get("key_added", "rnn"))
 
     def check_targets(target, model):
@@ -146,6 +155,7 @@ def predict(
         "seed": seed,
         "device": str(opened.device),
         "versions": versions(),
+        "model_written_by": written_by,
         "notes": opened.index.notes,
         **result,
     }
