@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from sklearn.model_selection import train_test_split
 
-from .errors import InputError
+from .errors import InputError, listed
 from .sequences import SequenceIndex
 
 log = logging.getLogger("anndata_rnn")
@@ -33,27 +34,50 @@ def split_from_column(adata: AnnData, index: SequenceIndex, split_key: str) -> n
     frame, where = index.frame(adata), index.where
     if split_key not in frame.columns:
         raise InputError(
-            f"{where} has no split column {split_key!r}; available: {', '.join(frame.columns)}"
+            f"{where} has no split column {split_key!r}; available: {listed(frame.columns, 20)}"
         )
     column = frame[split_key].astype(str).str.lower().replace({"validation": "val", "valid": "val"})
     values = column.to_numpy(dtype=object)
     bad = sorted(set(values) - set(SPLIT_NAMES))
     if bad:
         raise InputError(
-            f"{where}[{split_key!r}] has values {bad[:5]}: use only train, val and test"
+            f"{where}[{split_key!r}] has values {listed(bad)}: use only train, val and test"
         )
+    return _per_unit(index, values, split_key, "split values", "a series must stay in one split")
+
+
+def groups_from_column(adata: AnnData, index: SequenceIndex, group_key: str) -> np.ndarray:
+    """Per-unit group codes (donor, sample, batch) from a column in obs or var: the units of one
+    group are kept together in one part of the split and in one cross-validation fold."""
+    frame, where = index.frame(adata), index.where
+    if group_key not in frame.columns:
+        raise InputError(
+            f"{where} has no group column {group_key!r}; available: {listed(frame.columns, 20)}"
+        )
+    column = frame[group_key]
+    if column.isna().any():
+        raise InputError(
+            f"{where}[{group_key!r}] is missing for {int(column.isna().sum())} entries: every "
+            "unit needs a group (fill them, e.g. with their own names)"
+        )
+    codes = pd.factorize(column.astype(str))[0]
+    return _per_unit(index, codes, group_key, "groups", "a series belongs to one group")
+
+
+def _per_unit(index: SequenceIndex, values: np.ndarray, key: str, what: str, rule: str):
+    """Values of the layout's frame (obs or var) as one value per unit."""
     if index.layout == "var-series":
         return values[index.unit_rows]
     if index.layout == "profile":
         return values
-    out = np.empty(index.n_units, dtype=object)
+    out = np.empty(index.n_units, dtype=values.dtype)
     for s in range(index.n_sequences):
         rows = index.steps[s][index.steps[s] >= 0]
-        levels = set(values[rows])
+        levels = set(values[rows].tolist())
         if len(levels) > 1:
             raise InputError(
-                f"series {index.unit_names[index.unit[s]]!r} has several split values "
-                f"{sorted(levels)} in obs[{split_key!r}]: a series must stay in one split"
+                f"series {index.unit_names[index.unit[s]]!r} has several {what} "
+                f"{listed(sorted(map(str, levels)))} in obs[{key!r}]: {rule}"
             )
         out[index.unit[s]] = levels.pop()
     return out
@@ -67,8 +91,13 @@ def make_split(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Seeded split of units into train/val/test, stratified when the labels allow it."""
+    """Seeded split of units into train/val/test, stratified when the labels allow it.
+
+    With ``groups`` (one code per unit), whole groups go to each part: the fractions are of
+    groups, stratified by each group's most common stratum where possible.
+    """
     check_fractions(val_fraction, test_fraction)
     units = np.flatnonzero(usable)
     if len(units) < 2:
@@ -76,6 +105,8 @@ def make_split(
     split = np.full(n_units, "unused", dtype=object)
 
     def cut(pool, fraction, rng_seed):
+        if groups is not None:
+            return _cut_groups(pool, fraction, rng_seed, groups, strata)
         if fraction <= 0 or len(pool) < 2:
             return pool, pool[:0]
         size = max(1, int(round(fraction * len(pool))))
@@ -92,6 +123,23 @@ def make_split(
     train, val = cut(rest, val_share, seed + 1)
     split[train], split[val], split[test] = "train", "val", "test"
     return split
+
+
+def _cut_groups(pool, fraction, rng_seed, groups, strata):
+    """``cut`` of :func:`make_split` by whole groups."""
+    names = np.unique(groups[pool])
+    if fraction <= 0 or len(names) < 2:
+        return pool, pool[:0]
+    size = min(max(1, int(round(fraction * len(names)))), len(names) - 1)
+    stratify = None
+    if strata is not None:  # a group's stratum: its most common one
+        stratify = np.array([np.bincount(strata[pool[groups[pool] == g]]).argmax() for g in names])
+    try:
+        _, held = train_test_split(names, test_size=size, random_state=rng_seed, stratify=stratify)
+    except ValueError:  # a stratum too small to stratify: plain seeded split of the groups
+        _, held = train_test_split(names, test_size=size, random_state=rng_seed)
+    out = np.isin(groups[pool], held)
+    return pool[~out], pool[out]
 
 
 def log_split(layout: str, split: np.ndarray) -> None:
@@ -112,10 +160,13 @@ def make_folds(
     strata: np.ndarray | None,
     val_fraction: float,
     seed: int,
+    groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """``k`` splits for cross-validation: each usable unit is tested in exactly one fold; the
-    rest of a fold is split into train / val (for early stopping), stratified where possible."""
-    from sklearn.model_selection import KFold, StratifiedKFold
+    rest of a fold is split into train / val (for early stopping), stratified where possible.
+    With ``groups``, the units of one group are tested in the same fold and kept together in
+    its train / val split (scikit-learn's ``StratifiedGroupKFold``)."""
+    from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
     units = np.flatnonzero(usable)
     if k < 2:
@@ -123,7 +174,17 @@ def make_folds(
     if len(units) < k:
         raise InputError(f"cv={k} folds need at least {k} labelled units; there are {len(units)}")
     folds = None
-    if strata is not None and np.bincount(strata[units]).min(initial=k) >= k:
+    if groups is not None:
+        n_groups = len(np.unique(groups[units]))
+        if n_groups < k:
+            raise InputError(
+                f"cv={k} folds need at least {k} groups; the labelled units form {n_groups}"
+            )
+        y = strata[units] if strata is not None else np.zeros(len(units), dtype=int)
+        folds = StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(
+            units, y, groups[units]
+        )
+    elif strata is not None and np.bincount(strata[units]).min(initial=k) >= k:
         folds = StratifiedKFold(k, shuffle=True, random_state=seed).split(units, strata[units])
     elif strata is not None:
         log.warning("a class has fewer than %d units: the %d folds are not stratified", k, k)
@@ -140,6 +201,7 @@ def make_folds(
             val_fraction=val_fraction,
             test_fraction=0.0,
             seed=seed + fold,
+            groups=groups,
         )
         split[units[test]] = "test"
         splits.append(split)
