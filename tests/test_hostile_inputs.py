@@ -180,27 +180,32 @@ def test_downsample_is_capped_by_the_steps_the_batch_has():
         assert out.shape == (3, 1, 2) and torch.equal(out, ref) and torch.equal(new, ref_new)
 
 
-def test_a_model_applied_to_longer_sequences_than_it_was_trained_on_is_refused(trained, tmp_path):
-    """A var-series model (6 time points) given obs-series data laid out as one long series,
-    and an obs-series model (6 steps) given series of 12 steps, read steps their linear path
-    never saw: refused instead of cut without a word."""
-    adata = rich_adata()
+def _one_long_series(adata):
     adata.obs["time"] = np.arange(adata.n_obs, dtype=float)
-    long_times = h5ad(tmp_path, adata, "long_times.h5ad")
-    model = copy(trained, "vs.h5", tmp_path)
-    expect_input_error(
-        tmp_path, [long_times, model], ["up to 72 steps", "at most 6"],
-        "predict", long_times, "--model", model, APPLY, "--output", tmp_path / "o.h5ad",
-    )  # fmt: skip
-    adata = rich_adata()
+
+
+def _twelve_steps(adata):
     adata.obs["series"] = np.repeat([f"s{i:02d}" for i in range(6)], 12)
     adata.obs["label"] = np.repeat(["up", "down"] * 3, 12)
     adata.obs["time"] = np.tile(np.arange(12, dtype=float), 6)
-    twelve = h5ad(tmp_path, adata, "twelve_steps.h5ad")
-    model = copy(trained, "model.h5", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "model_name, change, steps",
+    [("vs.h5", _one_long_series, 72), ("model.h5", _twelve_steps, 12)],
+    ids=["var-series model on one long series", "obs-series model on longer series"],
+)
+def test_a_model_applied_to_longer_sequences_than_it_was_trained_on_is_refused(
+    model_name, change, steps, trained, tmp_path
+):
+    """A var-series model (6 time points) given obs-series data laid out as one long series,
+    and an obs-series model (6 steps) given series of 12 steps, read steps their linear path
+    never saw: refused instead of cut without a word."""
+    source = rich_with(tmp_path / "longer.h5ad", change)
+    model = copy(trained, model_name, tmp_path)
     expect_input_error(
-        tmp_path, [twelve, model], ["up to 12 steps", "at most 6"],
-        "predict", twelve, "--model", model, APPLY, "--output", tmp_path / "o2.h5ad",
+        tmp_path, [source, model], [f"up to {steps} steps", "at most 6"],
+        "predict", source, "--model", model, APPLY, "--output", tmp_path / "o.h5ad",
     )  # fmt: skip
 
 
