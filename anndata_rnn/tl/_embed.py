@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ..baselines import embedding_baseline
+from ..baselines import embedding_baseline, pca_reconstruction
 from ..clustering import (
     check_count,
     check_settings,
@@ -37,7 +37,7 @@ from ..sequences import (
     scatter_steps,
 )
 from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
-from ..training import TrainConfig, fit, take
+from ..training import TrainConfig, dataset_loss, fit, take
 
 log = logging.getLogger("anndata_rnn")
 
@@ -60,6 +60,7 @@ def embed(
     scale: str = "feature",
     max_missing: float = 0.5,
     n_latent: int = 16,
+    linear_path: bool = True,
     hidden=(64,),
     cell: str = "lstm",
     bidirectional: bool = False,
@@ -69,6 +70,7 @@ def embed(
     lr: float = 1e-3,
     patience: int = 10,
     val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
     split_key: str | None = None,
     cluster: str | None = None,
     n_clusters: int | None = None,
@@ -93,6 +95,15 @@ def embed(
     scanpy: ``sc.pp.neighbors(adata, use_rep="X_rnn")``, ``sc.tl.umap``,
     ``sc.pl.embedding(adata, basis="rnn")``.
 
+    The autoencoder starts at PCA: a linear path (latent = W·x, reconstruction = Wᵀ·z + mean on
+    the flattened sequence ``x``) is initialized at the loadings ``W`` of a PCA with
+    ``n_latent`` components fitted on the training units, and the recurrent encoder and decoder
+    are added on top, starting at zero contribution, so that before training the model
+    reconstructs exactly as that PCA. The start competes on the validation units and is kept
+    unless training beats it. Reported beside the model (``uns[key]["metrics"]``): the linear
+    path alone trained the same way from the same start (``linear_path``) and the PCA itself
+    (``pca``), all scored on the held-out test units.
+
     Parameters
     ----------
     adata
@@ -111,12 +122,21 @@ normalize, n_top_genes, gene_subset
         embedding from their imputed values.
     n_latent
         Dimension of the latent embedding.
+    linear_path
+        Start at PCA through the linear path (default). ``False``: the recurrent autoencoder
+        alone, from a random start (the linear path alone and the PCA are still reported).
+        "The flattened sequence" is each sequence's reconstructed channels at every step, padded
+        with zeros to the longest sequence (profile: a cell's genes; var-series: one gene's
+        values over the time points of one series; obs-series: a series' genes × time points).
     hidden, cell, bidirectional, dropout
         Encoder layers (the decoder is one layer of the size of the last encoder layer).
-    max_epochs, batch_size, lr, patience, val_fraction, split_key
+    max_epochs, batch_size, lr, patience, val_fraction, test_fraction, split_key
         Adam on the reconstruction error; early stopping on the validation units' loss
-        (``val_fraction=0`` trains all ``max_epochs`` on every unit). Units are split, never
-        steps of one sequence; every unit is embedded and clustered.
+        (``val_fraction=0`` trains all ``max_epochs`` on every unit). The test units are never
+        trained on, nor used to stop or to choose the start: the reconstruction errors of
+        ``metrics`` are theirs (without test units: the validation units', else the training
+        units'; ``uns[key]["reconstruction"]`` says which). Units are split, never steps of one
+        sequence; every unit is embedded and clustered.
     cluster
         ``"kmeans"``, ``"leiden"`` or ``None`` (no clustering).
     n_clusters, resolution
@@ -146,8 +166,12 @@ normalize, n_top_genes, gene_subset
     ``obsm["X_{key}_series"]``, the latent of the whole series on each of its observations;
     var-series: ``varm["X_{key}"]``, one latent per gene (mean over its series); profile:
     ``obsm["X_{key}"]``. ``{key}_cluster`` (of series, observations or genes) and
-    ``{key}_split`` (train / val / unused) go to obs (var); ``uns[key]`` holds ``metrics``
-    (``rnn``, ``baseline``), ``cluster_report`` (with ``eval_label``), params and ``history``.
+    ``{key}_split`` (train / val / test / unused) go to obs (var); ``uns[key]`` holds ``metrics``
+    (``rnn``, ``linear_path`` and ``pca``: ``reconstruction_mse`` on the held-out units and
+    ``train_reconstruction_mse``; with clustering also ``baseline``, PCA + k-means),
+    ``reconstruction`` (the units scored and the warm start: which weights were kept and the
+    validation loss start → best, per model), ``cluster_report`` (with ``eval_label``), params
+    and ``history``.
     """
     check_settings(cluster, n_clusters, resolution)
     if n_latent < 1:
@@ -187,10 +211,9 @@ normalize, n_top_genes, gene_subset
     level = resolve_level(layout, cluster_level, labels)
     check_keys_free(target, output_targets(layout, key), overwrite)
     check_count(cluster, n_clusters, run.index.n_units if level == "unit" else run.index.n_obs)
-    split = run.choose_split(split_key=split_key, val_fraction=val_fraction, test_fraction=0.0)
-    if split_key is not None and (split == "test").any():
-        log.info("embed uses no test split: units marked test are embedded, not trained on")
-        split = np.where(split == "test", "unused", split)
+    split = run.choose_split(
+        split_key=split_key, val_fraction=val_fraction, test_fraction=test_fraction
+    )
     prep = Preprocessor(
         layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
     )
@@ -219,6 +242,8 @@ normalize, n_top_genes, gene_subset
         "n_latent": int(n_latent),
         "n_outputs": n_outputs,
         "time_channel": prep.use_time,
+        "linear_path": bool(linear_path),
+        "max_steps": int(values.shape[1]),
     }
     config = {
         "task": "embed",
@@ -229,34 +254,92 @@ normalize, n_top_genes, gene_subset
         "train": {
             **run.train_config.to_dict(),
             "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
             "split_key": split_key,
         },
         "max_missing": float(max_missing),
         "seed": seed,
     }
-    module = build_module("embed", config["n_inputs"], config)
-    sizes = (len(ids["train"]), len(ids["val"]), n_outputs, n_latent)
-    log.info("embed: %d train, %d val sequences, %d features, latent %d", *sizes)
-    history = fit(
-        module,
-        lambda net, batch: masked_mse(net(*batch)[0], *batch),
-        (take(values, ids["train"]), lengths[ids["train"]]),
-        (take(values, ids["val"]), lengths[ids["val"]]) if len(ids["val"]) else None,
-        run.train_config,
-        device=run.device,
-        seed=seed,
-        quiet=quiet,
-        description=f"embed ({layout})",
-    )
+    sizes = (len(ids["train"]), len(ids["val"]), len(ids["test"]), n_outputs, n_latent)
+    log.info("embed: %d train, %d val, %d test sequences, %d features, latent %d", *sizes)
+    # PCA of the flattened sequences on the training units: the baseline and the warm start
+    pca = pca_reconstruction(values, enc.lengths, ids["train"], n_outputs, n_latent, seed)
+    alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
+    trained, reference = {}, None
+    for name, model_config in (("rnn", config), ("linear_path", alone)):
+        module = build_module("embed", config["n_inputs"], model_config)
+        train = (take(values, ids["train"]), lengths[ids["train"]])
+        warm = module.linear is not None
+        if warm:
+            if reference is None:  # a model that learned nothing predicts 0 (the mean)
+                reference = dataset_loss(module, _loss, train, device=run.device, seed=seed)
+            module.linear.set_pca(pca.components, pca.mean)
+        history = fit(
+            module,
+            _loss,
+            train,
+            (take(values, ids["val"]), lengths[ids["val"]]) if len(ids["val"]) else None,
+            run.train_config,
+            device=run.device,
+            seed=seed,
+            quiet=quiet,
+            description=f"embed ({layout})" if name == "rnn" else "linear path alone",
+            initial_candidate=warm,
+            reference_loss=reference if warm else None,
+        )
+        trained[name] = (module, history)
+    (module, history), (alone_module, alone_history) = trained["rnn"], trained["linear_path"]
     latent, step_latent, errors = embed_sequences(
         module, values, lengths, run.device, steps=layout == "obs-series"
     )
+    alone_errors = embed_sequences(alone_module, values, lengths, run.device)[2]
     written = [*_write_embedding(target, index, latent, step_latent, key)]
-    written.append(run.write_split(categories=("train", "val", "unused")))
+    written.append(run.write_split())
 
-    metrics = {
-        "rnn": reconstruction_metrics(errors, index.sequences_of_units(np.flatnonzero(usable)))
+    scored_on = next(name for name in ("test", "val", "train") if len(ids[name]))
+    n_pca = len(pca.components)
+    metrics, notes = {}, []
+    for name, model_errors, described in (
+        ("rnn", errors, None),
+        ("linear_path", alone_errors, "the linear path alone (PCA start), trained the same way"),
+        ("pca", pca.errors, f"PCA ({n_pca} components of the flattened sequences, sklearn)"),
+    ):
+        metrics[name] = {
+            **reconstruction_metrics(model_errors, ids[scored_on]),
+            "train_reconstruction_mse": float(model_errors[ids["train"]].mean()),
+        }
+        if described:
+            metrics[name]["model"] = described
+    metrics["pca"]["explained_variance"] = pca.explained
+    if pca.fitted_on < len(ids["train"]):
+        metrics["pca"]["model"] += f" (fitted on a random {pca.fitted_on} of {len(ids['train'])})"
+    warm_start = {}
+    for name, fit_history in (("rnn", history), ("linear_path", alone_history)):
+        warm_start[name] = _warm_start(fit_history)
+        if "val_loss_start" in warm_start[name]:
+            kept = {"start": "the PCA start", "trained": "the trained weights"}
+            notes.append(
+                f"{'model' if name == 'rnn' else 'linear path alone'}: "
+                f"{kept[warm_start[name]['kept']]} kept (validation loss "
+                f"{warm_start[name]['val_loss_start']:.4g} at the PCA start -> "
+                f"{warm_start[name]['val_loss_best']:.4g})"
+            )
+    for note in notes:
+        log.info(note)
+    reconstruction = {
+        "scored_on": scored_on,
+        "n_sequences": len(ids[scored_on]),
+        "start": f"PCA ({n_pca} components) fitted on {pca.fitted_on} training sequences"
+        if linear_path
+        else "random (linear_path=False); the linear path alone starts at PCA",
+        "warm_start": warm_start,
     }
+    if scored_on != "test":
+        log.warning(
+            "no test units: the reconstruction errors are those of the %s units, which %s",
+            scored_on,
+            "chose the weights kept" if scored_on == "val" else "were trained on",
+        )
     reports, arrays, cluster_info = {}, {}, None
     if cluster is not None:
         members, steps, rnn_x = clustered_members(index, level, usable, latent, step_latent)
@@ -314,6 +397,7 @@ normalize, n_top_genes, gene_subset
             "n_clusters": n_clusters,
             "resolution": resolution,
             "cluster_level": cluster_level,
+            "linear_path": linear_path,
             **run.stream_params(stream, chunk_rows, run.train_config.batch_size),
         },
         preprocessing={
@@ -326,13 +410,32 @@ normalize, n_top_genes, gene_subset
         metrics=metrics,
         written=written,
         history=history,
-        tail={"cluster_report": reports},
+        tail={"reconstruction": reconstruction, "cluster_report": reports},
         text_in_config=False,
-        cautions=["the autoencoder did not learn: raise --epochs"] * bool(history["failed_fit"]),
-        notes=labels.notes if labels is not None else [],
+        cautions=["the autoencoder did not learn: raise --epochs"] * bool(history["failed_fit"])
+        + [f"no test units: the reconstruction errors are those of the {scored_on} units"]
+        * (scored_on != "test"),
+        notes=(labels.notes if labels is not None else []) + notes,
         arrays=arrays,
-        title="clustered units",
+        title=f"{scored_on} units (reconstruction)" + (" and clustered units" * bool(cluster)),
     )
+
+
+def _loss(net, batch):
+    return masked_mse(net(*batch)[0], *batch)
+
+
+def _warm_start(history: dict) -> dict:
+    """Which weights a fit kept and its validation loss start -> best (``uns`` has no null)."""
+    if "initial_val_loss" not in history:
+        no_val = "best_val_loss" not in history
+        return {"kept": "trained" + (" (no validation units)" * no_val)}
+    kept_start = history["best_epoch"] == 0
+    return {
+        "kept": "start" if kept_start else "trained",
+        "val_loss_start": float(history["initial_val_loss"]),
+        "val_loss_best": float(history["best_val_loss"]),
+    }
 
 
 def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
