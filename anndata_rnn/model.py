@@ -336,6 +336,9 @@ def _check_config(config: dict, where: str) -> None:
         refuse("architecture/downsample", "a positive integer")
     if not (arch.get("max_steps") is None or integer(arch["max_steps"], 1, 10_000_000)):
         refuse("architecture/max_steps", "a positive integer")
+    linear = arch.get("linear_path", False) or not arch.get("recurrent", True)
+    if config["task"] == "embed" and linear and arch.get("max_steps") is None:
+        refuse("architecture/max_steps", "a positive integer (the autoencoder's linear path)")
     for name in ("linear_c", "linear_lr"):
         if not (number(arch.get(name, 1.0)) and arch.get(name, 1.0) > 0):
             refuse(f"architecture/{name}", "a positive number")
