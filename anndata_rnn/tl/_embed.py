@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ..baselines import embedding_baseline, pca_reconstruction
 from ..clustering import (
     check_count,
     check_settings,
@@ -22,10 +21,11 @@ from ..clustering import (
     resolve_level,
     write_clusters,
 )
+from ..embedding import compare_clusters, fit_embedding
 from ..errors import InputError
 from ..metrics import clustering_metrics, reconstruction_metrics
-from ..networks import architecture, build_module
-from ..networks.autoencoder import embed_sequences, masked_mse
+from ..networks import architecture
+from ..networks.autoencoder import embed_sequences
 from ..preprocessing import Preprocessor
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
@@ -37,7 +37,7 @@ from ..sequences import (
     scatter_steps,
 )
 from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
-from ..training import TrainConfig, dataset_loss, fit, take
+from ..training import TrainConfig
 
 log = logging.getLogger("anndata_rnn")
 
@@ -95,14 +95,12 @@ def embed(
     scanpy: ``sc.pp.neighbors(adata, use_rep="X_rnn")``, ``sc.tl.umap``,
     ``sc.pl.embedding(adata, basis="rnn")``.
 
-    The autoencoder starts at PCA: a linear path (latent = W·x, reconstruction = Wᵀ·z + mean on
-    the flattened sequence ``x``) is initialized at the loadings ``W`` of a PCA with
-    ``n_latent`` components fitted on the training units, and the recurrent encoder and decoder
-    are added on top, starting at zero contribution, so that before training the model
-    reconstructs exactly as that PCA. The start competes on the validation units and is kept
-    unless training beats it. Reported beside the model (``uns[key]["metrics"]``): the linear
-    path alone trained the same way from the same start (``linear_path``) and the PCA itself
-    (``pca``), all scored on the held-out test units.
+    The autoencoder starts at PCA: a linear path (latent = W·x, reconstruction = Wᵀ·z + mean of
+    the flattened sequence ``x``) at the loadings ``W`` of a PCA with ``n_latent`` components of
+    the training units, the recurrent encoder and decoder on top starting at zero, so that step
+    0 reconstructs as PCA. The start is kept unless training beats it on the validation units.
+    Beside the model, ``metrics`` hold the linear path alone trained the same way from the same
+    start (``linear_path``) and the PCA (``pca``), scored on the same held-out test units.
 
     Parameters
     ----------
@@ -123,11 +121,10 @@ normalize, n_top_genes, gene_subset
     n_latent
         Dimension of the latent embedding.
     linear_path
-        Start at PCA through the linear path (default). ``False``: the recurrent autoencoder
-        alone, from a random start (the linear path alone and the PCA are still reported).
-        "The flattened sequence" is each sequence's reconstructed channels at every step, padded
-        with zeros to the longest sequence (profile: a cell's genes; var-series: one gene's
-        values over the time points of one series; obs-series: a series' genes × time points).
+        Start at PCA (default); ``False``: the recurrent autoencoder alone, from a random start
+        (the linear path alone and PCA are still reported). The flattened sequence: all its
+        steps' features, zero-padded to the longest (profile: a cell's genes; var-series: a
+        gene's values in one series; obs-series: a series' genes × time points).
     hidden, cell, bidirectional, dropout
         Encoder layers (the decoder is one layer of the size of the last encoder layer).
     max_epochs, batch_size, lr, patience, val_fraction, test_fraction, split_key
@@ -262,84 +259,14 @@ normalize, n_top_genes, gene_subset
     }
     sizes = (len(ids["train"]), len(ids["val"]), len(ids["test"]), n_outputs, n_latent)
     log.info("embed: %d train, %d val, %d test sequences, %d features, latent %d", *sizes)
-    # PCA of the flattened sequences on the training units: the baseline and the warm start
-    pca = pca_reconstruction(values, enc.lengths, ids["train"], n_outputs, n_latent, seed)
-    alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
-    trained, reference = {}, None
-    for name, model_config in (("rnn", config), ("linear_path", alone)):
-        module = build_module("embed", config["n_inputs"], model_config)
-        train = (take(values, ids["train"]), lengths[ids["train"]])
-        warm = module.linear is not None
-        if warm:
-            if reference is None:  # a model that learned nothing predicts 0 (the mean)
-                reference = dataset_loss(module, _loss, train, device=run.device, seed=seed)
-            module.linear.set_pca(pca.components, pca.mean)
-        history = fit(
-            module,
-            _loss,
-            train,
-            (take(values, ids["val"]), lengths[ids["val"]]) if len(ids["val"]) else None,
-            run.train_config,
-            device=run.device,
-            seed=seed,
-            quiet=quiet,
-            description=f"embed ({layout})" if name == "rnn" else "linear path alone",
-            initial_candidate=warm,
-            reference_loss=reference if warm else None,
-        )
-        trained[name] = (module, history)
-    (module, history), (alone_module, alone_history) = trained["rnn"], trained["linear_path"]
-    latent, step_latent, errors = embed_sequences(
-        module, values, lengths, run.device, steps=layout == "obs-series"
-    )
-    alone_errors = embed_sequences(alone_module, values, lengths, run.device)[2]
-    written = [*_write_embedding(target, index, latent, step_latent, key)]
-    written.append(run.write_split())
-
-    scored_on = next(name for name in ("test", "val", "train") if len(ids[name]))
-    n_pca = len(pca.components)
-    metrics, notes = {}, []
-    for name, model_errors, described in (
-        ("rnn", errors, None),
-        ("linear_path", alone_errors, "the linear path alone (PCA start), trained the same way"),
-        ("pca", pca.errors, f"PCA ({n_pca} components of the flattened sequences, sklearn)"),
-    ):
-        metrics[name] = {
-            **reconstruction_metrics(model_errors, ids[scored_on]),
-            "train_reconstruction_mse": float(model_errors[ids["train"]].mean()),
-        }
-        if described:
-            metrics[name]["model"] = described
-    metrics["pca"]["explained_variance"] = pca.explained
-    if pca.fitted_on < len(ids["train"]):
-        metrics["pca"]["model"] += f" (fitted on a random {pca.fitted_on} of {len(ids['train'])})"
-    warm_start = {}
-    for name, fit_history in (("rnn", history), ("linear_path", alone_history)):
-        warm_start[name] = _warm_start(fit_history)
-        if "val_loss_start" in warm_start[name]:
-            kept = {"start": "the PCA start", "trained": "the trained weights"}
-            notes.append(
-                f"{'model' if name == 'rnn' else 'linear path alone'}: "
-                f"{kept[warm_start[name]['kept']]} kept (validation loss "
-                f"{warm_start[name]['val_loss_start']:.4g} at the PCA start -> "
-                f"{warm_start[name]['val_loss_best']:.4g})"
-            )
-    for note in notes:
-        log.info(note)
-    reconstruction = {
-        "scored_on": scored_on,
-        "n_sequences": len(ids[scored_on]),
-        "start": f"PCA ({n_pca} components) fitted on {pca.fitted_on} training sequences"
-        if linear_path
-        else "random (linear_path=False); the linear path alone starts at PCA",
-        "warm_start": warm_start,
-    }
-    if scored_on != "test":
-        log.warning(
-            "no test units: the reconstruction errors are those of the %s units, which %s",
-            scored_on,
-            "chose the weights kept" if scored_on == "val" else "were trained on",
-        )
+    # PCA of the flattened sequences (training units) is the baseline and the start
+    fitted = fit_embedding(
+        config, values, lengths, ids, run.train_config, device=run.device, seed=seed,
+        quiet=quiet, steps=layout == "obs-series",
+    )  # fmt: skip
+    module, history, latent, step_latent = fitted.module, fitted.history, *fitted.latents
+    written = [*_write_embedding(target, index, latent, step_latent, key), run.write_split()]
+    metrics, notes, scored_on = fitted.metrics, fitted.notes, fitted.record["scored_on"]
     reports, arrays, cluster_info = {}, {}, None
     if cluster is not None:
         members, steps, rnn_x = clustered_members(index, level, usable, latent, step_latent)
@@ -353,24 +280,10 @@ normalize, n_top_genes, gene_subset
         n_found = int(codes.max()) + 1
         written.append(write_clusters(target, index, level, codes, members, n_found, key))
         classes = None if labels is None else labels.classes
-        scores, base_codes, n_components, explained, fitted_on = embedding_baseline(
-            index, enc.values, members, steps, n_latent, n_found, seed
+        rnn_metrics, metrics["baseline"], reports = compare_clusters(
+            index, enc.values, members, steps, rnn_x, codes, truth, classes, n_latent, seed
         )
-        rnn_metrics, rnn_report = clustering_metrics(rnn_x, codes, truth, classes, seed)
-        base_metrics, base_report = clustering_metrics(scores, base_codes, truth, classes, seed)
         metrics["rnn"].update(rnn_metrics)
-        metrics["baseline"] = {
-            **base_metrics,
-            "explained_variance": explained,
-            "model": f"PCA ({n_components} components of the z-scored inputs) + k-means (sklearn)"
-            + (
-                f" (fitted on a random {fitted_on} of {len(members)})"
-                if fitted_on < len(members)
-                else ""
-            ),
-        }
-        if rnn_report is not None:
-            reports = {"rnn": rnn_report, "baseline": base_report}
         cluster_info = {
             "method": cluster,
             "level": "series" if (level == "unit" and layout == "obs-series") else level,
@@ -410,7 +323,7 @@ normalize, n_top_genes, gene_subset
         metrics=metrics,
         written=written,
         history=history,
-        tail={"reconstruction": reconstruction, "cluster_report": reports},
+        tail={"reconstruction": fitted.record, "cluster_report": reports},
         text_in_config=False,
         cautions=["the autoencoder did not learn: raise --epochs"] * bool(history["failed_fit"])
         + [f"no test units: the reconstruction errors are those of the {scored_on} units"]
@@ -419,23 +332,6 @@ normalize, n_top_genes, gene_subset
         arrays=arrays,
         title=f"{scored_on} units (reconstruction)" + (" and clustered units" * bool(cluster)),
     )
-
-
-def _loss(net, batch):
-    return masked_mse(net(*batch)[0], *batch)
-
-
-def _warm_start(history: dict) -> dict:
-    """Which weights a fit kept and its validation loss start -> best (``uns`` has no null)."""
-    if "initial_val_loss" not in history:
-        no_val = "best_val_loss" not in history
-        return {"kept": "trained" + (" (no validation units)" * no_val)}
-    kept_start = history["best_epoch"] == 0
-    return {
-        "kept": "start" if kept_start else "trained",
-        "val_loss_start": float(history["initial_val_loss"]),
-        "val_loss_best": float(history["best_val_loss"]),
-    }
 
 
 def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
