@@ -202,10 +202,10 @@ def pca_reconstruction(values, lengths, train_ids, n_outputs, n_components, seed
     A sequence is flattened as the autoencoder's linear path reads it: the first ``n_outputs``
     channels (the time-gap channel is input only) of its ``values.shape[1]`` steps, padding
     zero. ``n_components`` is capped at the training sequences - 1 and the flattened size.
-    ``values`` is an array / tensor, or lazily encoded sequences (streamed training): then the
-    PCA is fitted on a seeded random :data:`LAZY_FIT_SEQUENCES` training sequences (all of them
-    when there are fewer, so a small streamed run equals the in-memory one) and applied
-    :data:`LAZY_BATCH` sequences at a time, as always.
+    ``values`` is an array / tensor, or lazily encoded sequences (streamed training). Either way
+    the PCA is fitted on at most :data:`LAZY_FIT_SEQUENCES` training sequences (a seeded random
+    subset; all of them when there are fewer) and applied :data:`LAZY_BATCH` sequences at a
+    time, so a streamed run equals the in-memory one and memory stays bounded.
     """
     lengths = np.asarray(lengths)
     steps = int(values.shape[1])
