@@ -371,6 +371,8 @@ def test_pbmc_held_out_reconstruction_at_least_as_good_as_pca(pbmc, write):
     Measured (1 torch thread): test MSE model 0.83487, linear path alone 0.83514, PCA 0.83518
     (70 test cells; train 0.7724 / 0.7729 / 0.7730). Before the PCA start the autoencoder
     reached 0.93 on all cells. The recurrence adds 0.0003 over the linear path alone here.
+    Seeds 1 / 2 (not asserted): model 0.83785 / 0.97468, PCA 0.83787 / 0.97460 (on seed 2 the
+    weights chosen on validation lose to PCA on the test cells by 0.0001).
     """
     ar.tl.embed(pbmc, layout="profile", seed=0, quiet=True)
     back = ad.read_h5ad(write(pbmc, "embedded.h5ad"))
