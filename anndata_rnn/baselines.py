@@ -210,13 +210,13 @@ def pca_reconstruction(values, lengths, train_ids, n_outputs, n_components, seed
     lengths = np.asarray(lengths)
     steps = int(values.shape[1])
 
-    def flat(positions):
-        x = np.asarray(values[positions], dtype=np.float64)[..., :n_outputs]
+    def flat(positions, dtype=np.float64):
+        x = np.asarray(values[positions], dtype=dtype)[..., :n_outputs]
         real = np.arange(steps)[None, :] < lengths[positions][:, None]
         return (x * real[..., None]).reshape(len(positions), -1), real
 
     chosen = random_subset(np.asarray(train_ids), LAZY_FIT_SEQUENCES, seed)
-    sample, _ = flat(chosen)
+    sample, _ = flat(chosen, np.float32)  # the encoded precision; half the memory of float64
     k = max(0, min(int(n_components), len(chosen) - 1, sample.shape[1]))
     if k:
         pca = PCA(n_components=k, random_state=seed).fit(sample)
@@ -224,6 +224,7 @@ def pca_reconstruction(values, lengths, train_ids, n_outputs, n_components, seed
         explained = float(pca.explained_variance_ratio_.sum())
     else:  # one training sequence: the mean is all a PCA can keep
         components, mean, explained = np.zeros((0, sample.shape[1])), sample.mean(0), 0.0
+    components, mean = components.astype(np.float64), mean.astype(np.float64)
     del sample
     errors = []
     for start in range(0, len(values), LAZY_BATCH):
