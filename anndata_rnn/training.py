@@ -313,16 +313,17 @@ def fit(
     metric to the progress bar and the history. ``initial_candidate=True`` counts the untrained
     weights as a candidate for the best (a forecaster starting at persistence or a fitted AR, an
     autoencoder starting at PCA, never ends worse than its start on the validation set; the
-    history then holds ``initial_val_loss``, and ``best_step`` / ``best_epoch`` 0 when the start
-    was kept). ``reference_loss`` is the loss a
-    model that learned nothing has (default: the loss of the weights given, i.e. ~ln K for a
-    fresh K-class classifier); pass it when the weights are warm-started (e.g. ``ln K``).
+    history then holds ``initial_val_loss``, and ``best_step`` / ``best_epoch`` is 0 when the
+    start was kept). ``reference_loss`` is the loss a model that learned nothing has (default:
+    the loss of the weights given, i.e. ~ln K for a fresh K-class classifier); pass it when the
+    weights are warm-started (e.g. ``ln K``).
 
     The schedule follows ``config.schedule`` (see :class:`TrainConfig`). Returns the training
     history: per evaluation ``train_loss``, ``val_loss`` (and the metric); ``best_epoch``,
     ``epochs_run``, ``stopped_early``; ``steps_run``, ``best_step``, ``batch_size``,
-    ``eval_every`` (steps), ``lr`` per evaluation; ``best_val_loss`` (with validation data); ``start_loss`` and ``final_train_loss`` (mean training loss of the
-    untrained and of the returned weights, eval mode) and ``failed_fit`` (True when the final
+    ``eval_every`` (steps), ``lr`` per evaluation; ``best_val_loss`` (with validation data);
+    ``start_loss`` and ``final_train_loss`` (mean training loss of the untrained and of the
+    returned weights, eval mode) and ``failed_fit`` (True when the final
     training loss is not ``FAILED_FIT_TOLERANCE`` below the start, e.g. still ~ln K for K
     classes: the task should warn and mark its table).
     """
