@@ -216,10 +216,15 @@ def pca_reconstruction(values, lengths, train_ids, n_outputs, n_components, seed
         return (x * real[..., None]).reshape(len(positions), -1), real
 
     chosen = random_subset(np.asarray(train_ids), LAZY_FIT_SEQUENCES, seed)
-    sample, _ = flat(chosen, np.float32)  # the encoded precision; half the memory of float64
+    # float32 (the encoded precision), filled LAZY_BATCH sequences at a time and centred in
+    # place by the PCA: one copy of the sample in memory
+    sample = np.empty((len(chosen), steps * n_outputs), dtype=np.float32)
+    for start in range(0, len(chosen), LAZY_BATCH):
+        part = chosen[start : start + LAZY_BATCH]
+        sample[start : start + len(part)] = flat(part, np.float32)[0]
     k = max(0, min(int(n_components), len(chosen) - 1, sample.shape[1]))
     if k:
-        pca = PCA(n_components=k, random_state=seed).fit(sample)
+        pca = PCA(n_components=k, random_state=seed, copy=False).fit(sample)
         components, mean = pca.components_, pca.mean_
         explained = float(pca.explained_variance_ratio_.sum())
     else:  # one training sequence: the mean is all a PCA can keep
