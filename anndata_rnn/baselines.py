@@ -2,12 +2,14 @@
 
 - classification: logistic regression (scikit-learn) on the flattened standardized inputs;
 - forecasting: a linear autoregression (ridge on the last ``lags`` steps and time gaps);
-- embedding: PCA with as many components as the latent + k-means.
+- embedding: PCA with as many components as the latent + k-means (clusters), and the PCA of the
+  flattened sequences fitted on the training units (reconstruction; the autoencoder's start).
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -179,6 +181,63 @@ def embedding_baseline(
     )
     codes = pairwise_distances_argmin(scores, centres)
     return scores, codes, n_components, float(pca.explained_variance_ratio_.sum()), len(chosen)
+
+
+@dataclass
+class PCAReconstruction:
+    """The PCA of the flattened sequences (:func:`pca_reconstruction`)."""
+
+    components: np.ndarray  # (k, max_steps * n_outputs); k = 0: the training mean alone
+    mean: np.ndarray  # (max_steps * n_outputs,)
+    errors: np.ndarray  # every sequence's reconstruction MSE
+    explained: float  # fraction of the training sequences' variance the k components keep
+    fitted_on: int  # training sequences the PCA was fitted on
+
+
+def pca_reconstruction(values, lengths, train_ids, n_outputs, n_components, seed):
+    """PCA of the flattened sequences, fitted on the training sequences; every sequence's
+    reconstruction error, computed as the autoencoder's (mean over real steps of the mean
+    squared error over the ``n_outputs`` reconstructed channels).
+
+    A sequence is flattened as the autoencoder's linear path reads it: the first ``n_outputs``
+    channels (the time-gap channel is input only) of its ``values.shape[1]`` steps, padding
+    zero. ``n_components`` is capped at the training sequences - 1 and the flattened size.
+    ``values`` is an array / tensor, or lazily encoded sequences (streamed training). Either way
+    the PCA is fitted on at most :data:`LAZY_FIT_SEQUENCES` training sequences (a seeded random
+    subset; all of them when there are fewer) and applied :data:`LAZY_BATCH` sequences at a
+    time, so a streamed run equals the in-memory one and memory stays bounded.
+    """
+    lengths = np.asarray(lengths)
+    steps = int(values.shape[1])
+
+    def flat(positions, dtype=np.float64):
+        x = np.asarray(values[positions], dtype=dtype)[..., :n_outputs]
+        real = np.arange(steps)[None, :] < lengths[positions][:, None]
+        return (x * real[..., None]).reshape(len(positions), -1), real
+
+    chosen = random_subset(np.asarray(train_ids), LAZY_FIT_SEQUENCES, seed)
+    # float32 (the encoded precision), filled LAZY_BATCH sequences at a time and centred in
+    # place by the PCA: one copy of the sample in memory
+    sample = np.empty((len(chosen), steps * n_outputs), dtype=np.float32)
+    for start in range(0, len(chosen), LAZY_BATCH):
+        part = chosen[start : start + LAZY_BATCH]
+        sample[start : start + len(part)] = flat(part, np.float32)[0]
+    k = max(0, min(int(n_components), len(chosen) - 1, sample.shape[1]))
+    if k:
+        pca = PCA(n_components=k, random_state=seed, copy=False).fit(sample)
+        components, mean = pca.components_, pca.mean_
+        explained = float(pca.explained_variance_ratio_.sum())
+    else:  # one training sequence: the mean is all a PCA can keep
+        components, mean, explained = np.zeros((0, sample.shape[1])), sample.mean(0), 0.0
+    components, mean = components.astype(np.float64), mean.astype(np.float64)
+    del sample
+    errors = []
+    for start in range(0, len(values), LAZY_BATCH):
+        x, real = flat(np.arange(start, min(start + LAZY_BATCH, len(values))))
+        rebuilt = (x - mean) @ components.T @ components + mean
+        squared = ((rebuilt - x) ** 2).reshape(len(x), steps, -1).mean(axis=2)
+        errors.append((squared * real).sum(1) / np.maximum(real.sum(1), 1))
+    return PCAReconstruction(components, mean, np.concatenate(errors), explained, len(chosen))
 
 
 def unit_features(index: SequenceIndex, values: np.ndarray) -> np.ndarray:

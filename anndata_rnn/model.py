@@ -350,6 +350,9 @@ def _check_config(config: dict, where: str) -> None:
     # a training run averages windows of ceil(max_steps / 32) steps: never more than max_steps
     if not integer(arch.get("downsample", 1), 1, arch.get("max_steps") or 1_000_000):
         refuse("architecture/downsample", "a positive integer, at most max_steps")
+    linear = arch.get("linear_path", False) or not arch.get("recurrent", True)
+    if config["task"] == "embed" and linear and arch.get("max_steps") is None:
+        refuse("architecture/max_steps", "a positive integer (the autoencoder's linear path)")
     for name in ("linear_c", "linear_lr"):
         if not (number(arch.get(name, 1.0)) and arch.get(name, 1.0) > 0):
             refuse(f"architecture/{name}", "a positive number")

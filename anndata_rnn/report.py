@@ -197,7 +197,7 @@ def small_split_warnings(adata: AnnData, key: str = "rnn") -> list[str]:
     layout = _text(record.get("params", {}).get("layout", record.get("layout", "")))
     unit = _UNITS.get(layout, "unit")
     sizes = split_sizes(adata, key)
-    if task in ("classify", "forecast") and "test" in sizes.index:
+    if task in ("classify", "forecast", "embed") and "test" in sizes.index:
         n_test = int(sizes.loc["test", "units"])
         if n_test < MIN_TEST_UNITS:
             out.append(

@@ -311,16 +311,19 @@ def fit(
     validation loss or the reported losses); ``n_train`` is the number of training sequences.
     ``val_metric = (name, fn)`` with ``fn(module, batch) -> (total, count)`` adds a validation
     metric to the progress bar and the history. ``initial_candidate=True`` counts the untrained
-    weights as a candidate for the best (a forecaster starting at persistence or a fitted AR
-    never ends worse than its start on the validation set). ``reference_loss`` is the loss a
-    model that learned nothing has (default: the loss of the weights given, i.e. ~ln K for a
-    fresh K-class classifier); pass it when the weights are warm-started (e.g. ``ln K``).
+    weights as a candidate for the best (a forecaster starting at persistence or a fitted AR, an
+    autoencoder starting at PCA, never ends worse than its start on the validation set; the
+    history then holds ``initial_val_loss``, and ``best_step`` / ``best_epoch`` is 0 when the
+    start was kept). ``reference_loss`` is the loss a model that learned nothing has (default:
+    the loss of the weights given, i.e. ~ln K for a fresh K-class classifier); pass it when the
+    weights are warm-started (e.g. ``ln K``).
 
     The schedule follows ``config.schedule`` (see :class:`TrainConfig`). Returns the training
     history: per evaluation ``train_loss``, ``val_loss`` (and the metric); ``best_epoch``,
     ``epochs_run``, ``stopped_early``; ``steps_run``, ``best_step``, ``batch_size``,
-    ``eval_every`` (steps), ``lr`` per evaluation; ``start_loss`` and ``final_train_loss`` (mean training loss of the
-    untrained and of the returned weights, eval mode) and ``failed_fit`` (True when the final
+    ``eval_every`` (steps), ``lr`` per evaluation; ``best_val_loss`` (with validation data);
+    ``start_loss`` and ``final_train_loss`` (mean training loss of the untrained and of the
+    returned weights, eval mode) and ``failed_fit`` (True when the final
     training loss is not ``FAILED_FIT_TOLERANCE`` below the start, e.g. still ~ln K for K
     classes: the task should warn and mark its table).
     """
@@ -335,7 +338,17 @@ def fit(
     start_loss = dataset_loss(module, loss_fn, train, config.batch_size, device, seed)
     if config.schedule == "epochs":
         history = _fit_epochs(
-            net, loss_fn, train, val, config, device, seed, quiet, description, val_metric
+            net,
+            loss_fn,
+            train,
+            val,
+            config,
+            device,
+            seed,
+            quiet,
+            description,
+            val_metric,
+            initial_candidate,
         )
     else:
         history = _fit_steps(
@@ -426,7 +439,19 @@ def dataset_loss(module, loss_fn, train, batch_size=256, device="cpu", seed=0) -
     return evaluate_loss(module, loss_fn, loader, device)[0]
 
 
-def _fit_epochs(module, loss_fn, train, val, config, device, seed, quiet, description, val_metric):
+def _fit_epochs(
+    module,
+    loss_fn,
+    train,
+    val,
+    config,
+    device,
+    seed,
+    quiet,
+    description,
+    val_metric,
+    initial_candidate=False,
+):
     """The original schedule: ``max_epochs`` passes, patience counted in epochs."""
     optimizer = torch.optim.Adam(
         _param_groups(module, config.lr), lr=config.lr, weight_decay=config.weight_decay
@@ -442,6 +467,10 @@ def _fit_epochs(module, loss_fn, train, val, config, device, seed, quiet, descri
 
     history = {"train_loss": [], "val_loss": []}
     best_loss, best_state, best_epoch, waited = math.inf, None, 0, 0
+    if has_val and initial_candidate:
+        best_loss = distributed.mean(evaluate_loss(module, loss_fn, val_loader, device)[0])
+        best_state = copy.deepcopy(module.state_dict())
+        history["initial_val_loss"] = best_loss
     bar = tqdm(
         range(1, config.max_epochs + 1), desc=description, disable=quiet, leave=False, unit="epoch"
     )
@@ -481,6 +510,8 @@ def _fit_epochs(module, loss_fn, train, val, config, device, seed, quiet, descri
     bar.close()
     if best_state is not None:
         module.load_state_dict(best_state)
+    if has_val:
+        history["best_val_loss"] = best_loss
     steps_per_epoch = max(len(train_loader), 1)
     history["best_epoch"] = best_epoch
     history["epochs_run"] = len(history["train_loss"])
@@ -554,8 +585,9 @@ def _fit_steps(
     history = {"train_loss": [], "val_loss": [], "lr": []}
     best_loss, best_state, best_step = math.inf, None, 0
     if has_val and initial_candidate:
-        best_loss = evaluate_loss(module, loss_fn, val_loader, device)[0]
+        best_loss = distributed.mean(evaluate_loss(module, loss_fn, val_loader, device)[0])
         best_state = copy.deepcopy(module.state_dict())
+        history["initial_val_loss"] = best_loss
     bar = tqdm(total=plan["max_steps"], desc=description, disable=quiet, leave=False, unit="step")
     step, total, count = 0, 0.0, 0
     batches = iter(train_loader)
@@ -606,6 +638,8 @@ def _fit_steps(
     bar.close()
     if best_state is not None:
         module.load_state_dict(best_state)
+    if has_val:
+        history["best_val_loss"] = best_loss
     per_epoch = plan["steps_per_epoch"]
     history["best_step"] = best_step
     history["steps_run"] = step

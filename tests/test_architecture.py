@@ -26,6 +26,7 @@ LAYERS = {
     "streaming": 4,
     "forecasting": 5,
     "classification": 5,
+    "embedding": 5,
     "attribution": 5,
     "runs": 6,
     "tl": 7,

@@ -222,7 +222,9 @@ def test_streamed_embedding_equals_in_memory_bit_for_bit():
     assert np.array_equal(in_memory.obsm["X_rnn"], streamed.obsm["X_rnn"])
     assert in_memory.obs["rnn_cluster"].equals(streamed.obs["rnn_cluster"])
     a, b = in_memory.uns["rnn"], streamed.uns["rnn"]
-    for model in ("rnn", "baseline"):
+    assert set(a["metrics"]) == {"rnn", "linear_path", "pca", "baseline"}
+    assert a["reconstruction"]["warm_start"] == b["reconstruction"]["warm_start"]
+    for model in ("rnn", "linear_path", "pca", "baseline"):
         for name, value in a["metrics"][model].items():
             assert np.array_equal(value, b["metrics"][model][name]), (model, name)
     assert not a["params"]["streamed"] and b["params"]["streamed"]
@@ -238,6 +240,10 @@ def test_streamed_embedding_baseline_is_fitted_on_a_subset_and_applied_to_every_
     tl.embed(adata, stream=True, **EMBED_KW)
     baseline = adata.uns["rnn"]["metrics"]["baseline"]
     assert baseline["model"].endswith("(fitted on a random 100 of 300)")
+    n_train = int((adata.obs["rnn_split"] == "train").sum())  # the PCA the model starts from
+    pca = adata.uns["rnn"]["metrics"]["pca"]
+    assert pca["model"].endswith(f"(fitted on a random 100 of {n_train})"), pca["model"]
+    assert np.isfinite(pca["reconstruction_mse"])
     assert baseline["n"] == 300 and baseline["n_clusters"] == 2  # every cell got a cluster
     assert np.isfinite(
         [baseline["silhouette"], baseline["ari"], baseline["explained_variance"]]

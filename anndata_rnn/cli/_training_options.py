@@ -96,6 +96,8 @@ def training_options(
     val_fraction: float = 0.15,
     val_help: str | None = None,
     with_test: bool = True,
+    test_fraction: float = 0.15,
+    test_help: str | None = None,
     layers_help: str = "Sizes of the stacked recurrent layers, comma separated.",
     bidirectional: bool = True,
     supervised: bool = True,
@@ -155,7 +157,15 @@ def training_options(
             "--val-fraction", type=float, default=val_fraction, show_default=True, help=val_help
         ),
         *(
-            [click.option("--test-fraction", type=float, default=0.15, show_default=True)]
+            [
+                click.option(
+                    "--test-fraction",
+                    type=float,
+                    default=test_fraction,
+                    show_default=True,
+                    help=test_help,
+                )
+            ]
             if with_test
             else []
         ),

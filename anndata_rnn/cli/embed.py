@@ -28,9 +28,19 @@ def embed_network_options(func):
         dropout=0.0,
         val_fraction=0.1,
         val_help="Units held out for early stopping (0: train all epochs on every unit).",
-        with_test=False,
+        test_fraction=0.1,
+        test_help="Units never trained on: the reconstruction errors of the model, the linear "
+        "path alone and PCA are theirs.",
         layers_help="Sizes of the stacked encoder layers, comma separated.",
         supervised=False,
+    )(func)
+    func = click.option(
+        "--linear-path/--no-linear-path",
+        default=True,
+        show_default=True,
+        help="Start at PCA: a linear encoder/decoder initialized at the PCA loadings, the "
+        "recurrent part added on top from zero; the start is kept unless training beats it on "
+        "the validation units. The linear path alone and PCA are always reported beside it.",
     )(func)
     return click.option(
         "--n-latent",
@@ -125,7 +135,9 @@ def embed(
     lr,
     patience,
     val_fraction,
+    test_fraction,
     split_key,
+    linear_path,
     scale,
     max_missing,
     cluster,
@@ -144,8 +156,10 @@ def embed(
 
     Results go to obsm (varm for --layout var-series): X_{key} (obs-series: per observation;
     also X_{key}_series, the latent of each observation's series); obs (var): {key}_cluster,
-    {key}_split; uns[{key}]: parameters, training history and, with clustering, the metrics of
-    the RNN clusters and of PCA + k-means on the same inputs. Use the embedding in scanpy:
+    {key}_split; uns[{key}]: parameters, training history, the reconstruction error on the
+    test units of the model (started at PCA), the linear path alone and PCA with as many
+    components, and, with clustering, the metrics of the RNN clusters and of PCA + k-means on
+    the same inputs. Use the embedding in scanpy:
     sc.pp.neighbors(adata, use_rep="X_rnn"); sc.tl.umap(adata).
     """
     from .. import tl
@@ -169,7 +183,9 @@ def embed(
             lr=lr,
             patience=patience,
             val_fraction=val_fraction,
+            test_fraction=test_fraction,
             split_key=split_key,
+            linear_path=linear_path,
             cluster=None if cluster == "none" else cluster,
             n_clusters=n_clusters,
             resolution=resolution,

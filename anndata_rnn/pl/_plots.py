@@ -23,7 +23,7 @@ from ..metrics import SUMMARY_METRICS
 #: metrics that are counts, not scores (left out of the bar charts)
 COUNT_METRICS = {"n", "n_values", "n_genes_pearson", "n_labelled", "n_clusters", "n_units"}
 #: the order of the models in tables and charts (others follow in stored order)
-MODEL_ORDER = ("rnn", "linear_path", "linear", "baseline", "persistence", "linear_ar")
+MODEL_ORDER = ("rnn", "linear_path", "linear", "pca", "baseline", "persistence", "linear_ar")
 #: colours: the RNN blue, baselines grey / orange, further entries from the default cycle
 MODEL_COLORS = {
     "rnn": "#1f77b4",
@@ -89,6 +89,7 @@ def model_label(name: str) -> str:
         "linear": "linear (ablation)",
         "persistence": "persistence",
         "linear_ar": "linear AR",
+        "pca": "PCA",
     }.get(name, str(name))
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ..baselines import embedding_baseline
 from ..clustering import (
     check_count,
     check_settings,
@@ -22,10 +21,11 @@ from ..clustering import (
     resolve_level,
     write_clusters,
 )
+from ..embedding import compare_clusters, fit_embedding
 from ..errors import InputError
 from ..metrics import clustering_metrics, reconstruction_metrics
-from ..networks import architecture, build_module
-from ..networks.autoencoder import embed_sequences, masked_mse
+from ..networks import architecture
+from ..networks.autoencoder import embed_sequences
 from ..preprocessing import Preprocessor
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
@@ -37,7 +37,7 @@ from ..sequences import (
     scatter_steps,
 )
 from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
-from ..training import TrainConfig, fit, take
+from ..training import TrainConfig
 
 log = logging.getLogger("anndata_rnn")
 
@@ -60,6 +60,7 @@ def embed(
     scale: str = "feature",
     max_missing: float = 0.5,
     n_latent: int = 16,
+    linear_path: bool = True,
     hidden=(64,),
     cell: str = "lstm",
     bidirectional: bool = False,
@@ -69,6 +70,7 @@ def embed(
     lr: float = 1e-3,
     patience: int = 10,
     val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
     split_key: str | None = None,
     cluster: str | None = None,
     n_clusters: int | None = None,
@@ -93,6 +95,13 @@ def embed(
     scanpy: ``sc.pp.neighbors(adata, use_rep="X_rnn")``, ``sc.tl.umap``,
     ``sc.pl.embedding(adata, basis="rnn")``.
 
+    The autoencoder starts at PCA: a linear path (latent = W·x, reconstruction = Wᵀ·z + mean of
+    the flattened sequence ``x``) at the loadings ``W`` of a PCA with ``n_latent`` components of
+    the training units, the recurrent encoder and decoder on top starting at zero, so that step
+    0 reconstructs as PCA. The start is kept unless training beats it on the validation units.
+    Beside the model, ``metrics`` hold the linear path alone trained the same way from the same
+    start (``linear_path``) and the PCA (``pca``), scored on the same held-out test units.
+
     Parameters
     ----------
     adata
@@ -111,12 +120,20 @@ normalize, n_top_genes, gene_subset
         embedding from their imputed values.
     n_latent
         Dimension of the latent embedding.
+    linear_path
+        Start at PCA (default); ``False``: the recurrent autoencoder alone, from a random start
+        (the linear path alone and PCA are still reported). The flattened sequence: all its
+        steps' features, zero-padded to the longest (profile: a cell's genes; var-series: a
+        gene's values in one series; obs-series: a series' genes × time points).
     hidden, cell, bidirectional, dropout
         Encoder layers (the decoder is one layer of the size of the last encoder layer).
-    max_epochs, batch_size, lr, patience, val_fraction, split_key
+    max_epochs, batch_size, lr, patience, val_fraction, test_fraction, split_key
         Adam on the reconstruction error; early stopping on the validation units' loss
-        (``val_fraction=0`` trains all ``max_epochs`` on every unit). Units are split, never
-        steps of one sequence; every unit is embedded and clustered.
+        (``val_fraction=0`` trains all ``max_epochs`` on every unit). The test units are never
+        trained on, nor used to stop or to choose the start: the reconstruction errors of
+        ``metrics`` are theirs (without test units: the validation units', else the training
+        units'; ``uns[key]["reconstruction"]`` says which). Units are split, never steps of one
+        sequence; every unit is embedded and clustered.
     cluster
         ``"kmeans"``, ``"leiden"`` or ``None`` (no clustering).
     n_clusters, resolution
@@ -146,8 +163,12 @@ normalize, n_top_genes, gene_subset
     ``obsm["X_{key}_series"]``, the latent of the whole series on each of its observations;
     var-series: ``varm["X_{key}"]``, one latent per gene (mean over its series); profile:
     ``obsm["X_{key}"]``. ``{key}_cluster`` (of series, observations or genes) and
-    ``{key}_split`` (train / val / unused) go to obs (var); ``uns[key]`` holds ``metrics``
-    (``rnn``, ``baseline``), ``cluster_report`` (with ``eval_label``), params and ``history``.
+    ``{key}_split`` (train / val / test / unused) go to obs (var); ``uns[key]`` holds ``metrics``
+    (``rnn``, ``linear_path`` and ``pca``: ``reconstruction_mse`` on the held-out units and
+    ``train_reconstruction_mse``; with clustering also ``baseline``, PCA + k-means),
+    ``reconstruction`` (the units scored and the warm start: which weights were kept and the
+    validation loss start → best, per model), ``cluster_report`` (with ``eval_label``), params
+    and ``history``.
     """
     check_settings(cluster, n_clusters, resolution)
     if n_latent < 1:
@@ -187,10 +208,9 @@ normalize, n_top_genes, gene_subset
     level = resolve_level(layout, cluster_level, labels)
     check_keys_free(target, output_targets(layout, key), overwrite)
     check_count(cluster, n_clusters, run.index.n_units if level == "unit" else run.index.n_obs)
-    split = run.choose_split(split_key=split_key, val_fraction=val_fraction, test_fraction=0.0)
-    if split_key is not None and (split == "test").any():
-        log.info("embed uses no test split: units marked test are embedded, not trained on")
-        split = np.where(split == "test", "unused", split)
+    split = run.choose_split(
+        split_key=split_key, val_fraction=val_fraction, test_fraction=test_fraction
+    )
     prep = Preprocessor(
         layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
     )
@@ -219,6 +239,8 @@ normalize, n_top_genes, gene_subset
         "n_latent": int(n_latent),
         "n_outputs": n_outputs,
         "time_channel": prep.use_time,
+        "linear_path": bool(linear_path),
+        "max_steps": int(values.shape[1]),
     }
     config = {
         "task": "embed",
@@ -229,34 +251,22 @@ normalize, n_top_genes, gene_subset
         "train": {
             **run.train_config.to_dict(),
             "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
             "split_key": split_key,
         },
         "max_missing": float(max_missing),
         "seed": seed,
     }
-    module = build_module("embed", config["n_inputs"], config)
-    sizes = (len(ids["train"]), len(ids["val"]), n_outputs, n_latent)
-    log.info("embed: %d train, %d val sequences, %d features, latent %d", *sizes)
-    history = fit(
-        module,
-        lambda net, batch: masked_mse(net(*batch)[0], *batch),
-        (take(values, ids["train"]), lengths[ids["train"]]),
-        (take(values, ids["val"]), lengths[ids["val"]]) if len(ids["val"]) else None,
-        run.train_config,
-        device=run.device,
-        seed=seed,
-        quiet=quiet,
-        description=f"embed ({layout})",
-    )
-    latent, step_latent, errors = embed_sequences(
-        module, values, lengths, run.device, steps=layout == "obs-series"
-    )
-    written = [*_write_embedding(target, index, latent, step_latent, key)]
-    written.append(run.write_split(categories=("train", "val", "unused")))
-
-    metrics = {
-        "rnn": reconstruction_metrics(errors, index.sequences_of_units(np.flatnonzero(usable)))
-    }
+    sizes = (len(ids["train"]), len(ids["val"]), len(ids["test"]), n_outputs, n_latent)
+    log.info("embed: %d train, %d val, %d test sequences, %d features, latent %d", *sizes)
+    # PCA of the flattened sequences (training units) is the baseline and the start
+    fitted = fit_embedding(
+        config, values, lengths, ids, run.train_config, device=run.device, seed=seed,
+        quiet=quiet, steps=layout == "obs-series",
+    )  # fmt: skip
+    module, history, latent, step_latent = fitted.module, fitted.history, *fitted.latents
+    written = [*_write_embedding(target, index, latent, step_latent, key), run.write_split()]
+    metrics, notes, scored_on = fitted.metrics, fitted.notes, fitted.record["scored_on"]
     reports, arrays, cluster_info = {}, {}, None
     if cluster is not None:
         members, steps, rnn_x = clustered_members(index, level, usable, latent, step_latent)
@@ -270,24 +280,10 @@ normalize, n_top_genes, gene_subset
         n_found = int(codes.max()) + 1
         written.append(write_clusters(target, index, level, codes, members, n_found, key))
         classes = None if labels is None else labels.classes
-        scores, base_codes, n_components, explained, fitted_on = embedding_baseline(
-            index, enc.values, members, steps, n_latent, n_found, seed
+        rnn_metrics, metrics["baseline"], reports = compare_clusters(
+            index, enc.values, members, steps, rnn_x, codes, truth, classes, n_latent, seed
         )
-        rnn_metrics, rnn_report = clustering_metrics(rnn_x, codes, truth, classes, seed)
-        base_metrics, base_report = clustering_metrics(scores, base_codes, truth, classes, seed)
         metrics["rnn"].update(rnn_metrics)
-        metrics["baseline"] = {
-            **base_metrics,
-            "explained_variance": explained,
-            "model": f"PCA ({n_components} components of the z-scored inputs) + k-means (sklearn)"
-            + (
-                f" (fitted on a random {fitted_on} of {len(members)})"
-                if fitted_on < len(members)
-                else ""
-            ),
-        }
-        if rnn_report is not None:
-            reports = {"rnn": rnn_report, "baseline": base_report}
         cluster_info = {
             "method": cluster,
             "level": "series" if (level == "unit" and layout == "obs-series") else level,
@@ -314,6 +310,7 @@ normalize, n_top_genes, gene_subset
             "n_clusters": n_clusters,
             "resolution": resolution,
             "cluster_level": cluster_level,
+            "linear_path": linear_path,
             **run.stream_params(stream, chunk_rows, run.train_config.batch_size),
         },
         preprocessing={
@@ -326,12 +323,14 @@ normalize, n_top_genes, gene_subset
         metrics=metrics,
         written=written,
         history=history,
-        tail={"cluster_report": reports},
+        tail={"reconstruction": fitted.record, "cluster_report": reports},
         text_in_config=False,
-        cautions=["the autoencoder did not learn: raise --epochs"] * bool(history["failed_fit"]),
-        notes=labels.notes if labels is not None else [],
+        cautions=["the autoencoder did not learn: raise --epochs"] * bool(history["failed_fit"])
+        + [f"no test units: the reconstruction errors are those of the {scored_on} units"]
+        * (scored_on != "test"),
+        notes=(labels.notes if labels is not None else []) + notes,
         arrays=arrays,
-        title="clustered units",
+        title=f"{scored_on} units (reconstruction)" + (" and clustered units" * bool(cluster)),
     )
 
 
