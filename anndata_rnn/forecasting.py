@@ -3,16 +3,21 @@
 The protocol (the same for both layouts):
 
 - units (series for obs-series, genes for var-series) are split into train / val / test;
-- with ``holdout_steps=K`` the last K steps of *every* sequence are cut off before anything is
-  fitted (standardization, network, baselines); the network then forecasts them by
+- with ``holdout_steps=K`` the last K steps of *every* sequence (of every unit: training,
+  validation and test alike) are cut off before anything is fitted (preprocessing statistics,
+  network, AR baseline): a pure temporal holdout. The network then forecasts them by
   autoregressive rollout from the steps before, and the metrics are computed on those steps of
-  the test units (of all units when there is no test split);
+  the test units (of all units when there is no test split); no fitted quantity has seen them;
 - without held-out steps the metrics are one-step-ahead forecasts (teacher forcing) on every step
-  but the first of the test units;
+  but the first of the test units (a cross-unit evaluation: other units' steps at the same
+  times were seen in training);
 - the network is trained on one-step-ahead targets (MSE or Huber loss, masked where a value was
   missing), with early stopping on the validation units;
 - persistence (the last observed value) and a linear autoregression run on the same split and
-  steps.
+  steps; the linear AR (and the network's AR path, which starts at its fit) is dense on few
+  genes and per gene on many (:func:`~anndata_rnn.baselines.resolve_ar_form`);
+- a fit that learned no more than persistence, or (started at the ridge fit) did not improve on
+  that start, is flagged (``history["failed_fit"]``, ``failed_against``) and cautioned.
 
 One-step forecasts along every sequence (teacher forcing), autoregressive rollouts of held-out
 last steps and of future steps beyond each sequence's end, for the network, persistence and the
@@ -30,7 +35,7 @@ import torch
 from anndata import AnnData
 from sklearn.linear_model import RidgeCV
 
-from .baselines import ar_forecast
+from .baselines import GeneRidgeAR, ar_forecast
 from .errors import InputError
 from .metrics import regression_metrics
 from .networks import build_module, masked_mean
@@ -110,7 +115,7 @@ def predict_all(
     device,
     *,
     batch_size: int = 512,
-    ar: RidgeCV | None = None,
+    ar: RidgeCV | GeneRidgeAR | None = None,
     others: dict | None = None,
 ) -> Forecasts:
     """One-step forecasts, held-out rollouts and future rollouts for every sequence.
@@ -272,7 +277,7 @@ def train_forecaster(
     enc: Encoded,
     prep: Preprocessor,
     ids: dict,
-    ar: RidgeCV | None,
+    ar: RidgeCV | GeneRidgeAR | None,
     train_config,
     *,
     device,
@@ -281,9 +286,11 @@ def train_forecaster(
     description: str,
 ):
     """Build the forecaster ``config`` describes and train it one step ahead (teacher forcing;
-    MSE or Huber loss on observed targets only). An AR path starts at the ridge fit ``ar`` and
-    the untrained network competes for the best validation loss, so the result is never worse
-    than that start on the validation units. Returns ``(module, history)``."""
+    MSE or Huber loss on observed targets only). An AR path starts at the ridge fit ``ar`` (of
+    the same form, dense or per gene) and the untrained network competes for the best validation
+    loss, so the result is never worse than that start on the validation units. The history
+    says whether the fit failed against persistence or against that start (:func:`fit_checks`).
+    Returns ``(module, history)``."""
     module = build_module("forecast", config["n_inputs"], config)
 
     def tensors(name):
@@ -302,25 +309,87 @@ def train_forecaster(
         return masked_mean(err, observed)
 
     train = tensors("train")
+    val = tensors("val") if len(ids["val"]) else None
     warm = ar is not None and getattr(module, "ar", None) is not None
-    reference = None
-    if warm:  # a model that learned nothing is persistence: measure it before the warm start
-        reference = dataset_loss(module, loss_fn, train, device=device, seed=seed)
+    # a model that learned nothing is persistence: measure it before the warm start
+    persistence = dataset_loss(module, loss_fn, train, device=device, seed=seed)
+    start_losses = None
+    if warm:
         module.init_linear_ar(np.atleast_2d(ar.coef_), np.atleast_1d(ar.intercept_))
+        start_losses = fit_losses(module, loss_fn, train, val, device, seed)
     history = fit(
         module,
         loss_fn,
         train,
-        tensors("val") if len(ids["val"]) else None,
+        val,
         train_config,
         device=device,
         seed=seed,
         quiet=quiet,
         description=description,
         initial_candidate=warm,
-        reference_loss=reference,
+        reference_loss=persistence,
     )
+    history.update(fit_checks(module, loss_fn, train, val, device, seed, history, start_losses))
     return module, history
+
+
+#: a forecaster whose loss is not this fraction below its warm start's has not improved on it
+WARM_START_TOLERANCE = 0.01
+
+
+def fit_losses(module, loss_fn, train, val, device, seed) -> dict:
+    """Training and validation loss (nan without validation units) of ``module`` as it is."""
+    return {
+        "train": dataset_loss(module, loss_fn, train, device=device, seed=seed),
+        "val": dataset_loss(module, loss_fn, val, device=device, seed=seed)
+        if val is not None
+        else float("nan"),
+    }
+
+
+def fit_checks(module, loss_fn, train, val, device, seed, history, start_losses) -> dict:
+    """Did the training learn anything: against persistence (``fit``'s ``failed_fit`` with the
+    persistence loss as the reference, training steps) and, when the network started at the
+    ridge fit, against that warm start (validation loss of the weights kept, or training loss
+    without validation units: not ``WARM_START_TOLERANCE`` below the start's = not improved).
+
+    Returns the history entries: ``persistence_loss``, ``failed_against`` (a list of
+    ``"persistence"`` / ``"warm start"``), ``failed_fit`` (either), ``warm_start_loss`` and
+    ``final_loss`` (on the units the check used, ``warm_start_on``)."""
+    out = {"persistence_loss": history["reference_loss"], "failed_against": []}
+    if history["failed_fit"]:
+        out["failed_against"].append("persistence")
+    if start_losses is not None:
+        on = "val" if val is not None and np.isfinite(start_losses["val"]) else "train"
+        final = fit_losses(module, loss_fn, train, val, device, seed)[on]
+        start = start_losses[on]
+        out.update(warm_start_on=on, warm_start_loss=start, final_loss=final)
+        if not final < start * (1 - WARM_START_TOLERANCE):
+            out["failed_against"].append("warm start")
+    out["failed_fit"] = bool(out["failed_against"])
+    return out
+
+
+def fit_cautions(name: str, history: dict, *, warm_start: bool = True) -> list[str]:
+    """The cautions of a forecaster's failed fit (``warm_start=False``: only against
+    persistence, e.g. for the AR path alone, which is expected to stay near its ridge start)."""
+    failed = history.get("failed_against", ["persistence"] * bool(history.get("failed_fit")))
+    cautions = []
+    if "persistence" in failed:
+        cautions.append(
+            f"the {name} did not learn more than persistence (training loss "
+            f"{history['reference_loss']:.4g} -> {history['final_train_loss']:.4g}): try more "
+            "steps (--epochs), another learning rate (--lr) or smaller batches (--batch-size)"
+        )
+    if warm_start and "warm start" in failed:
+        where = "validation" if history.get("warm_start_on") == "val" else "training"
+        cautions.append(
+            f"the {name} did not improve on its ridge start ({where} loss "
+            f"{history['warm_start_loss']:.4g} -> {history['final_loss']:.4g}): it forecasts "
+            "like the linear AR"
+        )
+    return cautions
 
 
 def write_forecasts(
