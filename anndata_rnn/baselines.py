@@ -35,6 +35,8 @@ LAZY_BATCH = 4096
 DENSE_AR_MAX_GENES = 256
 #: the ridge penalties tried (the same for both forms; chosen by leave-one-out error)
 AR_ALPHAS = np.logspace(-3, 3, 7)
+#: ranks of the per-gene AR's cross-gene term tried (chosen by leave-one-out error with alpha)
+AR_RANKS = (0, 2, 4, 8, 16)
 #: genes solved together by the per-gene ridge (bounds its memory)
 GENE_BLOCK = 512
 #: and at most about this many values of their design (samples × genes × coefficients)
@@ -113,11 +115,13 @@ def resolve_ar_form(ar_form: str, n_genes: int) -> str:
     return ar_form
 
 
-def ar_parameters(ar_form: str, lags: int, n_inputs: int, n_outputs: int) -> int:
-    """Coefficients + intercepts of a linear AR of that form (the network's AR path as well)."""
+def ar_parameters(ar_form: str, lags: int, n_inputs: int, n_outputs: int, rank: int = 0) -> int:
+    """Coefficients, loadings and intercepts of a linear AR of that form (the network's AR path
+    as well): ``(lags * n_inputs + 1) * genes`` dense, ``(lags * (c + rank) + rank + 1) * genes``
+    per gene."""
     if ar_form == "dense":
         return (lags * n_inputs + 1) * n_outputs
-    return (lags * (1 + int(n_inputs > n_outputs)) + 1) * n_outputs
+    return (lags * (1 + int(n_inputs > n_outputs) + rank) + rank + 1) * n_outputs
 
 
 def fit_linear_ar(
@@ -150,45 +154,75 @@ def fit_linear_ar(
 class GeneRidgeAR:
     """Per-gene ridge autoregression: gene ``g``'s change to the next step from its own last
     ``lags`` values and the last ``lags`` time gaps (when the inputs carry a gap channel), with
-    per-gene coefficients and intercept (numpy: the normal equations of all genes of a block at
-    once, eigendecomposed, so every penalty and its exact leave-one-out error cost one pass).
+    per-gene coefficients and intercept, plus a low-rank cross-gene term: the last ``lags``
+    steps' scores on the first ``rank`` principal axes of the training inputs (scikit-learn PCA),
+    with per-gene coefficients.
 
-    One penalty ``alpha_`` for all genes (as ``RidgeCV`` on many targets), the one with the least
-    total leave-one-out squared error. ``coef_`` ``(n_genes, lags * c)`` in the layout of
-    :class:`~anndata_rnn.networks.forecaster.GeneAR` (per lag: value, then gap); memory and time
-    linear in the genes.
+    numpy solves the normal equations of all genes of a block at once, eigendecomposed, so every
+    penalty and its exact leave-one-out error cost one pass. The rank (among :data:`AR_RANKS`,
+    below the number of genes and of samples) and one penalty for all genes (among
+    :data:`AR_ALPHAS`, as ``RidgeCV`` on many targets) are the pair with the least total
+    leave-one-out squared error (the principal axes are fitted once, on all training samples).
+    ``coef_`` ``(n_genes, lags * (c + rank_))`` in the layout of
+    :class:`~anndata_rnn.networks.forecaster.GeneAR` (per lag: value, gap, scores),
+    ``loadings_`` ``(n_genes, rank_)``; memory and time linear in the genes.
     """
 
-    def __init__(self, lags: int, n_inputs: int, n_genes: int, alphas=AR_ALPHAS):
+    def __init__(self, lags: int, n_inputs: int, n_genes: int, alphas=AR_ALPHAS, ranks=None):
         self.lags, self.n_inputs, self.n_genes = int(lags), int(n_inputs), int(n_genes)
         self.channels = 1 + int(n_inputs > n_genes)
         self.alphas = np.asarray(alphas, dtype=np.float64)
+        self.ranks = tuple(AR_RANKS if ranks is None else ranks)
 
-    def _lagged(self, x: np.ndarray, positions, genes: slice) -> np.ndarray:
-        """``(samples, genes, lags * c)``: each gene's own lags (and the gaps' lags)."""
+    def _lagged(self, x, positions, genes: slice, loadings) -> np.ndarray:
+        """``(samples, genes, lags * (c + rank))``: each gene's own lags, the gaps' lags and the
+        scores' lags."""
         seq, t = positions
         cols = []
         for j in range(self.lags):
             step = x[seq, np.maximum(t - j, 0)]
             values = step[:, genes]
+            shape = values.shape
             cols.append(values[..., None])
             if self.channels == 2:
-                gap = np.broadcast_to(step[:, self.n_genes, None, None], values.shape + (1,))
-                cols.append(gap)
+                cols.append(np.broadcast_to(step[:, self.n_genes, None, None], shape + (1,)))
+            if loadings.shape[1]:
+                scores = step[:, : self.n_genes] @ loadings  # (samples, rank)
+                cols.append(np.broadcast_to(scores[:, None, :], shape + (loadings.shape[1],)))
         return np.concatenate(cols, axis=-1).astype(np.float64)
 
     def fit(self, x: np.ndarray, positions, change: np.ndarray) -> GeneRidgeAR:
         """Fit on the inputs ``x`` ``(n, steps, n_inputs)`` at ``positions`` (sequence, step)
         -> ``change`` ``(samples, n_genes)``."""
         n = len(positions[0])
-        p = self.lags * self.channels
+        ranks = sorted({r for r in self.ranks if 0 <= r < min(self.n_genes, n)}) or [0]
+        axes = np.zeros((self.n_genes, 0))
+        if ranks[-1]:
+            rows = np.asarray(x[positions][:, : self.n_genes], dtype=np.float64)
+            axes = PCA(n_components=ranks[-1], svd_solver="full").fit(rows).components_.T
+        best = None
+        for rank in ranks:
+            fitted = self._fit_rank(x, positions, change, axes[:, :rank])
+            if best is None or fitted["loo"].min() < best["loo"].min():
+                best = fitted
+        a = int(np.argmin(best["loo"]))
+        self.rank_, self.loadings_ = best["rank"], best["loadings"]
+        self.alpha_ = float(self.alphas[a])
+        self.coef_ = best["coef"][:, a]
+        self.loo_error_ = best["loo"] / max(n * self.n_genes, 1)
+        self.intercept_ = change.mean(axis=0) - np.einsum("gi,gi->g", best["means"], self.coef_)
+        return self
+
+    def _fit_rank(self, x, positions, change, loadings) -> dict:
+        n = len(positions[0])
+        p = self.lags * (self.channels + loadings.shape[1])
         coef = np.zeros((self.n_genes, len(self.alphas), p))
         means = np.zeros((self.n_genes, p))
         loo = np.zeros(len(self.alphas))
         block = max(1, min(GENE_BLOCK, GENE_BLOCK_VALUES // max(n * p, 1)))
         for start in range(0, self.n_genes, block):
             genes = slice(start, min(start + block, self.n_genes))
-            design = self._lagged(x, positions, genes)  # (n, g, p)
+            design = self._lagged(x, positions, genes, loadings)  # (n, g, p)
             y = change[:, genes].astype(np.float64)
             means[genes] = design.mean(axis=0)
             design -= means[genes]
@@ -207,21 +241,27 @@ class GeneRidgeAR:
                 leverage = np.einsum("ngj,gj->ng", squared, shrink) + 1.0 / max(n, 1)
                 leverage = np.minimum(leverage, 1 - 1e-9)
                 loo[a] += float((((y - fitted) / (1 - leverage)) ** 2).sum())
-        best = int(np.argmin(loo))
-        self.alpha_ = float(self.alphas[best])
-        self.coef_ = coef[:, best]
-        self.loo_error_ = loo / max(n * self.n_genes, 1)
-        self.intercept_ = change.mean(axis=0) - np.einsum("gi,gi->g", means, self.coef_)
-        return self
+        return {
+            "rank": loadings.shape[1],
+            "loadings": loadings,
+            "coef": coef,
+            "means": means,
+            "loo": loo,
+        }
 
     def predict(self, design: np.ndarray) -> np.ndarray:
         """The change of every gene ``(n, n_genes)`` from the lag design ``(n, lags * n_inputs)``
         (``[x_t, x_{t-1}, ...]``, as the dense ridge reads it)."""
         lagged = np.asarray(design, dtype=np.float64).reshape(len(design), self.lags, self.n_inputs)
-        weight = self.coef_.reshape(self.n_genes, self.lags, self.channels)
-        out = np.einsum("njg,gj->ng", lagged[..., : self.n_genes], weight[..., 0])
-        if self.channels == 2:
-            out += lagged[..., self.n_genes] @ weight[..., 1].T
+        f, c = self.n_genes, self.channels
+        weight = self.coef_.reshape(f, self.lags, c + self.rank_)
+        values = lagged[..., :f]
+        out = np.einsum("njg,gj->ng", values, weight[..., 0])
+        if c == 2:
+            out += lagged[..., f] @ weight[..., 1].T
+        if self.rank_:
+            scores = values @ self.loadings_  # (n, lags, rank)
+            out += scores.reshape(len(design), -1) @ weight[..., c:].reshape(f, -1).T
         return out + self.intercept_
 
 

@@ -315,7 +315,9 @@ def train_forecaster(
     persistence = dataset_loss(module, loss_fn, train, device=device, seed=seed)
     start_losses = None
     if warm:
-        module.init_linear_ar(np.atleast_2d(ar.coef_), np.atleast_1d(ar.intercept_))
+        module.init_linear_ar(
+            np.atleast_2d(ar.coef_), np.atleast_1d(ar.intercept_), getattr(ar, "loadings_", None)
+        )
         start_losses = fit_losses(module, loss_fn, train, val, device, seed)
     history = fit(
         module,

@@ -339,6 +339,8 @@ def _check_config(config: dict, where: str) -> None:
             refuse("ar_lags", "an integer in [1, 10000]")
         if arch.get("ar_form") == "per_gene" and config["n_inputs"] - config["n_outputs"] > 1:
             refuse("architecture/ar_form", "dense with more than one input beyond the genes")
+        if not integer(arch.get("ar_rank", 0), 0, config["n_outputs"]):
+            refuse("architecture/ar_rank", "an integer in [0, n_outputs]")
     if arch.get("pooling", "last") not in ("last", "mean", "attention"):
         refuse("architecture/pooling", "last, mean or attention")
     if not integer(arch.get("downsample", 1), 1, 1_000_000):

@@ -123,7 +123,9 @@ def forecast(
         every gene: ``ar_lags × (genes + 1) × genes`` coefficients), ``"per_gene"`` (each gene
         from its own lags and the time gaps: memory and time linear in the genes) or ``"auto"``
         (dense up to :data:`~anndata_rnn.baselines.DENSE_AR_MAX_GENES` features, per gene
-        above). The form used is in ``uns[key]["params"]["ar_form"]``, the model config and the
+        above). The per-gene form adds a low-rank cross-gene term: the lags' scores on the first
+        ``ar_rank`` principal axes of the training inputs, the rank (0-16) chosen with the ridge
+        penalty by leave-one-out error. The form used is in ``uns[key]["params"]["ar_form"]``, the model config and the
         title of the printed table.
     hidden, cell, bidirectional, dropout
         Recurrent architecture; forecasting is causal, so ``bidirectional`` must stay False.
@@ -225,12 +227,16 @@ def forecast(
     }
     # the linear AR baseline, fitted on the same training steps; the AR path starts from it
     ar = fit_linear_ar(train_enc, prep, ids["train"], ar_lags, form)
-    n_ar = ar_parameters(form, ar_lags, n_inputs, n_outputs)
+    rank = int(getattr(ar, "rank_", 0))
+    if form == "per_gene":
+        arch["ar_rank"] = rank
+    n_ar = ar_parameters(form, ar_lags, n_inputs, n_outputs, rank)
     log.info("linear AR: %s, %d parameters (%d features)", form, n_ar, n_outputs)
     ar_description = (
         f"{AR_FORM_TEXT[form]} ridge regression (alpha {ar.alpha_:g}, {n_ar} parameters) of the "
         f"change to the next step on the last {ar_lags} steps"
         + (" and their time gaps" if prep.use_time else "")
+        + (f", plus their scores on {rank} principal axes" if rank else "")
     )
     trained = {}
     alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
@@ -299,6 +305,7 @@ def forecast(
             "ar_lags": ar_lags,
             "linear_path": linear_path,
             "ar_form": form,
+            "ar_rank": rank,
             "ar_parameters": n_ar,
             "normalize": normalize,
             "n_top_genes": n_top_genes,
