@@ -288,8 +288,10 @@ def train_forecaster(
     """Build the forecaster ``config`` describes and train it one step ahead (teacher forcing;
     MSE or Huber loss on observed targets only). An AR path starts at the ridge fit ``ar`` (of
     the same form, dense or per gene) and the untrained network competes for the best validation
-    loss, so the result is never worse than that start on the validation units. The history
-    says whether the fit failed against persistence or against that start (:func:`fit_checks`).
+    loss, so the result is never worse than that start on the validation units; the start is
+    kept unless the trained weights are ``WARM_START_TOLERANCE`` better (on validation, else on
+    the training steps). The history says whether the fit failed against persistence or against
+    that start (:func:`fit_checks`) and which weights were kept (``kept``).
     Returns ``(module, history)``."""
     module = build_module("forecast", config["n_inputs"], config)
 
@@ -319,6 +321,7 @@ def train_forecaster(
             np.atleast_2d(ar.coef_), np.atleast_1d(ar.intercept_), getattr(ar, "loadings_", None)
         )
         start_losses = fit_losses(module, loss_fn, train, val, device, seed)
+        start_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
     history = fit(
         module,
         loss_fn,
@@ -333,6 +336,14 @@ def train_forecaster(
         reference_loss=persistence,
     )
     history.update(fit_checks(module, loss_fn, train, val, device, seed, history, start_losses))
+    if warm:
+        # the start is kept unless training beat it by WARM_START_TOLERANCE: a smaller gain on
+        # a few validation units did not carry over to the test units (benchmarks/
+        # forecast_scale.py: 0.5 % better on validation, 4.7 % worse on test)
+        history["kept"] = "trained"
+        if "warm start" in history["failed_against"]:
+            module.load_state_dict(start_state)
+            history["kept"] = "warm start"
     return module, history
 
 
@@ -358,7 +369,8 @@ def fit_checks(module, loss_fn, train, val, device, seed, history, start_losses)
 
     Returns the history entries: ``persistence_loss``, ``failed_against`` (a list of
     ``"persistence"`` / ``"warm start"``), ``failed_fit`` (either), ``warm_start_loss`` and
-    ``final_loss`` (on the units the check used, ``warm_start_on``)."""
+    ``final_loss`` (of the trained weights, on the units the check used, ``warm_start_on``).
+    :func:`train_forecaster` then keeps the start when it failed against it (``kept``)."""
     out = {"persistence_loss": history["reference_loss"], "failed_against": []}
     if history["failed_fit"]:
         out["failed_against"].append("persistence")
@@ -388,8 +400,8 @@ def fit_cautions(name: str, history: dict, *, warm_start: bool = True) -> list[s
         where = "validation" if history.get("warm_start_on") == "val" else "training"
         cautions.append(
             f"the {name} did not improve on its ridge start ({where} loss "
-            f"{history['warm_start_loss']:.4g} -> {history['final_loss']:.4g}): it forecasts "
-            "like the linear AR"
+            f"{history['warm_start_loss']:.4g} -> {history['final_loss']:.4g}, not "
+            f"{WARM_START_TOLERANCE:.0%} lower): the start is kept, it forecasts like the linear AR"
         )
     return cautions
 

@@ -250,7 +250,8 @@ def test_held_out_steps_are_seen_by_no_fit(test_fraction):
 # ---------------------------------------------------------------------- failed fits --
 def test_a_forecaster_that_learns_nothing_is_flagged():
     """White noise: a network that cannot move (lr 1e-9) stays at persistence (no warm start)
-    or at its ridge start (with the AR path); both are flagged and cautioned."""
+    or at its ridge start (with the AR path); both are flagged and cautioned, and the ridge start
+    is kept (the trained weights would have to be 1 % better on validation)."""
     adata = time_course(n_series=16, n_steps=8, n_genes=5, kind="noise")
     settings = dict(FAST, lr=1e-9, min_steps=20)
     tl.forecast(adata, series_key="series", time_key="time", linear_path=False, **settings)
@@ -264,3 +265,7 @@ def test_a_forecaster_that_learns_nothing_is_flagged():
     assert list(history["failed_against"]) == ["warm start"]
     assert history["final_loss"] >= 0.99 * history["warm_start_loss"]
     assert any("did not improve on its ridge start" in c for c in adata.uns[KEY]["cautions"])
+    # and the start is kept: the network forecasts exactly like the linear AR
+    assert history["kept"] == "warm start"
+    metrics = adata.uns[KEY]["metrics"]
+    assert metrics["rnn"]["mse"] == pytest.approx(metrics["linear_ar"]["mse"], rel=1e-5)
