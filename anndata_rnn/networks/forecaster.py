@@ -82,7 +82,8 @@ class SequenceForecaster(nn.Module):
     The AR layer starts at zero (the untrained model is persistence) or at a fitted ridge AR
     (:meth:`init_linear_ar`); ``linear_l2`` is its L2 penalty. ``ar_form`` ``"dense"`` (one
     ``nn.Linear`` from ``ar_lags * n_inputs`` to ``n_outputs``: quadratic in the genes) or
-    ``"per_gene"`` (:class:`GeneAR`: each gene from its own lags, linear in the genes). ``encoder=None`` keeps the AR path
+    ``"per_gene"`` (:class:`GeneAR`: each gene from its own lags and an optional low-rank
+    cross-gene term of rank ``ar_rank``, linear in the genes). ``encoder=None`` keeps the AR path
     alone (the ablation). With an AR path the carried ``state`` is a dict ``{"rnn": per-layer
     states or None, "window": the last ar_lags - 1 inputs}``; without, it is the list of
     per-layer states as before.
@@ -220,8 +221,8 @@ def build(n_inputs: int, config: dict) -> SequenceForecaster:
     (bool) adds the AR path on the last ``config["ar_lags"]`` steps, with L2 penalty
     ``architecture["linear_l2"]``, in the form ``architecture["ar_form"]`` (absent: ``"dense"``,
     as files written before the per-gene form) with a cross-gene term of rank
-    ``architecture["ar_rank"]`` (per gene only; absent: 0); ``architecture["recurrent"]`` False keeps the AR
-    path alone.
+    ``architecture["ar_rank"]`` (per gene only; absent: 0); ``architecture["recurrent"]`` False
+    keeps the AR path alone.
     """
     arch = config["architecture"]
     recurrent = bool(arch.get("recurrent", True))

@@ -125,8 +125,9 @@ def forecast(
         (dense up to :data:`~anndata_rnn.baselines.DENSE_AR_MAX_GENES` features, per gene
         above). The per-gene form adds a low-rank cross-gene term: the lags' scores on the first
         ``ar_rank`` principal axes of the training inputs, the rank (0-16) chosen with the ridge
-        penalty by leave-one-out error. The form used is in ``uns[key]["params"]["ar_form"]``, the model config and the
-        title of the printed table.
+        penalty by leave-one-out error. The form used is in ``uns[key]["params"]["ar_form"]``
+        (and ``ar_rank``, ``ar_parameters``), the model config and the title of the printed
+        table.
     hidden, cell, bidirectional, dropout
         Recurrent architecture; forecasting is causal, so ``bidirectional`` must stay False.
     max_epochs, batch_size, lr, patience, min_steps
