@@ -6,6 +6,8 @@ Fast: small synthetic data, a few hundred genes at most; the 4,000-gene timing i
 
 from __future__ import annotations
 
+import dataclasses
+
 import anndata as ad
 import h5py
 import numpy as np
@@ -269,3 +271,62 @@ def test_a_forecaster_that_learns_nothing_is_flagged():
     assert history["kept"] == "warm start"
     metrics = adata.uns[KEY]["metrics"]
     assert metrics["rnn"]["mse"] == pytest.approx(metrics["linear_ar"]["mse"], rel=1e-5)
+
+
+def test_validation_rollout_is_the_ar_rollout_of_the_training_window():
+    """The rollout check scores the validation units' last K steps of the training window (the
+    task's held-out steps already cut off): for the AR path alone started at the ridge fit it
+    equals the ridge's own rollout of those steps, recomputed with the baseline's code."""
+    from anndata_rnn.baselines import ar_forecast, fit_linear_ar
+    from anndata_rnn.forecasting import validation_rollout
+    from anndata_rnn.preprocessing import (
+        FeatureSource,
+        Preprocessor,
+        encode,
+        holdout_gaps,
+        network_inputs,
+    )
+    from anndata_rnn.sequences import build_index
+
+    adata = time_course(n_series=10, n_steps=9, n_genes=4, seed=5)
+    source = FeatureSource(adata)
+    index = build_index(adata, layout="obs-series", series_key="series", time_key="time")
+    prep = Preprocessor(layout="obs-series", scale="feature", use_time=True, imputation="causal")
+    ids = np.arange(index.n_sequences)
+    prep.fit(source, index, ids[:7], normalize="never")
+    enc = encode(index, source, prep)
+    k, lags = 3, 3
+    ar = fit_linear_ar(enc, prep, ids[:7], lags, "per_gene")
+    config = {
+        "architecture": {
+            "hidden": [4],
+            "cell": "gru",
+            "dropout": 0.0,
+            "bidirectional": False,
+            "linear_path": True,
+            "recurrent": False,
+            "ar_form": "per_gene",
+            "ar_rank": ar.rank_,
+        },
+        "n_outputs": 4,
+        "residual": True,
+        "ar_lags": lags,
+    }
+    module = build_module("forecast", 5, config).eval()
+    module.init_linear_ar(ar.coef_, ar.intercept_, ar.loadings_)
+    val = ids[7:]
+    got = validation_rollout(module, enc, prep, val, k, torch.device("cpu"))
+    sub = dataclasses.replace(
+        enc,
+        values=enc.values[val],
+        observed=enc.observed[val],
+        lengths=enc.lengths[val],
+        times=enc.times[val],
+        n_missing=enc.n_missing[val],
+    )
+    context = dataclasses.replace(sub, lengths=sub.lengths - k)
+    _, gaps = holdout_gaps(sub, k)
+    x = network_inputs(context, prep, np.arange(len(val)), last_gap=gaps[:, 0])
+    _, rolled = ar_forecast(ar, x, context.lengths, gaps[:, 1:], prep, lags)
+    truth = sub.values[:, -k:, :4]
+    assert got == pytest.approx(float(np.mean((rolled - truth) ** 2)), rel=1e-4)
