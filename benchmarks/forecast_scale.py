@@ -101,7 +101,7 @@ def child(args) -> dict:
         "mse": metrics,
         "best_baseline": best,
         "ratio_to_best_baseline": {m: v / metrics[best] for m, v in metrics.items()},
-        "ar_form": str(record["params"].get("ar_form")),
+        "ar_form": str(record["params"].get("ar_form_used")),
         "ar_parameters": int(record["params"].get("ar_parameters", -1)),
         "network_parameters": int(sum(p.numel() for p in model.module.parameters())),
         "evaluation": {k: str(v) for k, v in record["evaluation"].items()},

@@ -176,7 +176,7 @@ def test_many_genes_use_the_per_gene_ar_and_say_so(tmp_path):
     adata = time_course(n_series=12, n_steps=6, n_genes=genes)
     model = tl.forecast(adata, series_key="series", time_key="time", **FAST)
     record = adata.uns[KEY]
-    assert record["params"]["ar_form"] == "per_gene"
+    assert record["params"]["ar_form_used"] == "per_gene"
     rank = int(record["params"]["ar_rank"])
     assert record["params"]["ar_parameters"] == (3 * (2 + rank) + rank + 1) * genes
     assert model.config["architecture"]["ar_form"] == "per_gene"
@@ -200,14 +200,14 @@ def test_many_genes_use_the_per_gene_ar_and_say_so(tmp_path):
 def test_few_genes_keep_the_dense_ar():
     adata = time_course(n_genes=5)
     model = tl.forecast(adata, series_key="series", time_key="time", **FAST)
-    assert adata.uns[KEY]["params"]["ar_form"] == "dense"
+    assert adata.uns[KEY]["params"]["ar_form_used"] == "dense"
     assert isinstance(model.module.ar, torch.nn.Linear)
     # and the form can be chosen
     tl.forecast(
         adata, series_key="series", time_key="time", ar_form="per_gene", overwrite=True, **FAST
     )
     params = adata.uns[KEY]["params"]
-    assert params["ar_form"] == "per_gene"
+    assert params["ar_form_used"] == "per_gene"
     assert params["ar_parameters"] == (3 * (2 + params["ar_rank"]) + params["ar_rank"] + 1) * 5
 
 

@@ -125,8 +125,8 @@ def forecast(
         (dense up to :data:`~anndata_rnn.baselines.DENSE_AR_MAX_GENES` features, per gene
         above). The per-gene form adds a low-rank cross-gene term: the lags' scores on the first
         ``ar_rank`` principal axes of the training inputs, the rank (0-16) chosen with the ridge
-        penalty by leave-one-out error. The form used is in ``uns[key]["params"]["ar_form"]``
-        (and ``ar_rank``, ``ar_parameters``), the model config and the title of the printed
+        penalty by leave-one-out error. The form used is in ``uns[key]["params"]
+        ["ar_form_used"]`` (and ``ar_rank``, ``ar_parameters``), the model config and the title of the printed
         table.
     hidden, cell, bidirectional, dropout
         Recurrent architecture; forecasting is causal, so ``bidirectional`` must stay False.
@@ -305,7 +305,8 @@ def forecast(
             "residual": residual,
             "ar_lags": ar_lags,
             "linear_path": linear_path,
-            "ar_form": form,
+            "ar_form": ar_form,
+            "ar_form_used": form,
             "ar_rank": rank,
             "ar_parameters": n_ar,
             "normalize": normalize,
