@@ -293,7 +293,7 @@ def train_forecaster(
     loss, so the result is never worse than that start on the validation units; the start is
     kept unless the trained weights are ``WARM_START_TOLERANCE`` better (on validation, else on
     the training steps) and, with ``holdout_steps`` K, also roll the validation units' last K
-    training steps out with a lower MSE (:func:`validation_rollout`, ``val_rollout_mse``). The
+    training steps out with a lower MSE (:func:`validation_rollout`, ``rollout_check_mse``). The
     history says whether the fit failed against persistence or against that start
     (:func:`fit_checks`; ``"warm start rollout"`` for the rollout) and which weights were kept
     (``kept``).
@@ -354,7 +354,7 @@ def train_forecaster(
             state = {name: v.detach().clone() for name, v in module.state_dict().items()}
             module.load_state_dict(start_state)
             start = validation_rollout(module, enc, prep, ids["val"], k, device)
-            history["val_rollout_mse"] = {"warm start": start, "trained": trained}
+            history["rollout_check_mse"] = {"warm start": start, "trained": trained}
             if trained < start:
                 module.load_state_dict(state)
             else:
@@ -445,7 +445,7 @@ def fit_cautions(name: str, history: dict, *, warm_start: bool = True) -> list[s
             "steps (--epochs), another learning rate (--lr) or smaller batches (--batch-size)"
         )
     if warm_start and "warm start rollout" in failed:
-        rolled = history["val_rollout_mse"]
+        rolled = history["rollout_check_mse"]
         cautions.append(
             f"the {name} rolled the validation units' last steps out no better than its ridge "
             f"start (MSE {rolled['warm start']:.4g} -> {rolled['trained']:.4g}): the start is "
