@@ -355,7 +355,7 @@ def train_forecaster(
             module.load_state_dict(start_state)
             start = validation_rollout(module, enc, prep, ids["val"], k, device)
             history["rollout_check_mse"] = {"warm start": start, "trained": trained}
-            if trained < start:
+            if trained < start or not np.isfinite([trained, start]).all():  # or cannot tell
                 module.load_state_dict(state)
             else:
                 history["failed_against"].append("warm start rollout")
