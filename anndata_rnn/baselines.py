@@ -126,14 +126,21 @@ def ar_parameters(ar_form: str, lags: int, n_inputs: int, n_outputs: int, rank: 
 
 
 def fit_linear_ar(
-    enc: Encoded, prep: Preprocessor, train_ids: np.ndarray, lags: int, form: str = "dense"
+    enc: Encoded,
+    prep: Preprocessor,
+    train_ids: np.ndarray,
+    lags: int,
+    form: str = "dense",
+    ranks=None,
 ):
     """Ridge on the last ``lags`` inputs (features + gap to the next step) -> change to t + 1.
 
     ``form="dense"``: one scikit-learn ``RidgeCV`` from every input's lags to every gene
     (``lags * n_inputs`` coefficients per gene); ``"per_gene"``: :class:`GeneRidgeAR`, each gene
     from its own lags and the time gaps. Both choose the penalty among :data:`AR_ALPHAS` by
-    leave-one-out error, and have ``coef_``, ``intercept_``, ``alpha_`` and ``predict``.
+    leave-one-out error, and have ``coef_``, ``intercept_``, ``alpha_`` and ``predict``;
+    ``ranks`` are the cross-gene ranks the per-gene form may choose from (default
+    :data:`AR_RANKS`).
     """
     x = network_inputs(enc, prep, train_ids)
     f = enc.n_features
@@ -143,7 +150,7 @@ def fit_linear_ar(
     seq, t = positions
     change = enc.values[train_ids][seq, t + 1, :f] - x[seq, t, :f]
     if form == "per_gene":
-        return GeneRidgeAR(lags, x.shape[-1], f).fit(x, positions, change)
+        return GeneRidgeAR(lags, x.shape[-1], f, ranks=ranks).fit(x, positions, change)
     if form != "dense":
         raise ValueError(f"unknown AR form {form!r}")
     design = _lag_design(x, positions, lags)

@@ -17,6 +17,7 @@ from ..baselines import ar_parameters, fit_linear_ar, resolve_ar_form
 from ..errors import InputError
 from ..forecasting import (
     check_settings,
+    choose_ar_rank,
     evaluate,
     fit_cautions,
     log_metrics,
@@ -125,7 +126,9 @@ def forecast(
         (dense up to :data:`~anndata_rnn.baselines.DENSE_AR_MAX_GENES` features, per gene
         above). The per-gene form adds a low-rank cross-gene term: the lags' scores on the first
         ``ar_rank`` principal axes of the training inputs, the rank (0-16) chosen with the ridge
-        penalty by leave-one-out error. The form used is in ``uns[key]["params"]
+        by the rollout of the last K training steps (K = ``holdout_steps``, at least 1) from a
+        refit without them (``params["ar_rank_rollout_mse"]``), the penalty by leave-one-out
+        error. The form used is in ``uns[key]["params"]
         ["ar_form_used"]`` (and ``ar_rank``, ``ar_parameters``), the model config and the title of the printed
         table.
     hidden, cell, bidirectional, dropout
@@ -228,6 +231,7 @@ def forecast(
     }
     # the linear AR baseline, fitted on the same training steps; the AR path starts from it
     ar = fit_linear_ar(train_enc, prep, ids["train"], ar_lags, form)
+    ar, rank_rollout = choose_ar_rank(train_enc, prep, ids, ar_lags, holdout_steps, ar)
     rank = int(getattr(ar, "rank_", 0))
     if form == "per_gene":
         arch["ar_rank"] = rank
@@ -308,6 +312,8 @@ def forecast(
             "ar_form": ar_form,
             "ar_form_used": form,
             "ar_rank": rank,
+            "ar_rank_chosen_by": "temporal holdout" if rank_rollout else "leave-one-out",
+            "ar_rank_rollout_mse": {str(r): float(e) for r, e in rank_rollout.items()},
             "ar_parameters": n_ar,
             "normalize": normalize,
             "n_top_genes": n_top_genes,
