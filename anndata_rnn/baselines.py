@@ -31,8 +31,8 @@ LAZY_BATCH = 4096
 
 #: the linear AR (baseline and the forecaster's AR path) is dense up to this many genes and per
 #: gene above (``ar_form="auto"``). Measured (benchmarks/forecast_scale.py, shared 2-core
-#: machine, one thread): the same MSE either way at 128-512 genes; the dense run is faster at
-#: 128 genes, as fast at 256 and 1.7x slower at 512 (its parameters grow as genes²); README.
+#: machine, one thread): one step ahead the dense form is more accurate at 128-512 genes, in
+#: held-out rollouts less; its run time grows as genes² (4.6x the per-gene one at 512); README.
 DENSE_AR_MAX_GENES = 256
 #: the ridge penalties tried (the same for both forms; chosen by leave-one-out error)
 AR_ALPHAS = np.logspace(-3, 3, 7)
