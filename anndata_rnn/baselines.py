@@ -1,7 +1,9 @@
 """The honest baselines every task reports beside its network, on the same inputs and split.
 
 - classification: logistic regression (scikit-learn) on the flattened standardized inputs;
-- forecasting: a linear autoregression (ridge on the last ``lags`` steps and time gaps);
+- forecasting: a linear autoregression (ridge on the last ``lags`` steps and time gaps), dense
+  (every gene from every gene's lags) on few genes, per gene (each gene from its own lags) on
+  many (:data:`DENSE_AR_MAX_GENES`);
 - embedding: PCA with as many components as the latent + k-means (clusters), and the PCA of the
   flattened sequences fitted on the training units (reconstruction; the autoencoder's start).
 """
@@ -28,6 +30,20 @@ from .splits import random_subset
 #: training sequences and predicts this many at a time
 LAZY_FIT_SEQUENCES = 20_000
 LAZY_BATCH = 4096
+
+#: the linear AR (baseline and the forecaster's AR path) is dense up to this many genes and per
+#: gene above (``ar_form="auto"``). Measured (benchmarks/forecast_scale.py, shared 2-core
+#: machine, one thread): one step ahead the dense form is more accurate at 128-512 genes, in
+#: held-out rollouts less; its run time grows as genes² (4.6x the per-gene one at 512); README.
+DENSE_AR_MAX_GENES = 256
+#: the ridge penalties tried (the same for both forms; chosen by leave-one-out error)
+AR_ALPHAS = np.logspace(-3, 3, 7)
+#: ranks of the per-gene AR's cross-gene term tried (chosen by leave-one-out error with alpha)
+AR_RANKS = (0, 2, 4, 8, 16)
+#: genes solved together by the per-gene ridge (bounds its memory)
+GENE_BLOCK = 512
+#: and at most about this many values of their design (samples × genes × coefficients)
+GENE_BLOCK_VALUES = 4_000_000
 
 
 def logistic_baseline(values, y, train_ids, labels: Labels, seed: int) -> tuple[np.ndarray, int]:
@@ -95,19 +111,168 @@ def _lag_design(x: np.ndarray, positions: np.ndarray, lags: int) -> np.ndarray:
     return np.concatenate(cols, axis=1)
 
 
-def fit_linear_ar(enc: Encoded, prep: Preprocessor, train_ids: np.ndarray, lags: int) -> RidgeCV:
-    """Ridge on the last ``lags`` inputs (features + gap to the next step) -> change to t + 1."""
+def resolve_ar_form(ar_form: str, n_genes: int) -> str:
+    """``"auto"`` -> ``"dense"`` up to :data:`DENSE_AR_MAX_GENES` genes, else ``"per_gene"``."""
+    if ar_form == "auto":
+        return "dense" if n_genes <= DENSE_AR_MAX_GENES else "per_gene"
+    return ar_form
+
+
+def ar_parameters(ar_form: str, lags: int, n_inputs: int, n_outputs: int, rank: int = 0) -> int:
+    """Coefficients, loadings and intercepts of a linear AR of that form (the network's AR path
+    as well): ``(lags * n_inputs + 1) * genes`` dense, ``(lags * (c + rank) + rank + 1) * genes``
+    per gene."""
+    if ar_form == "dense":
+        return (lags * n_inputs + 1) * n_outputs
+    return (lags * (1 + int(n_inputs > n_outputs) + rank) + rank + 1) * n_outputs
+
+
+def fit_linear_ar(
+    enc: Encoded,
+    prep: Preprocessor,
+    train_ids: np.ndarray,
+    lags: int,
+    form: str = "dense",
+    ranks=None,
+):
+    """Ridge on the last ``lags`` inputs (features + gap to the next step) -> change to t + 1.
+
+    ``form="dense"``: one scikit-learn ``RidgeCV`` from every input's lags to every gene
+    (``lags * n_inputs`` coefficients per gene); ``"per_gene"``: :class:`GeneRidgeAR`, each gene
+    from its own lags and the time gaps. Both choose the penalty among :data:`AR_ALPHAS` by
+    leave-one-out error, and have ``coef_``, ``intercept_``, ``alpha_`` and ``predict``;
+    ``ranks`` are the cross-gene ranks the per-gene form may choose from (default
+    :data:`AR_RANKS`).
+    """
     x = network_inputs(enc, prep, train_ids)
     f = enc.n_features
     lengths = enc.lengths[train_ids]
     valid = np.arange(x.shape[1])[None, :] < (lengths[:, None] - 1)
     positions = np.nonzero(valid)
-    design = _lag_design(x, positions, lags)
     seq, t = positions
     change = enc.values[train_ids][seq, t + 1, :f] - x[seq, t, :f]
-    model = RidgeCV(alphas=np.logspace(-3, 3, 7))
+    if form == "per_gene":
+        return GeneRidgeAR(lags, x.shape[-1], f, ranks=ranks).fit(x, positions, change)
+    if form != "dense":
+        raise ValueError(f"unknown AR form {form!r}")
+    design = _lag_design(x, positions, lags)
+    model = RidgeCV(alphas=AR_ALPHAS)
     model.fit(design, change)
     return model
+
+
+class GeneRidgeAR:
+    """Per-gene ridge autoregression: gene ``g``'s change to the next step from its own last
+    ``lags`` values and the last ``lags`` time gaps (when the inputs carry a gap channel), with
+    per-gene coefficients and intercept, plus a low-rank cross-gene term: the last ``lags``
+    steps' scores on the first ``rank`` principal axes of the training inputs (scikit-learn PCA),
+    with per-gene coefficients.
+
+    numpy solves the normal equations of all genes of a block at once, eigendecomposed, so every
+    penalty and its exact leave-one-out error cost one pass. The rank (among :data:`AR_RANKS`,
+    below the number of genes and of samples) and one penalty for all genes (among
+    :data:`AR_ALPHAS`, as ``RidgeCV`` on many targets) are the pair with the least total
+    leave-one-out squared error (the principal axes are fitted once, on all training samples).
+    ``coef_`` ``(n_genes, lags * (c + rank_))`` in the layout of
+    :class:`~anndata_rnn.networks.forecaster.GeneAR` (per lag: value, gap, scores),
+    ``loadings_`` ``(n_genes, rank_)``; memory and time linear in the genes.
+    """
+
+    def __init__(self, lags: int, n_inputs: int, n_genes: int, alphas=AR_ALPHAS, ranks=None):
+        self.lags, self.n_inputs, self.n_genes = int(lags), int(n_inputs), int(n_genes)
+        self.channels = 1 + int(n_inputs > n_genes)
+        self.alphas = np.asarray(alphas, dtype=np.float64)
+        self.ranks = tuple(AR_RANKS if ranks is None else ranks)
+
+    def _lagged(self, x, positions, genes: slice, loadings) -> np.ndarray:
+        """``(samples, genes, lags * (c + rank))``: each gene's own lags, the gaps' lags and the
+        scores' lags."""
+        seq, t = positions
+        cols = []
+        for j in range(self.lags):
+            step = x[seq, np.maximum(t - j, 0)]
+            values = step[:, genes]
+            shape = values.shape
+            cols.append(values[..., None])
+            if self.channels == 2:
+                cols.append(np.broadcast_to(step[:, self.n_genes, None, None], shape + (1,)))
+            if loadings.shape[1]:
+                scores = step[:, : self.n_genes] @ loadings  # (samples, rank)
+                cols.append(np.broadcast_to(scores[:, None, :], shape + (loadings.shape[1],)))
+        return np.concatenate(cols, axis=-1).astype(np.float64)
+
+    def fit(self, x: np.ndarray, positions, change: np.ndarray) -> GeneRidgeAR:
+        """Fit on the inputs ``x`` ``(n, steps, n_inputs)`` at ``positions`` (sequence, step)
+        -> ``change`` ``(samples, n_genes)``."""
+        n = len(positions[0])
+        ranks = sorted({r for r in self.ranks if 0 <= r < min(self.n_genes, n)}) or [0]
+        axes = np.zeros((self.n_genes, 0))
+        if ranks[-1]:
+            rows = np.asarray(x[positions][:, : self.n_genes], dtype=np.float64)
+            axes = PCA(n_components=ranks[-1], svd_solver="full").fit(rows).components_.T
+        best = None
+        for rank in ranks:
+            fitted = self._fit_rank(x, positions, change, axes[:, :rank])
+            if best is None or fitted["loo"].min() < best["loo"].min():
+                best = fitted
+        a = int(np.argmin(best["loo"]))
+        self.rank_, self.loadings_ = best["rank"], best["loadings"]
+        self.alpha_ = float(self.alphas[a])
+        self.coef_ = best["coef"][:, a]
+        self.loo_error_ = best["loo"] / max(n * self.n_genes, 1)
+        self.intercept_ = change.mean(axis=0) - np.einsum("gi,gi->g", best["means"], self.coef_)
+        return self
+
+    def _fit_rank(self, x, positions, change, loadings) -> dict:
+        n = len(positions[0])
+        p = self.lags * (self.channels + loadings.shape[1])
+        coef = np.zeros((self.n_genes, len(self.alphas), p))
+        means = np.zeros((self.n_genes, p))
+        loo = np.zeros(len(self.alphas))
+        block = max(1, min(GENE_BLOCK, GENE_BLOCK_VALUES // max(n * p, 1)))
+        for start in range(0, self.n_genes, block):
+            genes = slice(start, min(start + block, self.n_genes))
+            design = self._lagged(x, positions, genes, loadings)  # (n, g, p)
+            y = change[:, genes].astype(np.float64)
+            means[genes] = design.mean(axis=0)
+            design -= means[genes]
+            y = y - y.mean(axis=0)
+            gram = np.einsum("ngi,ngj->gij", design, design)
+            eigval, eigvec = np.linalg.eigh(gram)  # (g, p), (g, p, p)
+            rotated = np.einsum("ngi,gij->ngj", design, eigvec)  # design in the eigenbasis
+            del design
+            projected = np.einsum("ngj,ng->gj", rotated, y)
+            squared = rotated**2
+            for a, alpha in enumerate(self.alphas):
+                shrink = 1.0 / (np.maximum(eigval, 0.0) + alpha)
+                coef[genes, a] = np.einsum("gij,gj->gi", eigvec, projected * shrink)
+                fitted = np.einsum("ngj,gj->ng", rotated, projected * shrink)
+                # leverage of each sample (the intercept's 1/n included): exact leave-one-out
+                leverage = np.einsum("ngj,gj->ng", squared, shrink) + 1.0 / max(n, 1)
+                leverage = np.minimum(leverage, 1 - 1e-9)
+                loo[a] += float((((y - fitted) / (1 - leverage)) ** 2).sum())
+        return {
+            "rank": loadings.shape[1],
+            "loadings": loadings,
+            "coef": coef,
+            "means": means,
+            "loo": loo,
+        }
+
+    def predict(self, design: np.ndarray) -> np.ndarray:
+        """The change of every gene ``(n, n_genes)`` from the lag design ``(n, lags * n_inputs)``
+        (``[x_t, x_{t-1}, ...]``, as the dense ridge reads it)."""
+        lagged = np.asarray(design, dtype=np.float64).reshape(len(design), self.lags, self.n_inputs)
+        f, c = self.n_genes, self.channels
+        weight = self.coef_.reshape(f, self.lags, c + self.rank_)
+        values = lagged[..., :f]
+        out = np.einsum("njg,gj->ng", values, weight[..., 0])
+        if c == 2:
+            out += lagged[..., f] @ weight[..., 1].T
+        if self.rank_:
+            scores = values @ self.loadings_  # (n, lags, rank)
+            out += scores.reshape(len(design), -1) @ weight[..., c:].reshape(f, -1).T
+        return out + self.intercept_
 
 
 def ar_forecast(ar: RidgeCV, x: np.ndarray, lengths: np.ndarray, later_gaps, prep, lags: int):

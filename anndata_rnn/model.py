@@ -343,6 +343,17 @@ def _check_config(config: dict, where: str) -> None:
     for name in ("linear_path", "recurrent"):
         if not isinstance(arch.get(name, False), bool):
             refuse(f"architecture/{name}", "true or false")
+    if arch.get("ar_form", "dense") not in ("dense", "per_gene"):
+        refuse("architecture/ar_form", "dense or per_gene")
+    if config["task"] == "forecast":
+        if not integer(config.get("n_outputs"), 1, config["n_inputs"]):
+            refuse("n_outputs", "a positive integer, at most n_inputs")
+        if not integer(config.get("ar_lags", 3), 1, 10_000):
+            refuse("ar_lags", "an integer in [1, 10000]")
+        if arch.get("ar_form") == "per_gene" and config["n_inputs"] - config["n_outputs"] > 1:
+            refuse("architecture/ar_form", "dense with more than one input beyond the genes")
+        if not integer(arch.get("ar_rank", 0), 0, config["n_outputs"]):
+            refuse("architecture/ar_rank", "an integer in [0, n_outputs]")
     if arch.get("pooling", "last") not in ("last", "mean", "attention"):
         refuse("architecture/pooling", "last, mean or attention")
     if not (arch.get("max_steps") is None or integer(arch["max_steps"], 1, 10_000_000)):

@@ -12,11 +12,59 @@ multi-step forecasts are rolled out: the prediction of one step is fed back as t
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from .encoder import RNNEncoder, build_encoder
 from .inference import predict_in_batches
+
+#: the forms of the AR path: one dense layer from every gene's lags to every gene, or each gene
+#: from its own lags (and the time gaps), per-gene coefficients
+AR_FORMS = ("dense", "per_gene")
+
+
+class GeneAR(nn.Module):
+    """Per-gene autoregression: gene ``g``'s output from its own last ``lags`` values and, with a
+    time channel, the last ``lags`` time gaps (per-gene coefficients and intercept), plus an
+    optional low-rank cross-gene term: the last ``lags`` steps projected on ``rank`` shared
+    directions (``loadings``, started at the training inputs' principal axes), each gene with its
+    own coefficients on those scores.
+
+    It reads the same lag design as the dense layer (``[x_t, x_{t-1}, ...]``, ``lags *
+    n_inputs`` wide) and holds ``n_outputs * (lags * (c + rank) + rank + 1)`` parameters (``c`` =
+    2 with a time channel, else 1): linear in the number of genes. ``weight`` ``(n_outputs,
+    lags, c + rank)``: per lag the gene's value, the gap, then the ``rank`` scores.
+    """
+
+    def __init__(self, lags: int, n_inputs: int, n_outputs: int, rank: int = 0):
+        super().__init__()
+        if n_inputs not in (n_outputs, n_outputs + 1):
+            raise ValueError("a per-gene AR reads the genes and at most one time-gap channel")
+        if not 0 <= rank <= n_outputs:
+            raise ValueError(f"the cross-gene rank must be in [0, {n_outputs}], got {rank}")
+        self.lags, self.n_inputs, self.n_outputs = int(lags), int(n_inputs), int(n_outputs)
+        self.channels = 1 + int(n_inputs > n_outputs)
+        self.rank = int(rank)
+        self.weight = nn.Parameter(torch.zeros(n_outputs, self.lags, self.channels + self.rank))
+        self.bias = nn.Parameter(torch.zeros(n_outputs))
+        self.loadings = None
+        if self.rank:
+            self.loadings = nn.Parameter(torch.zeros(n_outputs, self.rank))
+            nn.init.orthogonal_(self.loadings)
+
+    def forward(self, design: torch.Tensor) -> torch.Tensor:
+        lagged = design.reshape(*design.shape[:-1], self.lags, self.n_inputs)
+        f, c = self.n_outputs, self.channels
+        values = lagged[..., :f]
+        out = (values * self.weight[..., 0].T).sum(-2) + self.bias
+        if c == 2:
+            out = out + lagged[..., f] @ self.weight[..., 1].T
+        if self.rank:
+            scores = values @ self.loadings  # (..., lags, rank)
+            mix = self.weight[..., c:].reshape(f, -1)  # (genes, lags * rank)
+            out = out + scores.flatten(-2) @ mix.T
+        return out
 
 
 class SequenceForecaster(nn.Module):
@@ -32,7 +80,10 @@ class SequenceForecaster(nn.Module):
         prediction = x_t (residual) + AR(x_t, ..., x_{t-lags+1}) + recurrent change
 
     The AR layer starts at zero (the untrained model is persistence) or at a fitted ridge AR
-    (:meth:`init_linear_ar`); ``linear_l2`` is its L2 penalty. ``encoder=None`` keeps the AR path
+    (:meth:`init_linear_ar`); ``linear_l2`` is its L2 penalty. ``ar_form`` ``"dense"`` (one
+    ``nn.Linear`` from ``ar_lags * n_inputs`` to ``n_outputs``: quadratic in the genes) or
+    ``"per_gene"`` (:class:`GeneAR`: each gene from its own lags and an optional low-rank
+    cross-gene term of rank ``ar_rank``, linear in the genes). ``encoder=None`` keeps the AR path
     alone (the ablation). With an AR path the carried ``state`` is a dict ``{"rnn": per-layer
     states or None, "window": the last ar_lags - 1 inputs}``; without, it is the list of
     per-layer states as before.
@@ -47,6 +98,8 @@ class SequenceForecaster(nn.Module):
         n_inputs: int | None = None,
         ar_lags: int = 0,
         linear_l2: float = 0.0,
+        ar_form: str = "dense",
+        ar_rank: int = 0,
     ):
         super().__init__()
         if encoder is not None and encoder.bidirectional:
@@ -63,12 +116,18 @@ class SequenceForecaster(nn.Module):
         self.ar_lags = int(ar_lags)
         self.linear_l2 = float(linear_l2)
         self.ar = None
+        if ar_form not in AR_FORMS:
+            raise ValueError(f"ar_form must be one of {', '.join(AR_FORMS)}, got {ar_form!r}")
+        self.ar_form = ar_form
         if self.ar_lags:
             if n_inputs is None:
                 raise ValueError("the AR path needs n_inputs")
-            self.ar = nn.Linear(self.ar_lags * n_inputs, n_outputs)
-            nn.init.zeros_(self.ar.weight)
-            nn.init.zeros_(self.ar.bias)
+            if ar_form == "per_gene":
+                self.ar = GeneAR(self.ar_lags, n_inputs, n_outputs, ar_rank)
+            else:
+                self.ar = nn.Linear(self.ar_lags * n_inputs, n_outputs)
+                nn.init.zeros_(self.ar.weight)
+                nn.init.zeros_(self.ar.bias)
         if encoder is None:
             return
         self.dropout = nn.Dropout(encoder.dropout.p)
@@ -78,15 +137,29 @@ class SequenceForecaster(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     @torch.no_grad()
-    def init_linear_ar(self, coef, intercept) -> None:
+    def init_linear_ar(self, coef, intercept, loadings=None) -> None:
         """Start the AR path at a fitted linear AR: ``coef`` ``(n_outputs, ar_lags * n_inputs)``
         on ``[x_t, x_{t-1}, ...]`` predicting the change to the next step (as the task's ridge
-        baseline ``fit_linear_ar``), ``intercept`` ``(n_outputs,)``."""
+        baseline ``fit_linear_ar``), ``intercept`` ``(n_outputs,)``. A per-gene AR path takes
+        the per-gene ridge's ``coef`` ``(n_outputs, ar_lags * (c + rank))`` and, with a
+        cross-gene term, its ``loadings`` ``(n_outputs, rank)`` (see :class:`GeneAR`)."""
         if self.ar is None:
             raise ValueError("this forecaster has no AR path (ar_lags=0)")
-        coef = torch.as_tensor(coef, dtype=self.ar.weight.dtype).reshape(self.ar.weight.shape)
+        coef = torch.as_tensor(coef, dtype=self.ar.weight.dtype)
+        if coef.numel() != self.ar.weight.numel():
+            raise ValueError(
+                f"a {self.ar_form} AR path of shape {tuple(self.ar.weight.shape)} cannot start at "
+                f"coefficients of shape {tuple(coef.shape)}"
+            )
+        coef = coef.reshape(self.ar.weight.shape)
         self.ar.weight.copy_(coef)
         self.ar.bias.copy_(torch.as_tensor(intercept, dtype=self.ar.bias.dtype).reshape(-1))
+        if getattr(self.ar, "loadings", None) is not None:
+            if loadings is None or np.shape(loadings) != tuple(self.ar.loadings.shape):
+                raise ValueError(
+                    f"the cross-gene term needs loadings {tuple(self.ar.loadings.shape)}"
+                )
+            self.ar.loadings.copy_(torch.as_tensor(loadings, dtype=self.ar.loadings.dtype))
 
     def penalty(self) -> torch.Tensor | float:
         """L2 term of the AR path ``linear_l2 * ||W||^2`` (summed-loss scale: :func:`training.fit`
@@ -146,7 +219,10 @@ def build(n_inputs: int, config: dict) -> SequenceForecaster:
 
     Optional keys (absent: the original recurrent forecaster): ``architecture["linear_path"]``
     (bool) adds the AR path on the last ``config["ar_lags"]`` steps, with L2 penalty
-    ``architecture["linear_l2"]``; ``architecture["recurrent"]`` False keeps the AR path alone.
+    ``architecture["linear_l2"]``, in the form ``architecture["ar_form"]`` (absent: ``"dense"``,
+    as files written before the per-gene form) with a cross-gene term of rank
+    ``architecture["ar_rank"]`` (per gene only; absent: 0); ``architecture["recurrent"]`` False
+    keeps the AR path alone.
     """
     arch = config["architecture"]
     recurrent = bool(arch.get("recurrent", True))
@@ -158,6 +234,8 @@ def build(n_inputs: int, config: dict) -> SequenceForecaster:
         n_inputs=n_inputs,
         ar_lags=int(config.get("ar_lags", 3)) if linear else 0,
         linear_l2=float(arch.get("linear_l2", 0.0)),
+        ar_form=str(arch.get("ar_form", "dense")),
+        ar_rank=int(arch.get("ar_rank", 0)),
     )
 
 

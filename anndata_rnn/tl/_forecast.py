@@ -13,11 +13,13 @@ import logging
 import numpy as np
 from anndata import AnnData
 
-from ..baselines import fit_linear_ar
+from ..baselines import ar_parameters, fit_linear_ar, resolve_ar_form
 from ..errors import InputError
 from ..forecasting import (
     check_settings,
+    choose_ar_rank,
     evaluate,
+    fit_cautions,
     log_metrics,
     parse_future,
     predict_all,
@@ -31,6 +33,9 @@ from ..sequences import SequenceSpec
 from ..training import TrainConfig
 
 log = logging.getLogger("anndata_rnn")
+
+AR_FORM_CHOICES = ("auto", "dense", "per_gene")
+AR_FORM_TEXT = {"dense": "dense", "per_gene": "per-gene"}
 
 
 @task_api
@@ -53,6 +58,7 @@ def forecast(
     residual: bool = True,
     ar_lags: int = 3,
     linear_path: bool = True,
+    ar_form: str = "auto",
     hidden=(128, 64),
     cell: str = "lstm",
     bidirectional: bool = False,
@@ -113,6 +119,18 @@ def forecast(
         Add a linear autoregression on the last ``ar_lags`` steps to the recurrent forecast
         (LSTNet's highway), started at the ridge baseline's fit. Every run also trains the AR
         path alone the same way and reports it (``metrics["linear_path"]``).
+    ar_form
+        Form of the linear AR (baseline and AR path): ``"dense"`` (every gene from the lags of
+        every gene: ``ar_lags × (genes + 1) × genes`` coefficients), ``"per_gene"`` (each gene
+        from its own lags and the time gaps: memory and time linear in the genes) or ``"auto"``
+        (dense up to :data:`~anndata_rnn.baselines.DENSE_AR_MAX_GENES` features, per gene
+        above). The per-gene form adds a low-rank cross-gene term: the lags' scores on the first
+        ``ar_rank`` principal axes of the training inputs, the rank (0-16) chosen with the ridge
+        by the rollout of the last K training steps (K = ``holdout_steps``, at least 1) from a
+        refit without them (``params["ar_rank_rollout_mse"]``), the penalty by leave-one-out
+        error. The form used is in ``uns[key]["params"]
+        ["ar_form_used"]`` (and ``ar_rank``, ``ar_parameters``), the model config and the title of the printed
+        table.
     hidden, cell, bidirectional, dropout
         Recurrent architecture; forecasting is causal, so ``bidirectional`` must stay False.
     max_epochs, batch_size, lr, patience, min_steps
@@ -120,7 +138,9 @@ def forecast(
         :func:`anndata_rnn.tl.classify`), early stopping on the validation units' one-step loss;
         the untrained (persistence or AR) weights compete for the best.
     val_fraction, test_fraction, split_key
-        Split of the units (series or genes), seeded, or from a train/val/test column.
+        Split of the units (series or genes), seeded, or from a train/val/test column. With
+        ``holdout_steps`` nothing is fitted on any unit's last K steps (a pure temporal
+        holdout): the headline metric is the rollout of the test units' last K steps.
     seed, device, amp, key_added, overwrite, quiet, copy
         As in :func:`anndata_rnn.tl.classify`.
 
@@ -145,6 +165,8 @@ def forecast(
       ``time``, ``step``, ``values`` rows × features, ``features``), params, history, versions.
     """
     check_settings(layout, bidirectional, loss, ar_lags, holdout_steps, time_key, use_rep)
+    if ar_form not in AR_FORM_CHOICES:
+        raise InputError(f"ar_form must be one of {', '.join(AR_FORM_CHOICES)}, got {ar_form!r}")
     future_times, horizon = parse_future(future_times, horizon)
     spec = SequenceSpec(
         layout, series_key, time_key, series_subset, None, 32, layer, use_rep, key_added
@@ -170,10 +192,9 @@ def forecast(
     )
     if not (split == "train").any():
         raise InputError("the split has no training units: lower val/test fractions")
-    # the scored values are never seen by any fit: with test units, their last steps; without,
-    # the last steps of every sequence (a purely temporal holdout)
-    has_test = bool((split == "test").any())
-    train_index = index if has_test else index.truncate(holdout_steps)
+    # a pure temporal holdout: the last K steps of every sequence (training units included) are
+    # seen by no fit (preprocessing, network, AR); the scored values are among them
+    train_index = index.truncate(holdout_steps)
     prep = Preprocessor(layout=layout, scale="feature", use_time=True, imputation="causal")
     train_enc = run.prepare(
         split,
@@ -184,14 +205,16 @@ def forecast(
         fit_index=train_index,
     )
     ids = run.ids
-    arch = {**run.architecture, "linear_path": bool(linear_path)}
+    n_inputs, n_outputs = int(train_enc.values.shape[-1]), int(train_enc.n_features)
+    form = resolve_ar_form(ar_form, n_outputs)
+    arch = {**run.architecture, "linear_path": bool(linear_path), "ar_form": form}
     config = {
         "task": "forecast",
         "layout": layout,
         "keys": spec.keys(),
         "architecture": arch,
-        "n_inputs": int(train_enc.values.shape[-1]),
-        "n_outputs": int(train_enc.n_features),
+        "n_inputs": n_inputs,
+        "n_outputs": n_outputs,
         "residual": bool(residual),
         "horizon": int(horizon),
         "future_times": [float(t) for t in future_times] if future_times is not None else [],
@@ -207,10 +230,18 @@ def forecast(
         "seed": seed,
     }
     # the linear AR baseline, fitted on the same training steps; the AR path starts from it
-    ar = fit_linear_ar(train_enc, prep, ids["train"], ar_lags)
+    ar = fit_linear_ar(train_enc, prep, ids["train"], ar_lags, form)
+    ar, rank_rollout = choose_ar_rank(train_enc, prep, ids, ar_lags, holdout_steps, ar)
+    rank = int(getattr(ar, "rank_", 0))
+    if form == "per_gene":
+        arch["ar_rank"] = rank
+    n_ar = ar_parameters(form, ar_lags, n_inputs, n_outputs, rank)
+    log.info("linear AR: %s, %d parameters (%d features)", form, n_ar, n_outputs)
     ar_description = (
-        f"ridge regression (sklearn RidgeCV, alpha {ar.alpha_:g}) of the change to the next step "
-        f"on the last {ar_lags} steps" + (" and their time gaps" if prep.use_time else "")
+        f"{AR_FORM_TEXT[form]} ridge regression (alpha {ar.alpha_:g}, {n_ar} parameters) of the "
+        f"change to the next step on the last {ar_lags} steps"
+        + (" and their time gaps" if prep.use_time else "")
+        + (f", plus their scores on {rank} principal axes" if rank else "")
     )
     trained = {}
     alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
@@ -230,9 +261,7 @@ def forecast(
         )
     (module, history), (alone_module, alone_history) = trained["rnn"], trained["linear_path"]
     full_enc = train_enc if train_index is index else encode(index, run.source, prep)
-    context_enc = (
-        encode(index.truncate(holdout_steps), run.source, prep) if holdout_steps else full_enc
-    )
+    context_enc = train_enc  # every sequence without its held-out steps (all of it when K = 0)
     results = predict_all(
         module,
         prep,
@@ -246,9 +275,13 @@ def forecast(
         others={"linear_path": alone_module},
     )
     cautions = run.test_cautions()
-    for name, fit_history in (("rnn", history), ("linear path", alone_history)):
-        if fit_history.get("failed_fit"):
-            cautions.append(f"the {name} did not improve on its start during training")
+    failed = [
+        *fit_cautions("network", history),
+        *fit_cautions("linear path alone", alone_history, warm_start=False),
+    ]
+    for caution in failed:  # printed under the metrics table and stored in uns
+        log.info(caution)
+    cautions += failed
 
     eval_ids = ids["test"]
     if holdout_steps and not len(eval_ids):
@@ -276,6 +309,12 @@ def forecast(
             "residual": residual,
             "ar_lags": ar_lags,
             "linear_path": linear_path,
+            "ar_form": ar_form,
+            "ar_form_used": form,
+            "ar_rank": rank,
+            "ar_rank_chosen_by": "temporal holdout" if rank_rollout else "leave-one-out",
+            "ar_rank_rollout_mse": {str(r): float(e) for r, e in rank_rollout.items()},
+            "ar_parameters": n_ar,
             "normalize": normalize,
             "n_top_genes": n_top_genes,
             "gene_subset": gene_subset,
@@ -293,7 +332,7 @@ def forecast(
         written=written,
         history=history,
         tail={"evaluation": evaluation, **results.uns_entries()},
-        title=evaluation_title(evaluation),
+        title=f"{evaluation_title(evaluation)}; {AR_FORM_TEXT[form]} linear AR",
         cautions=cautions,
     )
 
