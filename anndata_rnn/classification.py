@@ -4,11 +4,14 @@ logistic-regression baseline, all on the same encoded sequences."""
 
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils.class_weight import compute_class_weight
 
 from .baselines import logistic_baseline
@@ -18,9 +21,15 @@ from .networks import build_module
 from .networks.classifier import new_architecture, predict_proba
 from .preprocessing import Encoded
 from .sequences import Labels, SequenceIndex, pool_units
-from .training import TrainConfig, fit, take
+from .training import FAILED_FIT_TOLERANCE, TrainConfig, dataset_loss, fit, take
 
 log = logging.getLogger("anndata_rnn")
+
+#: validation sets with fewer labelled units than this do not decide between the start (the
+#: logistic regression) and the trained model: an internal K-fold on the training units does
+MIN_DECIDING_VAL_UNITS = 40
+#: folds of that internal cross-validation
+INNER_FOLDS = 5
 
 
 @dataclass
@@ -35,6 +44,9 @@ class ClassifierFit:
     history: dict
     linear_history: dict
     imputed: int
+    #: per trained model ("rnn", "linear_path"): the start at the logistic regression and
+    #: whether training beat it (:func:`keep_or_start`)
+    starts: dict
 
 
 def train_classifier(
@@ -101,37 +113,87 @@ def train_classifier(
         labelled = target_y >= 0
         return (logits.argmax(-1)[labelled] == target_y[labelled]).sum(), labelled.sum()
 
-    def subset(name):
-        chosen = ids[name]
+    def labelled(chosen):
         if labels.level == "unit":  # unlabelled sequences never enter the loss
             chosen = chosen[y[chosen].numpy() >= 0]
+        return chosen
+
+    def items(chosen):
         return take(values, chosen), lengths[chosen], y[chosen]
 
+    def subset(name):
+        return items(labelled(ids[name]))
+
+    # the logistic regression first: both trained models start at it (linear path = its
+    # coefficients, recurrent head at zero) and keep that start unless training beats it
+    baseline_proba, baseline_n, logistic = logistic_baseline(
+        values, y, ids["train"], labels, seed, with_model=True
+    )
+    train_set = subset("train")
+    val_set = subset("val") if len(ids["val"]) else None
+    reference = prior_losses(train_set[2], None if val_set is None else val_set[2], weight)
+    inner = {
+        "index": index,
+        "labels": labels,
+        "values": values,
+        "y": y,
+        "train_ids": labelled(ids["train"]),
+        "n_val_units": len(np.unique(index.unit[labelled(ids["val"])])),
+        "items": items,
+        "loss_fn": loss_fn,
+        "train_config": train_config,
+        "device": device,
+        "seed": seed,
+    }
+
     def train(model_config, description):
-        module = build_module("classify", model_config["n_inputs"], model_config)
+        module = start_module(model_config, logistic)
+        warm = module.linear is not None
+        start_state = copy.deepcopy(module.state_dict()) if warm else None
+        start_val = (
+            dataset_loss(module, loss_fn, val_set, device=device, seed=seed)
+            if warm and val_set is not None
+            else None
+        )
         history = fit(
             module,
             loss_fn,
-            subset("train"),
-            subset("val") if len(ids["val"]) else None,
+            train_set,
+            val_set,
             train_config,
             device=device,
             seed=seed,
             quiet=options["quiet"],
             description=description,
             val_metric=("accuracy", accuracy),
+            reference_loss=reference["train"],
         )
-        return module, history, predict_proba(module, values, lengths, device)
+        start = None
+        if warm:
+            start = keep_or_start(
+                module, start_state, history, start_val, model_config, logistic, inner, description
+            )
+        proba, embedding = predict_proba(module, values, lengths, device)
+        if warm and start["kept"] == "start":
+            start["max_proba_difference_to_baseline"] = float(np.abs(proba - baseline_proba).max())
+        val_metrics = test_metrics(index, labels, proba, ids["val"]) if len(ids["val"]) else {}
+        check_fit(history, reference, start, val_metrics, description)
+        return module, history, (proba, embedding), start
 
-    module, history, (proba, embedding) = train(config, f"classify ({index.layout})")
+    module, history, (proba, embedding), start = train(config, f"classify ({index.layout})")
     alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
-    _, linear_history, (linear_proba, _) = train(alone, "linear path alone")
-    baseline_proba, baseline_n = logistic_baseline(values, y, ids["train"], labels, seed)
+    _, linear_history, (linear_proba, _), linear_start = train(alone, "linear path alone")
+    starts = {}
+    if start is not None:
+        starts["rnn"] = start
+    starts["linear_path"] = linear_start
     metrics = {}
     if len(ids["test"]):
         metrics["rnn"] = test_metrics(index, labels, proba, ids["test"])
         metrics["linear_path"] = test_metrics(index, labels, linear_proba, ids["test"])
-        metrics["linear_path"]["model"] = "the linear path alone, trained the same way"
+        metrics["linear_path"]["model"] = (
+            "the linear path alone, started at the logistic regression and trained the same way"
+        )
         metrics["baseline"] = test_metrics(index, labels, baseline_proba, ids["test"])
         metrics["baseline"]["model"] = "logistic regression (sklearn) on the flattened inputs"
         if baseline_n < len(ids["train"]):
@@ -139,8 +201,198 @@ def train_classifier(
                 f" (fitted on a random {baseline_n} of {len(ids['train'])} training sequences)"
             )
     return ClassifierFit(
-        module, config, proba, embedding, metrics, history, linear_history, enc.imputed
+        module, config, proba, embedding, metrics, history, linear_history, enc.imputed, starts
     )
+
+
+def start_module(config: dict, logistic) -> torch.nn.Module:
+    """The classifier ``config`` describes, started at the fitted logistic regression when it
+    has a linear path (its coefficients; the recurrent head at zero): before any training step
+    its predictions are the logistic regression's."""
+    module = build_module("classify", config["n_inputs"], config)
+    if module.linear is not None:
+        module.init_linear(logistic.coef_, logistic.intercept_, logistic.classes_)
+    return module
+
+
+def prior_losses(train_y: torch.Tensor, val_y: torch.Tensor | None, weight) -> dict:
+    """The loss of a model that learned only the class prior (the training class frequencies,
+    as the weighted cross-entropy sees them): on the training labels (their entropy) and on the
+    validation labels. What a failed fit stays at."""
+    n_classes = len(weight) if weight is not None else None
+    train = train_y.numpy().ravel()
+    train = train[train >= 0]
+    n_classes = n_classes or int(train.max()) + 1
+    if val_y is not None:
+        val = val_y.numpy().ravel()
+        n_classes = max(n_classes, int(val.max()) + 1 if (val >= 0).any() else 0)
+    w = np.ones(n_classes) if weight is None else weight.detach().cpu().numpy().astype(float)
+    counts = np.bincount(train, minlength=n_classes) * w
+    prior = counts / counts.sum()
+    log_prior = np.log(np.clip(prior, 1e-12, None))
+    out = {"train": float(-(counts * log_prior).sum() / counts.sum()), "val": None}
+    if val_y is not None and (val >= 0).any():
+        val_counts = np.bincount(val[val >= 0], minlength=n_classes) * w
+        out["val"] = float(-(val_counts * log_prior).sum() / val_counts.sum())
+    return out
+
+
+def keep_or_start(module, start_state, history, start_val, config, logistic, inner, description):
+    """Keep the trained weights only when they beat the start (the logistic regression) on held
+    out data; otherwise restore the start. Returns the record of the decision.
+
+    With at least :data:`MIN_DECIDING_VAL_UNITS` labelled validation units the validation loss
+    decides (start against the best validation step, as the forecaster's ridge start competes);
+    with fewer, a :data:`INNER_FOLDS`-fold cross-validation on the training units
+    (:func:`inner_cv`) compares the start with as many training steps as the run kept.
+    """
+    steps = int(history["best_step"])
+    val_losses = history.get("val_loss") or []
+    trained_val = float(np.min(val_losses)) if len(val_losses) else None
+    decided = None
+    if start_val is not None and inner["n_val_units"] >= MIN_DECIDING_VAL_UNITS:
+        decided = start_val, trained_val, f"validation loss ({inner['n_val_units']} units)"
+    else:
+        decided = inner_cv(config, history, inner, description)
+        if decided is None and start_val is not None:
+            decided = start_val, trained_val, f"validation loss ({inner['n_val_units']} units)"
+    if decided is None:  # nothing held out to decide on: the trained weights (as before)
+        start_loss, best_loss, how = math.nan, math.nan, "nothing held out: trained weights kept"
+        keep = True
+    else:
+        start_loss, best_loss, how = decided
+        keep = bool(best_loss < start_loss)
+    if not keep:
+        module.load_state_dict(start_state)
+    history["kept_val_loss"] = start_val if not keep else trained_val
+    record = {
+        "start": "logistic regression",
+        "kept": "trained" if keep else "start",
+        "decided_by": how,
+        "start_loss": float(start_loss),
+        "best_loss": float(best_loss),
+        "trained_steps": steps,
+    }
+    log.info(
+        "%s: %s kept (%s: start %.4f -> trained %.4f)",
+        description,
+        "the trained model" if keep else "the start (logistic regression)",
+        how,
+        start_loss,
+        best_loss,
+    )
+    return record
+
+
+def inner_cv(config, history: dict, inner: dict, description: str):
+    """``(start loss, trained loss, how)`` pooled over the held-out folds of a stratified
+    K-fold on the training units: each fold's start is a logistic regression fitted on the
+    other folds, trained as many optimizer steps as the run kept (``history["best_step"]``);
+    None when the units are too few to fold."""
+    steps = int(history["best_step"])
+    index, labels, chosen = inner["index"], inner["labels"], inner["train_ids"]
+    units = index.unit[chosen]
+    unique = np.unique(units)
+    seed = inner["seed"]
+    if labels.level == "unit":
+        strata = labels.codes[unique]
+        k = min(INNER_FOLDS, int(np.bincount(strata)[np.unique(strata)].min()))
+        folds = StratifiedKFold(max(k, 2), shuffle=True, random_state=seed) if k >= 2 else None
+        parts = folds.split(unique, strata) if folds is not None else []
+    else:
+        k = min(INNER_FOLDS, len(unique))
+        parts = KFold(k, shuffle=True, random_state=seed).split(unique) if k >= 2 else []
+    if k < 2 or steps < 1:
+        return None
+    train_config = inner["train_config"]
+    if train_config.schedule == "steps":
+        fold_config = replace(train_config, max_epochs=1, min_steps=steps)
+    else:
+        fold_config = replace(train_config, max_epochs=max(1, int(history["best_epoch"])))
+    device, loss_fn, items = inner["device"], inner["loss_fn"], inner["items"]
+    totals, weights = np.zeros(2), 0.0
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):  # the runs after this one are unchanged
+        for i, (fold_train, held_out) in enumerate(parts):
+            train_ids = chosen[np.isin(units, unique[fold_train])]
+            held_ids = chosen[np.isin(units, unique[held_out])]
+            _, _, logistic = logistic_baseline(
+                inner["values"], inner["y"], train_ids, labels, seed, with_model=True
+            )
+            module = start_module(config, logistic)
+            held = items(held_ids)
+            before = dataset_loss(module, loss_fn, held, device=device, seed=seed)
+            fit(
+                module,
+                loss_fn,
+                items(train_ids),
+                None,
+                fold_config,
+                device=device,
+                seed=seed,
+                quiet=True,
+                description=f"{description}: inner fold {i + 1} of {k}",
+            )
+            after = dataset_loss(module, loss_fn, held, device=device, seed=seed)
+            n = float((held[2] >= 0).sum())
+            totals += n * np.array([before, after])
+            weights += n
+    start_loss, trained_loss = totals / weights
+    how = f"{k}-fold cross-validation loss on the {len(unique)} training units"
+    return float(start_loss), float(trained_loss), how
+
+
+def check_fit(history: dict, reference: dict, start: dict | None, val_metrics: dict, description):
+    """Whether a fit failed, measured against a model that learned only the class prior.
+
+    Sets ``history["failed_fit"]`` and the figures it rests on: ``prior_loss`` (the class-prior
+    entropy of the training labels), ``prior_val_loss``, ``kept_val_loss`` and ``val_auroc``
+    (of the kept model on the validation units), ``val_at_chance``."""
+    history["prior_loss"] = reference["train"]
+    history["prior_val_loss"] = reference["val"]
+    history["val_auroc"] = val_metrics.get("auroc")
+    history["val_balanced_accuracy"] = val_metrics.get("balanced_accuracy")
+    final = history["final_train_loss"]
+    if start is not None and start["kept"] == "start":
+        final = history["start_loss"]
+    history["kept_train_loss"] = final
+    train_failed = bool(final > reference["train"] * (1 - FAILED_FIT_TOLERANCE))
+    kept_val = history.get("kept_val_loss")
+    val_failed = bool(
+        reference["val"] is not None
+        and kept_val is not None
+        and kept_val > reference["val"] * (1 - FAILED_FIT_TOLERANCE)
+    )
+    auroc = history["val_auroc"]
+    history["val_at_chance"] = bool(auroc is not None and np.isfinite(auroc) and auroc <= 0.5)
+    history["failed_fit"] = train_failed or val_failed
+    return history
+
+
+def fit_cautions(fitted: ClassifierFit, prefix: str = "") -> list[str]:
+    """The cautions of a fit that failed (no better than the class prior) or whose validation
+    AUROC is at chance, for the model and the linear path alone (see :func:`check_fit`)."""
+    out = []
+    for name, history in (("model", fitted.history), ("linear path alone", fitted.linear_history)):
+        if history.get("failed_fit"):
+            val = history.get("kept_val_loss")
+            out.append(
+                f"{prefix}failed fit: the {name} does no better than the class frequencies alone "
+                f"(training loss {history['kept_train_loss']:.3f}"
+                + (
+                    f", validation loss {val:.3f} vs {history['prior_val_loss']:.3f}"
+                    if val is not None and history.get("prior_val_loss") is not None
+                    else ""
+                )
+                + f"; class-prior entropy {history['prior_loss']:.3f}): the features may not "
+                "predict the labels; check the label and the inputs, or raise --epochs / --lr"
+            )
+        elif history.get("val_at_chance"):
+            out.append(
+                f"{prefix}the {name}'s validation AUROC is at chance "
+                f"({history['val_auroc']:.2f}): its test metrics are likely luck"
+            )
+    return out
 
 
 def check_training_classes(labels: Labels, index: SequenceIndex, split: np.ndarray) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import h5py
@@ -303,9 +304,7 @@ class TrainingRun:
                     f"class(es) {', '.join(rare)} have fewer than 2 test units: their metrics "
                     "are unreliable; use cross-validation (--cv 5)"
                 )
-        for caution in cautions:  # printed under the metrics table and stored in uns
-            log.info(caution)
-        return cautions
+        return cautions  # TrainingRun.finish warns, stores them in uns, the CLI prints them
 
     def write_split(self, categories=("train", "val", "test", "unused")) -> str:
         """The split of every unit into ``{key}_split`` of obs (var); returns its path."""
@@ -366,6 +365,9 @@ class TrainingRun:
         }
         if cautions:  # what makes the metrics unreliable (printed under the table)
             record["cautions"] = list(cautions)
+        for caution in cautions or ():  # a Python user sees them too, not only the log
+            log.warning(caution)
+            warnings.warn(caution, UserWarning, stacklevel=3)
         store_uns(self.target, key, record)
         model = Model(config, self.prep, module.cpu(), arrays=arrays)
         return TaskResult(self.target, key, record, model=model, copy=self.copy, title=title)

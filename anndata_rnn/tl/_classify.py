@@ -10,6 +10,7 @@ from anndata import AnnData
 from ..classification import (
     ClassifierFit,
     check_training_classes,
+    fit_cautions,
     log_cv,
     test_metrics,
     train_classifier,
@@ -237,17 +238,20 @@ def classify(
             val_fraction=val_fraction,
             seed=seed,
         )
-        fold_metrics, oof = [], None
+        fold_metrics, fold_starts, oof = [], {}, None
         for k, split in enumerate(folds):
             log.info("cross-validation fold %d of %d", k + 1, cv)
             fitted = _train(run, labels, split, options)
             fold_metrics.append(fitted.metrics)
+            fold_starts[str(k)] = fitted.starts
+            cautions += fit_cautions(fitted, prefix=f"cv fold {k + 1}: ")
             tested = run.ids["test"]
             oof = np.full_like(fitted.proba, np.nan) if oof is None else oof
             oof[tested] = fitted.proba[tested]
         cv_record = {
             "folds": {str(i): m for i, m in enumerate(fold_metrics)},
             **cv_summary(fold_metrics),
+            "start": fold_starts,
         }
         log_cv(cv_record)
         split = run.choose_split(
@@ -274,12 +278,7 @@ def classify(
         cautions = run.test_cautions(labels)
     if not metrics:
         log.warning("no test split (test_fraction=0): no metrics computed")
-    for name, history in (("rnn", fitted.history), ("linear_path", fitted.linear_history)):
-        if history.get("failed_fit"):
-            cautions.append(
-                f"the {name.replace('_', ' ')} did not learn (its training loss stayed at the "
-                "start): raise --epochs / --min-steps or --lr"
-            )
+    cautions += fit_cautions(fitted, prefix="saved model: " if cv else "")
     index, prep = run.index, run.prep
     written = _write_results(
         target, index, labels.classes, labels.level, fitted.proba, fitted.embedding, key
@@ -313,7 +312,7 @@ def classify(
         metrics=metrics,
         written=written,
         history=fitted.history,
-        tail={"cv": cv_record} if cv_record else None,
+        tail={"start": fitted.starts, **({"cv": cv_record} if cv_record else {})},
         notes=labels.notes,
         arrays={"classes": np.asarray(classes, dtype=object)},
         title=f"{cv} cross-validation folds (mean)" if cv else "test split",
