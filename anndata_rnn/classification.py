@@ -346,12 +346,12 @@ def check_fit(history: dict, reference: dict, start: dict | None, val_metrics: d
     """Whether a fit failed, measured against a model that learned only the class prior.
 
     Sets ``history["failed_fit"]`` and the figures it rests on: ``prior_loss`` (the class-prior
-    entropy of the training labels), ``prior_val_loss``, ``kept_val_loss`` and ``val_auroc``
-    (of the kept model on the validation units), ``val_at_chance``."""
+    entropy of the training labels), ``prior_val_loss``, ``kept_val_loss`` and ``validation_auroc``
+    (of the kept model on the validation units), ``validation_at_chance``."""
     history["prior_loss"] = reference["train"]
     history["prior_val_loss"] = reference["val"]
-    history["val_auroc"] = val_metrics.get("auroc")
-    history["val_balanced_accuracy"] = val_metrics.get("balanced_accuracy")
+    history["validation_auroc"] = val_metrics.get("auroc")
+    history["validation_balanced_accuracy"] = val_metrics.get("balanced_accuracy")
     final = history["final_train_loss"]
     if start is not None and start["kept"] == "start":
         final = history["start_loss"]
@@ -363,8 +363,10 @@ def check_fit(history: dict, reference: dict, start: dict | None, val_metrics: d
         and kept_val is not None
         and kept_val > reference["val"] * (1 - FAILED_FIT_TOLERANCE)
     )
-    auroc = history["val_auroc"]
-    history["val_at_chance"] = bool(auroc is not None and np.isfinite(auroc) and auroc <= 0.5)
+    auroc = history["validation_auroc"]
+    history["validation_at_chance"] = bool(
+        auroc is not None and np.isfinite(auroc) and auroc <= 0.5
+    )
     history["failed_fit"] = train_failed or val_failed
     return history
 
@@ -387,10 +389,10 @@ def fit_cautions(fitted: ClassifierFit, prefix: str = "") -> list[str]:
                 + f"; class-prior entropy {history['prior_loss']:.3f}): the features may not "
                 "predict the labels; check the label and the inputs, or raise --epochs / --lr"
             )
-        elif history.get("val_at_chance"):
+        elif history.get("validation_at_chance"):
             out.append(
                 f"{prefix}the {name}'s validation AUROC is at chance "
-                f"({history['val_auroc']:.2f}): its test metrics are likely luck"
+                f"({history['validation_auroc']:.2f}): its test metrics are likely luck"
             )
     return out
 
