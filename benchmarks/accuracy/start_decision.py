@@ -9,8 +9,14 @@ model's and the baseline's are the start's. A large test split (200 units) score
 two was right. Problems: a wide linear profile (40 training + 200 test samples × 3,000 genes, where the start
 is hard to beat) and few long shapes (1 gene × 150 steps, where the recurrence wins).
 
-    python benchmarks/accuracy/start_decision.py [--val 6 12 24 48] [--seeds 0 1 2 3]
+    python benchmarks/accuracy/start_decision.py [--val 6 12 24 48] [--seeds 0 1 2]
         [--problems linear shapes] > benchmarks/accuracy/results/start_decision.jsonl
+    python benchmarks/accuracy/start_decision.py --summary \
+        benchmarks/accuracy/results/start_decision.jsonl
+
+The summary gives, per validation size and rule, how often the rule kept the model with the
+better test macro-F1 (a tie counts as right) and the mean test macro-F1 it lost against that
+better model (the regret).
 """
 
 from __future__ import annotations
@@ -94,12 +100,37 @@ def both_decisions(module, start_state, history, start_val, config, logistic, in
     }
 
 
+def summary(path: str) -> None:
+    rows = [json.loads(line) for line in open(path)]
+    table: dict = {}
+    for row in rows:
+        for model in ("rnn", "linear_path"):
+            entry = row[model]
+            trained = entry["test_trained"]["f1_macro"]
+            start = row["test_start"]["f1_macro"]
+            best = max(trained, start)
+            for rule, (a, b) in (("validation", entry["val"]), ("5-fold", entry["cv"])):
+                kept = trained if b < a else start
+                cell = table.setdefault((model, row["n_val"], rule), [])
+                cell.append((kept == best, best - kept))
+    print("| model | validation units | rule | runs | right | mean regret (macro-F1) |")
+    print("|---|---|---|---|---|---|")
+    for (model, n_val, rule), cell in sorted(table.items()):
+        right = sum(r for r, _ in cell)
+        regret = np.mean([g for _, g in cell])
+        print(f"| {model} | {n_val} | {rule} | {len(cell)} | {right} | {regret:.3f} |")
+
+
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--summary", help="summarize a JSON-lines file of earlier runs")
     parser.add_argument("--val", nargs="+", type=int, default=[6, 12, 24, 48])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     parser.add_argument("--problems", nargs="+", default=["linear", "shapes"])
     args = parser.parse_args()
+    if args.summary:
+        summary(args.summary)
+        return
     classification.keep_or_start = both_decisions
     for problem in args.problems:
         for n_val in args.val:
