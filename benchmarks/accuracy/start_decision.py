@@ -14,7 +14,10 @@ is hard to beat) and few long shapes (1 gene × 150 steps, where the recurrence 
     python benchmarks/accuracy/start_decision.py --summary \
         benchmarks/accuracy/results/start_decision.jsonl
 
-The summary gives, per validation size and rule, how often the rule kept the model with the
+``results/start_decision_mean.jsonl`` is the first measurement, when a lower mean held-out loss
+alone kept the trained weights (its rows hold [start, trained] mean losses);
+``results/start_decision.jsonl`` is the rule the tool uses, a one-sided paired t-test at 5 %
+(rows hold [start, trained, t, kept]). The summary gives, per validation size and rule, how often the rule kept the model with the
 better test macro-F1 (a tie counts as right) and the mean test macro-F1 it lost against that
 better model (the regret).
 """
@@ -85,18 +88,30 @@ def long_shapes(seed: int, n: int, steps: int = 150):
 
 def both_decisions(module, start_state, history, start_val, config, logistic, inner, what):
     """Replaces keep_or_start: records the validation and the K-fold decision, keeps trained."""
-    trained_val = float(np.min(history["val_loss"]))
+    trained_val = classification.item_losses(
+        module, inner["unit_loss"], inner["val_set"], inner["device"]
+    )
     cv = classification.inner_cv(config, history, inner, what)
-    history["kept_val_loss"] = trained_val
+    history["kept_val_loss"] = float(np.mean(trained_val))
+    decisions = {}
+    for rule, (before, after) in (
+        ("val", (start_val, trained_val)),
+        ("cv", (cv[0], cv[1]) if cv else (None, None)),
+    ):
+        if before is None:
+            decisions[rule] = None
+            continue
+        keep, t = classification.beats_start(before, after)
+        decisions[rule] = [float(np.mean(before)), float(np.mean(after)), t, keep]
     return {
         "start": "logistic regression",
         "kept": "trained",
         "decided_by": "measurement",
-        "start_loss": float(start_val),
-        "best_loss": trained_val,
+        "start_loss": float(np.mean(start_val)),
+        "best_loss": float(np.mean(trained_val)),
+        "improvement_t": decisions["val"][2],
         "trained_steps": int(history["best_step"]),
-        "cv_start_loss": cv[0] if cv else None,
-        "cv_trained_loss": cv[1] if cv else None,
+        "decisions": decisions,
     }
 
 
@@ -109,8 +124,12 @@ def summary(path: str) -> None:
             trained = entry["test_trained"]["f1_macro"]
             start = row["test_start"]["f1_macro"]
             best = max(trained, start)
-            for rule, (a, b) in (("validation", entry["val"]), ("5-fold", entry["cv"])):
-                kept = trained if b < a else start
+            for rule, decision in (("validation", entry["val"]), ("5-fold", entry["cv"])):
+                if decision is None:
+                    continue
+                # rows of the first measurement hold [start, trained] losses (lower mean wins)
+                keep = decision[3] if len(decision) > 2 else decision[1] < decision[0]
+                kept = trained if keep else start
                 cell = table.setdefault((model, row["n_val"], rule), [])
                 cell.append((kept == best, best - kept))
     print("| model | validation units | rule | runs | right | mean regret (macro-F1) |")
@@ -154,8 +173,9 @@ def main():
                 for model in ("rnn", "linear_path"):
                     s = start[model]
                     row[model] = {
-                        "val": [s["start_loss"], s["best_loss"]],
-                        "cv": [s["cv_start_loss"], s["cv_trained_loss"]],
+                        # [mean start loss, mean trained loss, paired t, trained kept]
+                        "val": s["decisions"]["val"],
+                        "cv": s["decisions"]["cv"],
                         "steps": s["trained_steps"],
                         "test_trained": {
                             m: metrics[model][m] for m in ("accuracy", "f1_macro", "auroc")
