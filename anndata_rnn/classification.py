@@ -392,12 +392,20 @@ def inner_cv(config, history: dict, inner: dict, description: str):
 def check_fit(history: dict, reference: dict, start: dict | None, val_metrics: dict, description):
     """Whether a fit failed, measured against a model that learned only the class prior.
 
-    Sets ``history["failed_fit"]`` and the figures it rests on: ``prior_loss`` (the class-prior
-    entropy of the training labels), ``prior_val_loss``, ``kept_val_loss`` and ``validation_auroc``
-    (of the kept model on the validation units), ``validation_at_chance``."""
+    A fit has *failed* (``history["failed_fit"]``) when the kept model's training loss is not
+    ``FAILED_FIT_TOLERANCE`` below the class-prior entropy of the training labels (it learned
+    nothing), or when on the validation units both its loss is not below the class prior's
+    and its AUROC is at chance (<= 0.5): noise features memorized by a wide logistic start
+    (tests/test_start.py). A validation loss above the prior's with a better-than-chance AUROC
+    is an overconfident model, not a failed one (``validation_above_prior``: a caution); a
+    validation AUROC <= 0.5 alone is ``validation_at_chance`` (a caution).
+
+    Records the figures: ``prior_loss``, ``prior_val_loss``, ``kept_train_loss``,
+    ``kept_val_loss``, ``validation_auroc``, ``validation_balanced_accuracy``."""
     history["prior_loss"] = reference["train"]
     history["prior_val_loss"] = reference["val"]
-    history["validation_auroc"] = val_metrics.get("auroc")
+    auroc = val_metrics.get("auroc")
+    history["validation_auroc"] = auroc
     history["validation_balanced_accuracy"] = val_metrics.get("balanced_accuracy")
     final = history["final_train_loss"]
     if start is not None and start["kept"] == "start":
@@ -405,41 +413,49 @@ def check_fit(history: dict, reference: dict, start: dict | None, val_metrics: d
     history["kept_train_loss"] = final
     train_failed = bool(final > reference["train"] * (1 - FAILED_FIT_TOLERANCE))
     kept_val = history.get("kept_val_loss")
-    val_failed = bool(
+    above_prior = bool(
         reference["val"] is not None
         and kept_val is not None
         and kept_val > reference["val"] * (1 - FAILED_FIT_TOLERANCE)
     )
-    auroc = history["validation_auroc"]
-    history["validation_at_chance"] = bool(
-        auroc is not None and np.isfinite(auroc) and auroc <= 0.5
-    )
-    history["failed_fit"] = train_failed or val_failed
+    at_chance = bool(auroc is not None and np.isfinite(auroc) and auroc <= 0.5)
+    history["validation_above_prior"] = above_prior
+    history["validation_at_chance"] = at_chance
+    history["failed_fit"] = train_failed or (above_prior and at_chance)
     return history
 
 
 def fit_cautions(fitted: ClassifierFit, prefix: str = "") -> list[str]:
-    """The cautions of a fit that failed (no better than the class prior) or whose validation
-    AUROC is at chance, for the model and the linear path alone (see :func:`check_fit`)."""
+    """The cautions of a fit that failed (no better than the class prior), whose validation
+    loss is above the class prior's, or whose validation AUROC is at chance, for the model and
+    the linear path alone (see :func:`check_fit`)."""
     out = []
     for name, history in (("model", fitted.history), ("linear path alone", fitted.linear_history)):
+        val = history.get("kept_val_loss")
+        prior_val = history.get("prior_val_loss")
+        auroc = history.get("validation_auroc")
         if history.get("failed_fit"):
-            val = history.get("kept_val_loss")
             out.append(
                 f"{prefix}failed fit: the {name} does no better than the class frequencies alone "
                 f"(training loss {history['kept_train_loss']:.3f}"
                 + (
-                    f", validation loss {val:.3f} vs {history['prior_val_loss']:.3f}"
-                    if val is not None and history.get("prior_val_loss") is not None
+                    f", validation loss {val:.3f} vs {prior_val:.3f}, validation AUROC {auroc:.2f}"
+                    if val is not None and prior_val is not None and auroc is not None
                     else ""
                 )
                 + f"; class-prior entropy {history['prior_loss']:.3f}): the features may not "
                 "predict the labels; check the label and the inputs, or raise --epochs / --lr"
             )
+        elif history.get("validation_above_prior"):
+            out.append(
+                f"{prefix}the {name}'s validation loss ({val:.3f}) is above that of the class "
+                f"frequencies alone ({prior_val:.3f}): its probabilities are overconfident"
+                + (f" (validation AUROC {auroc:.2f})" if auroc is not None else "")
+            )
         elif history.get("validation_at_chance"):
             out.append(
-                f"{prefix}the {name}'s validation AUROC is at chance "
-                f"({history['validation_auroc']:.2f}): its test metrics are likely luck"
+                f"{prefix}the {name}'s validation AUROC is at chance ({auroc:.2f}): its test "
+                "metrics may be luck"
             )
     return out
 
