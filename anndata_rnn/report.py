@@ -234,7 +234,8 @@ def start_lines(record: dict) -> list[str]:
         kept = "yes" if _text(entry["kept"]) == "trained" else "no"
         lines.append(
             f"{what}: {kept} ({_text(entry['decided_by'])}: start {_fmt(entry['start_loss'])} "
-            f"→ best {_fmt(entry['best_loss'])}; started at the logistic regression)"
+            f"→ best {_fmt(entry['best_loss'])}, paired t {_fmt(entry.get('improvement_t'))}; "
+            "started at the logistic regression)"
         )
     return lines
 
