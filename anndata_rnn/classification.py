@@ -1,6 +1,11 @@
 """Training and scoring a classifier on one split: the network (recurrence + linear path), the
 linear path alone trained the same way (what the recurrence adds is the difference) and the
-logistic-regression baseline, all on the same encoded sequences."""
+logistic-regression baseline, all on the same encoded sequences.
+
+The baseline is fitted first and both trained models start at it (:func:`start_module`); each
+keeps its trained weights only when they beat that start on held-out data
+(:func:`keep_or_start`, :func:`beats_start`), and each fit is checked against a model that
+learned only the class prior (:func:`check_fit`)."""
 
 from __future__ import annotations
 
