@@ -365,8 +365,10 @@ class TrainingRun:
         }
         if cautions:  # what makes the metrics unreliable (printed under the table)
             record["cautions"] = list(cautions)
-        for caution in cautions or ():  # a Python user sees them too, not only the log
-            log.warning(caution)
+        # a Python user sees them as warnings; the command line prints them under its table
+        # (it ignores UserWarning) and the report shows them from the record
+        for caution in cautions or ():
+            log.info(caution)
             warnings.warn(caution, UserWarning, stacklevel=3)
         store_uns(self.target, key, record)
         model = Model(config, self.prep, module.cpu(), arrays=arrays)

@@ -113,15 +113,10 @@ def classify(
         z-scores each sequence on its own (shape only).
     linear_path
         Add a linear layer on the flattened standardized input to the recurrent head's logits
-        (Wide & Deep), trained jointly. The logistic regression (the baseline) is fitted
-        first and the linear path starts at its coefficients, the recurrent head at zero: before
-        the first step the model is the baseline. The trained weights are kept only when they
-        beat that start on held-out data (a one-sided paired t-test at 5 % on the per-unit
-        validation losses; with fewer than 6 labelled validation units, on a 5-fold
-        cross-validation of the training units), else the start is restored;
-        ``uns[key]["start"]`` records which was kept. Every run also trains the linear path
-        alone from the same start, the same way, and reports it (``metrics["linear_path"]``):
-        what the recurrence adds is the difference.
+        (Wide & Deep), started at the logistic baseline's fit (recurrent head at zero) and
+        kept there unless training beats it on held-out data
+        (:func:`~anndata_rnn.classification.keep_or_start`; ``uns[key]["start"]``). The linear
+        path alone, from the same start, is reported too (``metrics["linear_path"]``).
     stream
         Train without holding the encoded sequences in memory (profile layout): batches are
         read from X (kept sparse) and encoded when the loop needs them, in the same order and
@@ -145,11 +140,8 @@ def classify(
         ``min_steps`` steps, batches capped at a quarter of the training set, early stopping
         after ``patience`` passes (at least ``min_steps / 2`` steps) without a better validation
         loss (best weights restored), the learning rate halved on plateaus; balanced class
-        weights for imbalance. A fit no better than the class frequencies (training loss at
-        the class-prior entropy, or validation loss above the prior's with a validation AUROC
-        at chance) is a failed fit; it, an overconfident validation loss and a validation AUROC
-        at chance are cautions (``uns[key]["cautions"]``, a ``UserWarning``), for every
-        ``cv`` fold too.
+        weights for imbalance. Fits no better than the class prior are cautions (a
+        ``UserWarning``; :func:`~anndata_rnn.classification.check_fit`), per ``cv`` fold too.
         ``min_steps=None``: 600 (or the environment's ``ANNDATA_RNN_MIN_STEPS``).
     val_fraction, test_fraction, split_key
         Split by sequence (never by steps of one sequence), stratified where labels allow, or
