@@ -46,9 +46,10 @@ GENE_BLOCK = 512
 GENE_BLOCK_VALUES = 4_000_000
 
 
-def logistic_baseline(values, y, train_ids, labels: Labels, seed: int) -> tuple[np.ndarray, int]:
+def logistic_baseline(values, y, train_ids, labels: Labels, seed: int, *, with_model: bool = False):
     """Logistic regression on the same preprocessed inputs and split; proba like the RNN's, and
-    the number of training sequences it was fitted on (all: ``len(train_ids)``).
+    the number of training sequences it was fitted on (all: ``len(train_ids)``); with
+    ``with_model`` also the fitted ``LogisticRegression`` (the classifier's start).
 
     ``values`` is a tensor, or lazily encoded sequences (streamed training, unit-level labels):
     then the fit uses a seeded random subset of at most :data:`LAZY_FIT_SEQUENCES` labelled
@@ -57,7 +58,8 @@ def logistic_baseline(values, y, train_ids, labels: Labels, seed: int) -> tuple[
     targets = y.numpy()
     model = LogisticRegression(max_iter=1000, random_state=seed)
     if not isinstance(values, torch.Tensor):
-        return _lazy_logistic(model, values, targets, train_ids, labels, seed)
+        proba, n = _lazy_logistic(model, values, targets, train_ids, labels, seed)
+        return (proba, n, model) if with_model else (proba, n)
     x = values.numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -71,7 +73,8 @@ def logistic_baseline(values, y, train_ids, labels: Labels, seed: int) -> tuple[
             train_mask[train_ids] = targets[train_ids] >= 0
             model.fit(x[train_mask], targets[train_mask])
             raw = model.predict_proba(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
-    return _full_proba(model, raw, labels), len(train_ids)
+    proba = _full_proba(model, raw, labels)
+    return (proba, len(train_ids), model) if with_model else (proba, len(train_ids))
 
 
 def _full_proba(model, raw: np.ndarray, labels: Labels) -> np.ndarray:

@@ -221,6 +221,25 @@ def small_split_warnings(adata: AnnData, key: str = "rnn") -> list[str]:
     return out
 
 
+def start_lines(record: dict) -> list[str]:
+    """Which weights a classifier kept: its start (the logistic regression) or the trained ones,
+    and the held-out loss that decided (``uns[key]["start"]``); one line per trained model."""
+    if record.get("task") != "classify":
+        return []
+    lines = []
+    for name, what in (("rnn", "recurrence kept"), ("linear_path", "linear path alone trained")):
+        entry = record.get("start", {}).get(name)
+        if not isinstance(entry, dict) or "kept" not in entry:
+            continue
+        kept = "yes" if _text(entry["kept"]) == "trained" else "no"
+        lines.append(
+            f"{what}: {kept} ({_text(entry['decided_by'])}: start {_fmt(entry['start_loss'])} "
+            f"→ best {_fmt(entry['best_loss'])}, paired t {_fmt(entry.get('improvement_t'))}; "
+            "started at the logistic regression)"
+        )
+    return lines
+
+
 def metrics_table(metrics: dict) -> pd.DataFrame:
     """Scalar metrics, one row per metric, one column per model entry (RNN first).
 
@@ -304,6 +323,8 @@ def render_report(
     body.append(_table(["field", "value"], summary, numeric_from=99))
     for problem in problems:
         body.append(_warning(problem))
+    for caution in np.atleast_1d(record.get("cautions", [])):
+        body.append(_warning(f"Caution: {_text(caution)}"))
     if collected:
         body.append(
             f'<p class="note">{len(collected)} warning(s) were raised during the run: see '
@@ -388,6 +409,7 @@ def render_report(
             body.append(
                 "<ul>" + "".join(f"<li>{_e(m)}: {_e(d)}</li>" for m, d in described) + "</ul>"
             )
+        body.extend(f"<p>{_e(line)}</p>" for line in start_lines(record))
         body.append(_per_class(record, metrics))
         body.append(_confusion_tables(record, metrics))
         body.append(_cross_validation(record))

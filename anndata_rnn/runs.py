@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import h5py
@@ -333,9 +334,7 @@ class TrainingRun:
                     f"class(es) {listed(rare)} have fewer than 2 test units: their metrics "
                     "are unreliable; use cross-validation (--cv 5)"
                 )
-        for caution in cautions:  # printed under the metrics table and stored in uns
-            log.info(caution)
-        return cautions
+        return cautions  # TrainingRun.finish warns, stores them in uns, the CLI prints them
 
     def write_split(self, categories=("train", "val", "test", "unused")) -> str:
         """The split of every unit into ``{key}_split`` of obs (var); returns its path."""
@@ -396,6 +395,11 @@ class TrainingRun:
         }
         if cautions:  # what makes the metrics unreliable (printed under the table)
             record["cautions"] = list(cautions)
+        # a Python user sees them as warnings; the command line prints them under its table
+        # (it ignores UserWarning) and the report shows them from the record
+        for caution in cautions or ():
+            log.info(caution)
+            warnings.warn(caution, UserWarning, stacklevel=3)
         store_uns(self.target, key, record)
         model = Model(config, self.prep, module.cpu(), arrays=arrays)
         return TaskResult(self.target, key, record, model=model, copy=self.copy, title=title)

@@ -41,7 +41,7 @@ def split_from_column(adata: AnnData, index: SequenceIndex, split_key: str) -> n
     bad = sorted(set(values) - set(SPLIT_NAMES))
     if bad:
         raise InputError(
-            f"{where}[{split_key!r}] has values {listed(bad)}: use only train, val and test"
+            f"{where}[{split_key!r}] has values {listed(map(repr, bad))}: use only train, val and test"
         )
     return _per_unit(index, values, split_key, "split values", "a series must stay in one split")
 
@@ -206,6 +206,12 @@ def make_folds(
         split[units[test]] = "test"
         splits.append(split)
     return splits
+
+
+def test_train_ratio(folds: list[np.ndarray]) -> float:
+    """Mean over cross-validation folds of test units / training units (the correction of the
+    CV interval, :func:`~anndata_rnn.metrics.cv_summary`)."""
+    return float(np.mean([(s == "test").sum() / max((s == "train").sum(), 1) for s in folds]))
 
 
 def random_subset(ids: np.ndarray, limit: int, seed: int) -> np.ndarray:

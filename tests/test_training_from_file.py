@@ -92,11 +92,14 @@ def test_training_from_the_file_equals_in_memory_with_the_same_batch_order(tmp_p
     for model in ("rnn", "linear_path", "baseline"):
         for name, value in in_memory.uns["rnn"]["metrics"][model].items():
             assert np.array_equal(value, from_file[2]["rnn"]["metrics"][model][name]), name
-    # and the file's batch order is not the full shuffle of an in-memory run
+    # and the file's batch order is not the full shuffle of an in-memory run (the training
+    # losses differ; the probabilities may not, when both runs keep their logistic start)
     monkeypatch.undo()
     shuffled = profile_data()
     tl.classify(shuffled, **kw)
-    assert not np.array_equal(shuffled.obsm["rnn_proba"], in_memory.obsm["rnn_proba"])
+    assert not np.array_equal(
+        shuffled.uns["rnn"]["history"]["train_loss"], in_memory.uns["rnn"]["history"]["train_loss"]
+    )
 
 
 def test_training_from_the_file_reads_buffers_of_contiguous_rows(tmp_path, monkeypatch):

@@ -457,8 +457,17 @@ def train_and_write(input, output, model_out, metrics_table, train, *, lazy: boo
             outputs.commit()
     echo_written(result.elements, output, model_out)
     print_metrics(result.metrics, title=result.title)
+    print_start(result.record)
     print_cautions(result.record)
     return result
+
+
+def print_start(record: dict) -> None:
+    """Under a classifier's table: did training beat its start (the logistic regression)?"""
+    from ..report import start_lines
+
+    for line in start_lines(record):
+        click.echo(line.replace("→", "->"))
 
 
 def print_cautions(record: dict) -> None:

@@ -10,6 +10,7 @@ from anndata import AnnData
 from ..classification import (
     ClassifierFit,
     check_training_classes,
+    fit_cautions,
     log_cv,
     test_metrics,
     train_classifier,
@@ -30,7 +31,7 @@ from ..sequences import (
     read_labels,
     scatter_steps,
 )
-from ..splits import make_folds
+from ..splits import make_folds, test_train_ratio
 from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
 from ..training import TrainConfig, schedule_for
 
@@ -112,9 +113,10 @@ def classify(
         z-scores each sequence on its own (shape only).
     linear_path
         Add a linear layer on the flattened standardized input to the recurrent head's logits
-        (Wide & Deep), trained jointly. Every run also trains the linear path alone the same
-        way and reports it (``metrics["linear_path"]``): what the recurrence adds is the
-        difference.
+        (Wide & Deep), started at the logistic baseline's fit (recurrent head at zero) and
+        kept there unless training beats it on held-out data
+        (:func:`~anndata_rnn.classification.keep_or_start`; ``uns[key]["start"]``). The linear
+        path alone, from the same start, is reported too (``metrics["linear_path"]``).
     stream
         Train without holding the encoded sequences in memory (profile layout): batches are
         read from X (kept sparse) and encoded when the loop needs them, in the same order and
@@ -138,7 +140,8 @@ def classify(
         ``min_steps`` steps, batches capped at a quarter of the training set, early stopping
         after ``patience`` passes (at least ``min_steps / 2`` steps) without a better validation
         loss (best weights restored), the learning rate halved on plateaus; balanced class
-        weights for imbalance. A fit whose loss never leaves its start is reported.
+        weights for imbalance. Fits no better than the class prior are cautions (a
+        ``UserWarning``; :func:`~anndata_rnn.classification.check_fit`), per ``cv`` fold too.
         ``min_steps=None``: 600 (or the environment's ``ANNDATA_RNN_MIN_STEPS``).
     val_fraction, test_fraction, split_key
         Split by sequence (never by steps of one sequence), stratified where labels allow, or
@@ -237,22 +240,20 @@ def classify(
             val_fraction=val_fraction,
             seed=seed,
         )
-        fold_metrics, oof = [], None
+        fold_metrics, fold_starts, oof = [], {}, None
         for k, split in enumerate(folds):
             log.info("cross-validation fold %d of %d", k + 1, cv)
             fitted = _train(run, labels, split, options)
             fold_metrics.append(fitted.metrics)
+            fold_starts[str(k)] = fitted.starts
+            cautions += fit_cautions(fitted, prefix=f"cv fold {k + 1}: ")
             tested = run.ids["test"]
             oof = np.full_like(fitted.proba, np.nan) if oof is None else oof
             oof[tested] = fitted.proba[tested]
         cv_record = {
             "folds": {str(i): m for i, m in enumerate(fold_metrics)},
-            **cv_summary(
-                fold_metrics,
-                test_train_ratio=float(
-                    np.mean([(s == "test").sum() / max((s == "train").sum(), 1) for s in folds])
-                ),
-            ),
+            **cv_summary(fold_metrics, test_train_ratio=test_train_ratio(folds)),
+            "start": fold_starts,
         }
         log_cv(cv_record)
         split = run.choose_split(
@@ -279,12 +280,7 @@ def classify(
         cautions = run.test_cautions(labels)
     if not metrics:
         log.warning("no test split (test_fraction=0): no metrics computed")
-    for name, history in (("rnn", fitted.history), ("linear_path", fitted.linear_history)):
-        if history.get("failed_fit"):
-            cautions.append(
-                f"the {name.replace('_', ' ')} did not learn (its training loss stayed at the "
-                "start): raise --epochs / --min-steps or --lr"
-            )
+    cautions += fit_cautions(fitted, prefix="saved model: " if cv else "")
     index, prep = run.index, run.prep
     written = _write_results(
         target, index, labels.classes, labels.level, fitted.proba, fitted.embedding, key
@@ -318,7 +314,7 @@ def classify(
         metrics=metrics,
         written=written,
         history=fitted.history,
-        tail={"cv": cv_record} if cv_record else None,
+        tail={"start": fitted.starts, **({"cv": cv_record} if cv_record else {})},
         notes=labels.notes,
         arrays={"classes": np.asarray(classes, dtype=object)},
         title=f"{cv} cross-validation folds (mean)" if cv else "test split",
