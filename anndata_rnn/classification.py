@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
-from .baselines import logistic_baseline
+from .baselines import logistic_baseline, nearest_neighbour_baseline
 from .errors import InputError
 from .metrics import classification_metrics
 from .networks import build_module
@@ -21,6 +21,31 @@ from .sequences import Labels, SequenceIndex, pool_units
 from .training import TrainConfig, fit, take
 
 log = logging.getLogger("anndata_rnn")
+
+#: the shape defaults (see :func:`shape_series`) apply to series longer than this many steps ...
+SHAPE_MIN_STEPS = 64
+#: ... with at most this many channels (features)
+SHAPE_MAX_CHANNELS = 16
+#: the convolutional branch the shape defaults add beside the recurrence (LSTM-FCN's blocks)
+SHAPE_CONV = (64, 64, 64)
+#: the step schedule of a classifier may run to this many times its budget while the
+#: validation loss still improves (:class:`~anndata_rnn.training.TrainConfig` ``ceiling``)
+STEP_CEILING = 4
+
+
+def shape_series(layout: str, level: str, n_channels: int, max_steps: int) -> bool:
+    """Whether a classification run is a *shape* problem: one label per unit, sequences along
+    time (not ``profile``) longer than :data:`SHAPE_MIN_STEPS` steps with at most
+    :data:`SHAPE_MAX_CHANNELS` channels, as in the time-series archives (a gesture, a sensor
+    trace, an outline). There ``scale="auto"`` z-scores each sequence on its own (the archive
+    convention) and ``conv="auto"`` adds the convolutional branch; elsewhere (gene-expression
+    profiles, var-series of genes, many-gene time courses) both stay off."""
+    return (
+        layout != "profile"
+        and level == "unit"
+        and n_channels <= SHAPE_MAX_CHANNELS
+        and max_steps > SHAPE_MIN_STEPS
+    )
 
 
 @dataclass
@@ -127,6 +152,11 @@ def train_classifier(
     alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
     _, linear_history, (linear_proba, _) = train(alone, "linear path alone")
     baseline_proba, baseline_n = logistic_baseline(values, y, ids["train"], labels, seed)
+    nearest = None
+    if len(ids["test"]):
+        # nothing to tune: the validation sequences (early stopping's) are training data for it
+        known = np.sort(np.concatenate([ids["train"], ids["val"]]))
+        nearest = nearest_neighbour_baseline(values, y, known, ids["test"], labels, seed)
     metrics = {}
     if len(ids["test"]):
         metrics["rnn"] = test_metrics(index, labels, proba, ids["test"])
@@ -138,6 +168,16 @@ def train_classifier(
             metrics["baseline"]["model"] += (
                 f" (fitted on a random {baseline_n} of {len(ids['train'])} training sequences)"
             )
+        if nearest is not None:
+            metrics["nearest_neighbour"] = test_metrics(index, labels, nearest[0], ids["test"])
+            metrics["nearest_neighbour"]["model"] = (
+                "1-nearest-neighbour (sklearn, Euclidean) on the flattened inputs of the "
+                "training and validation sequences"
+            )
+            if nearest[1] < len(known):
+                metrics["nearest_neighbour"]["model"] += (
+                    f" (holding a random {nearest[1]} of {len(known)} sequences)"
+                )
     return ClassifierFit(
         module, config, proba, embedding, metrics, history, linear_history, enc.imputed
     )

@@ -78,6 +78,42 @@ def test_few_long_sequences_are_learned_with_default_options(default_schedule):
     assert np.mean(accuracies) >= np.mean(baselines) + 0.08
 
 
+def test_shape_defaults_follow_the_stated_rule():
+    """Issue 25: per-sequence z-scores and the convolutional branch (the "shape defaults") turn
+    on for one label per series on sequences of more than 64 steps with at most 16 channels,
+    and are recorded; shorter sequences keep the gene-expression defaults. Every unit-level
+    run reports 1-NN beside logistic regression, and the chosen step maximum."""
+    small = dict(label_key="label", series_key="series", time_key="time", split_key="split")
+    small.update(hidden=(8,), max_epochs=2, seed=0, quiet=True)
+    long = _long_shapes(0, n=70, steps=100)
+    ar.tl.classify(long, **small)
+    params = long.uns["rnn"]["params"]
+    assert params["shape_defaults"] and params["scale"] == "sequence"
+    assert params["conv"] == "64,64,64" and params["max_steps"] > 0
+    model = ar.tl.classify(_long_shapes(0, n=70, steps=100), **small, conv="16,8")
+    assert model.config["architecture"]["conv"] == [16, 8]
+    short = _long_shapes(0, n=70, steps=40)
+    ar.tl.classify(short, **small)
+    params = short.uns["rnn"]["params"]
+    assert not params["shape_defaults"] and params["scale"] == "feature"
+    assert params["conv"] == "none"
+    nearest = short.uns["rnn"]["metrics"]["nearest_neighbour"]
+    assert nearest["n"] == 20 and "1-nearest-neighbour" in nearest["model"]
+    # recompute 1-NN: standardized with the training rows' statistics (scale="feature"),
+    # held sequences = training + validation series
+    x = short.X.reshape(70, 40).astype(np.float64)
+    split = short.obs["rnn_split"].to_numpy()[::40]
+    train = x[split == "train"]
+    z = (x - train.mean()) / train.std()
+    y = short.obs["label"].astype(str).to_numpy()[::40]
+    held, test = split != "test", split == "test"
+    distances = ((z[test][:, None] - z[held][None]) ** 2).sum(-1)
+    predicted = y[held][distances.argmin(1)]
+    assert np.mean(predicted == y[test]) == pytest.approx(nearest["accuracy"])
+    with pytest.raises(ar.InputError, match="conv"):
+        ar.tl.classify(_long_shapes(0, n=70, steps=40), **small, conv="8,x")
+
+
 def _var1(seed: int, n_series: int = 20, n_genes: int = 10, n_steps: int = 30) -> ad.AnnData:
     """A linear VAR(1) time course, where the linear AR is the right model."""
     rng = np.random.default_rng(seed)

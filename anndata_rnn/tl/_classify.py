@@ -8,9 +8,12 @@ import numpy as np
 from anndata import AnnData
 
 from ..classification import (
+    SHAPE_CONV,
+    STEP_CEILING,
     ClassifierFit,
     check_training_classes,
     log_cv,
+    shape_series,
     test_metrics,
     train_classifier,
 )
@@ -18,7 +21,7 @@ from ..errors import InputError
 from ..metrics import cv_summary
 from ..networks import architecture
 from ..networks.classifier import predict_proba
-from ..preprocessing import Preprocessor
+from ..preprocessing import SCALE_CHOICES, Preprocessor
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
     Labels,
@@ -53,7 +56,8 @@ def classify(
     normalize: str = "auto",
     n_top_genes: int | str | None = "auto",
     gene_subset: str | None = None,
-    scale: str = "feature",
+    scale: str = "auto",
+    conv: str | tuple[int, ...] | None = "auto",
     linear_path: bool = True,
     stream: bool | str = "auto",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -109,7 +113,15 @@ def classify(
         sequences.
     scale
         ``"feature"`` standardizes each feature with training statistics; ``"sequence"``
-        z-scores each sequence on its own (shape only).
+        z-scores each sequence on its own (shape only); ``"auto"``: ``"sequence"`` for a shape
+        problem (see below), else ``"feature"``.
+    conv
+        A convolutional branch beside the recurrence (LSTM-FCN: three Conv1d blocks, kernels 8,
+        5, 3, globally averaged; unit-level labels only): channel sizes like ``"64,64,64"``,
+        ``"none"``, or ``"auto"``: ``64,64,64`` for a shape problem, else none. A *shape
+        problem* (:func:`~anndata_rnn.classification.shape_series`) has one label per unit and
+        sequences along time (not profile) longer than 64 steps with at most 16 channels, like
+        the time-series archives' problems; ``uns[key]["params"]["shape_defaults"]`` records it.
     linear_path
         Add a linear layer on the flattened standardized input to the recurrent head's logits
         (Wide & Deep), trained jointly. Every run also trains the linear path alone the same
@@ -138,7 +150,10 @@ def classify(
         ``min_steps`` steps, batches capped at a quarter of the training set, early stopping
         after ``patience`` passes (at least ``min_steps / 2`` steps) without a better validation
         loss (best weights restored), the learning rate halved on plateaus; balanced class
-        weights for imbalance. A fit whose loss never leaves its start is reported.
+        weights for imbalance. That budget is not a ceiling: while early stopping has not fired
+        (the validation loss still improves), training goes on up to 4 times the budget
+        (``uns[key]["params"]["max_steps"]``). A fit whose loss never leaves its start is
+        reported.
         ``min_steps=None``: 600 (or the environment's ``ANNDATA_RNN_MIN_STEPS``).
     val_fraction, test_fraction, split_key
         Split by sequence (never by steps of one sequence), stratified where labels allow, or
@@ -187,7 +202,14 @@ def classify(
         spec,
         architecture=architecture(hidden, cell, dropout, bidirectional),
         train_config=TrainConfig(
-            max_epochs, batch_size, lr, patience, schedule="steps", min_steps=min_steps, amp=amp
+            max_epochs,
+            batch_size,
+            lr,
+            patience,
+            schedule="steps",
+            min_steps=min_steps,
+            amp=amp,
+            ceiling=STEP_CEILING,
         ),
         seed=seed,
         device=device,
@@ -199,6 +221,21 @@ def classify(
     for note in labels.notes:
         log.info(note)
     check_keys_free(target, output_targets(layout, key), overwrite)
+    shape = shape_series(layout, labels.level, len(run.source.feature_names), run.index.max_steps)
+    scale = _resolve_scale(scale, shape)
+    conv = _resolve_conv(conv, shape, labels.level)
+    if conv:
+        run.architecture = {**run.architecture, "conv": list(conv)}
+    if shape:
+        log.info(
+            "shape problem (%d steps, %d channel(s), one label per %s): per-sequence z-scores "
+            "(scale=%s), convolutional branch %s",
+            run.index.max_steps,
+            len(run.source.feature_names),
+            "series" if layout == "obs-series" else "unit",
+            scale,
+            ",".join(map(str, conv)) if conv else "off",
+        )
     if labels.level == "unit":  # split by unit (series / gene / cell)
         usable, strata = labels.codes >= 0, labels.codes
     else:  # obs-series step labels: one sequence per unit, usable when any step is labelled
@@ -295,6 +332,9 @@ def classify(
             "n_top_genes": n_top_genes,
             "gene_subset": gene_subset,
             "scale": scale,
+            "conv": ",".join(map(str, conv)) if conv else "none",
+            "shape_defaults": bool(shape),
+            "max_steps": int(fitted.history.get("max_steps", 0)),
             "linear_path": linear_path,
             "cv": cv or 0,
             **run.stream_params(
@@ -319,6 +359,33 @@ def classify(
         title=f"{cv} cross-validation folds (mean)" if cv else "test split",
         cautions=cautions,
     )
+
+
+def _resolve_scale(scale: str, shape: bool) -> str:
+    if scale == "auto":
+        return "sequence" if shape else "feature"
+    if scale not in SCALE_CHOICES:
+        raise InputError(f"scale must be auto or one of {SCALE_CHOICES}, got {scale!r}")
+    return scale
+
+
+def _resolve_conv(conv, shape: bool, level: str) -> tuple[int, ...]:
+    """``"auto"`` / ``"none"`` / ``"64,64,64"`` / a tuple -> channel sizes (empty: none)."""
+    if conv is None or (isinstance(conv, str) and conv.strip().lower() in ("none", "", "0")):
+        return ()
+    if isinstance(conv, str) and conv.strip().lower() == "auto":
+        return SHAPE_CONV if shape else ()
+    try:
+        sizes = tuple(
+            int(c) for c in (conv.split(",") if isinstance(conv, str) else conv) if str(c).strip()
+        )
+    except (TypeError, ValueError):
+        raise InputError(f"conv must be auto, none or sizes like 64,64,64, got {conv!r}") from None
+    if not 1 <= len(sizes) <= 3 or not all(1 <= c <= 4096 for c in sizes):
+        raise InputError(f"conv takes 1 to 3 channel sizes in 1..4096, got {conv!r}")
+    if level != "unit":
+        raise InputError("conv applies to one label per series (unit level), not per step")
+    return sizes
 
 
 def _train(run, labels: Labels, split: np.ndarray, options: dict) -> ClassifierFit:
