@@ -38,8 +38,9 @@ def shape_series(layout: str, level: str, n_channels: int, max_steps: int) -> bo
     time (not ``profile``) longer than :data:`SHAPE_MIN_STEPS` steps with at most
     :data:`SHAPE_MAX_CHANNELS` channels, as in the time-series archives (a gesture, a sensor
     trace, an outline). There ``scale="auto"`` z-scores each sequence on its own (the archive
-    convention) and ``conv="auto"`` adds the convolutional branch; elsewhere (gene-expression
-    profiles, var-series of genes, many-gene time courses) both stay off."""
+    convention; univariate series only) and ``conv="auto"`` adds the convolutional branch;
+    elsewhere (gene-expression profiles, var-series of genes, many-gene time courses) both stay
+    off."""
     return (
         layout != "profile"
         and level == "unit"

@@ -90,6 +90,10 @@ def test_shape_defaults_follow_the_stated_rule():
     params = long.uns["rnn"]["params"]
     assert params["shape_defaults"] and params["scale"] == "sequence"
     assert params["conv"] == "64,64,64" and params["max_steps"] > 0
+    from anndata_rnn.report import render_report
+
+    page = render_report(long)  # the report's metrics table has the 1-NN column
+    assert "1-NN" in page and "1-nearest-neighbour" in page
     model = ar.tl.classify(_long_shapes(0, n=70, steps=100), **small, conv="16,8")
     assert model.config["architecture"]["conv"] == [16, 8]
     short = _long_shapes(0, n=70, steps=40)

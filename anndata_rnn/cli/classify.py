@@ -50,8 +50,8 @@ regulated?):
     default="auto",
     show_default=True,
     help="feature: standardize with training statistics; sequence: z-score each sequence; "
-    "auto: sequence for a shape problem (one label per series, more than 64 steps, at most 16 "
-    "channels), else feature.",
+    "auto: sequence for a univariate shape problem (one label per series, more than 64 steps, "
+    "one channel), else feature.",
 )
 @click.option(
     "--conv",

@@ -113,8 +113,8 @@ def classify(
         sequences.
     scale
         ``"feature"`` standardizes each feature with training statistics; ``"sequence"``
-        z-scores each sequence on its own (shape only); ``"auto"``: ``"sequence"`` for a shape
-        problem (see below), else ``"feature"``.
+        z-scores each sequence on its own (shape only); ``"auto"``: ``"sequence"`` for a
+        univariate shape problem (one channel; see below), else ``"feature"``.
     conv
         A convolutional branch beside the recurrence (LSTM-FCN: three Conv1d blocks, kernels 8,
         5, 3, globally averaged; unit-level labels only): channel sizes like ``"64,64,64"``,
@@ -222,7 +222,7 @@ def classify(
         log.info(note)
     check_keys_free(target, output_targets(layout, key), overwrite)
     shape = shape_series(layout, labels.level, len(run.source.feature_names), run.index.max_steps)
-    scale = _resolve_scale(scale, shape)
+    scale = _resolve_scale(scale, shape and len(run.source.feature_names) == 1)
     conv = _resolve_conv(conv, shape, labels.level)
     if conv:
         run.architecture = {**run.architecture, "conv": list(conv)}
@@ -361,9 +361,12 @@ def classify(
     )
 
 
-def _resolve_scale(scale: str, shape: bool) -> str:
+def _resolve_scale(scale: str, univariate_shape: bool) -> str:
+    """``"auto"``: per-sequence z-scores for a univariate shape problem (the archives'
+    convention), else feature standardization (with several channels their relative levels
+    carry information: measured on BasicMotions, README)."""
     if scale == "auto":
-        return "sequence" if shape else "feature"
+        return "sequence" if univariate_shape else "feature"
     if scale not in SCALE_CHOICES:
         raise InputError(f"scale must be auto or one of {SCALE_CHOICES}, got {scale!r}")
     return scale
