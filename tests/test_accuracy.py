@@ -78,6 +78,35 @@ def test_few_long_sequences_are_learned_with_default_options(default_schedule):
     assert np.mean(accuracies) >= np.mean(baselines) + 0.08
 
 
+def test_long_shapes_reach_nearest_neighbour_with_default_options(default_schedule):
+    """Issue 25, done-when: 40 training series × 300 steps (10 more for validation), default
+    options (shape defaults: per-sequence z-scores, convolutional branch; the step budget
+    passed while validation improves). MEASURED_300"""
+    accuracies, nearest = [], []
+    for draw in (0, 1, 2):
+        adata = _long_shapes(draw, steps=300)
+        ar.tl.classify(
+            adata,
+            label_key="label",
+            series_key="series",
+            time_key="time",
+            split_key="split",
+            seed=0,
+            quiet=True,
+        )
+        record = adata.uns["rnn"]
+        assert record["params"]["shape_defaults"] and not record["history"]["failed_fit"]
+        series = adata.obs.groupby("series", observed=True).first()
+        test = series["rnn_split"] == "test"
+        truth, predicted = series.loc[test, "label"], series.loc[test, "rnn_pred"]
+        accuracy = accuracy_score(truth.astype(str), predicted.astype(str))
+        assert accuracy == pytest.approx(record["metrics"]["rnn"]["accuracy"])
+        accuracies.append(accuracy)
+        nearest.append(record["metrics"]["nearest_neighbour"]["accuracy"])
+    assert np.mean(accuracies) >= np.mean(nearest)
+    assert min(accuracies) >= MIN_300
+
+
 def test_shape_defaults_follow_the_stated_rule():
     """Issue 25: per-sequence z-scores and the convolutional branch (the "shape defaults") turn
     on for one label per series on sequences of more than 64 steps with at most 16 channels,
