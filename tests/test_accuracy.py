@@ -81,7 +81,10 @@ def test_few_long_sequences_are_learned_with_default_options(default_schedule):
 def test_long_shapes_reach_nearest_neighbour_with_default_options(default_schedule):
     """Issue 25, done-when: 40 training series × 300 steps (10 more for validation), default
     options (shape defaults: per-sequence z-scores, convolutional branch; the step budget
-    passed while validation improves). MEASURED_300"""
+    passed while validation improves). Measured (1 thread), model / linear path alone /
+    logistic regression / 1-NN accuracy on 150 test series: draw 0 1.0 / 0.527 / 0.767 / 0.907
+    (1,930 steps, best 1,630), draw 1 1.0 / 0.54 / 0.72 / 0.90 (1,040, best 740), draw 2
+    1.0 / 0.827 / 0.80 / 0.92 (2,110, best 1,810): every run went past the 600-step budget."""
     accuracies, nearest = [], []
     for draw in (0, 1, 2):
         adata = _long_shapes(draw, steps=300)
@@ -104,7 +107,7 @@ def test_long_shapes_reach_nearest_neighbour_with_default_options(default_schedu
         accuracies.append(accuracy)
         nearest.append(record["metrics"]["nearest_neighbour"]["accuracy"])
     assert np.mean(accuracies) >= np.mean(nearest)
-    assert min(accuracies) >= MIN_300
+    assert min(accuracies) >= 0.95
 
 
 def test_shape_defaults_follow_the_stated_rule():
