@@ -85,7 +85,7 @@ def test_long_shapes_reach_nearest_neighbour_with_default_options(default_schedu
     logistic regression / 1-NN accuracy on 150 test series: draw 0 1.0 / 0.527 / 0.767 / 0.907
     (1,930 steps, best 1,630), draw 1 1.0 / 0.54 / 0.72 / 0.90 (1,040, best 740), draw 2
     1.0 / 0.827 / 0.80 / 0.92 (2,110, best 1,810): every run went past the 600-step budget."""
-    accuracies, nearest = [], []
+    accuracies, nearest, steps = [], [], []
     for draw in (0, 1, 2):
         adata = _long_shapes(draw, steps=300)
         ar.tl.classify(
@@ -106,7 +106,10 @@ def test_long_shapes_reach_nearest_neighbour_with_default_options(default_schedu
         assert accuracy == pytest.approx(record["metrics"]["rnn"]["accuracy"])
         accuracies.append(accuracy)
         nearest.append(record["metrics"]["nearest_neighbour"]["accuracy"])
+        steps.append(record["history"]["steps_run"])
+        assert record["params"]["max_steps"] == 2400  # 4 × the 600-step budget
     assert np.mean(accuracies) >= np.mean(nearest)
+    assert max(steps) > 600  # the budget was not the end while validation improved
     assert min(accuracies) >= 0.95
 
 
