@@ -135,6 +135,8 @@ def run_problem(folder: Path, name: str, seed: int, val_fraction: float, extra: 
             "--quiet",
             "--output",
             str(Path(tmp) / "out.h5ad"),
+            "--model-out",
+            str(Path(tmp) / "model.h5"),
             "--metrics-table",
             str(table),
             *extra,
