@@ -16,7 +16,7 @@ from .errors import InputError
 from .metrics import classification_metrics
 from .networks import build_module
 from .networks.classifier import new_architecture, predict_proba
-from .preprocessing import Encoded
+from .preprocessing import SCALE_CHOICES, Encoded
 from .sequences import Labels, SequenceIndex, pool_units
 from .training import TrainConfig, fit, take
 
@@ -47,6 +47,76 @@ def shape_series(layout: str, level: str, n_channels: int, max_steps: int) -> bo
         and n_channels <= SHAPE_MAX_CHANNELS
         and max_steps > SHAPE_MIN_STEPS
     )
+
+
+def shape_options(run, level: str, scale, conv) -> tuple[str, dict]:
+    """``(scale, architecture)`` of a training run (``run.index``, ``run.source``,
+    ``run.architecture``): the scaling that ``"auto"`` (or the user) gives it, and the
+    architecture with ``shape_defaults`` (whether :func:`shape_series` holds; recorded in the
+    model config and ``uns[key]["params"]``) and the convolutional channels ``conv``; logged."""
+    layout, steps = run.index.layout, run.index.max_steps
+    n_channels = len(run.source.feature_names)
+    shape = shape_series(layout, level, n_channels, steps)
+    scale = resolve_scale(scale, shape and n_channels == 1)
+    conv = resolve_conv(conv, shape, level)
+    if shape:
+        log.info(
+            "shape problem (%d steps, %d channel(s), one label per sequence): scale=%s, "
+            "convolutional branch %s",
+            steps,
+            n_channels,
+            scale,
+            ",".join(map(str, conv)) if conv else "off",
+        )
+    architecture = {**run.architecture, "shape_defaults": bool(shape)}
+    if conv:
+        architecture["conv"] = list(conv)
+    return scale, architecture
+
+
+def step_schedule(max_epochs, batch_size, lr, patience, min_steps, amp) -> TrainConfig:
+    """A classifier's step schedule: the budget, then up to :data:`STEP_CEILING` × it while
+    the validation loss still improves."""
+    return TrainConfig(
+        max_epochs,
+        batch_size,
+        lr,
+        patience,
+        schedule="steps",
+        min_steps=min_steps,
+        amp=amp,
+        ceiling=STEP_CEILING,
+    )
+
+
+def resolve_scale(scale: str, univariate_shape: bool) -> str:
+    """``"auto"``: per-sequence z-scores for a univariate shape problem (the archives'
+    convention), else feature standardization (with several channels their relative levels
+    carry information: measured on BasicMotions, README)."""
+    if scale == "auto":
+        return "sequence" if univariate_shape else "feature"
+    if scale not in SCALE_CHOICES:
+        raise InputError(f"scale must be auto or one of {SCALE_CHOICES}, got {scale!r}")
+    return scale
+
+
+def resolve_conv(conv, shape: bool, level: str) -> tuple[int, ...]:
+    """``"auto"`` / ``"none"`` / ``"64,64,64"`` / a tuple -> channel sizes (empty: none)."""
+    if conv is None or (isinstance(conv, str) and conv.strip().lower() in ("none", "", "0")):
+        return ()
+    if isinstance(conv, str) and conv.strip().lower() == "auto":
+        return SHAPE_CONV if shape else ()
+    try:
+        sizes = tuple(
+            int(c) for c in (conv.split(",") if isinstance(conv, str) else conv) if str(c).strip()
+        )
+    except (TypeError, ValueError):
+        raise InputError(f"conv must be auto, none or sizes like 64,64,64, got {conv!r}") from None
+    if not 1 <= len(sizes) <= 3 or not all(1 <= c <= 4096 for c in sizes):
+        raise InputError(f"conv takes 1 to 3 channel sizes in 1..4096, got {conv!r}")
+    if level != "unit":
+        raise InputError("conv applies to one label per series (unit level), not per step")
+    return sizes
 
 
 @dataclass
@@ -150,6 +220,8 @@ def train_classifier(
         return module, history, predict_proba(module, values, lengths, device)
 
     module, history, (proba, embedding) = train(config, f"classify ({index.layout})")
+    # the schedule's bounded maximum (the budget, or ceiling × it while validation improves)
+    config["train"]["max_optimizer_steps"] = int(history["max_steps"])
     alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
     _, linear_history, (linear_proba, _) = train(alone, "linear path alone")
     baseline_proba, baseline_n = logistic_baseline(values, y, ids["train"], labels, seed)

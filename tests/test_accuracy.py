@@ -109,7 +109,7 @@ def test_long_shapes_reach_nearest_neighbour_with_default_options(default_schedu
         accuracies.append(accuracy)
         nearest.append(record["metrics"]["nearest_neighbour"]["accuracy"])
         steps.append(record["history"]["steps_run"])
-        assert record["params"]["max_steps"] == 2400  # 4 × the 600-step budget
+        assert record["params"]["max_optimizer_steps"] == 2400  # 4 × the 600-step budget
     assert np.mean(accuracies) >= np.mean(nearest)
     assert max(steps) > 600  # the budget was not the end while validation improved
     assert min(accuracies) >= 0.95
@@ -126,7 +126,7 @@ def test_shape_defaults_follow_the_stated_rule():
     ar.tl.classify(long, **small)
     params = long.uns["rnn"]["params"]
     assert params["shape_defaults"] and params["scale"] == "sequence"
-    assert params["conv"] == "64,64,64" and params["max_steps"] > 0
+    assert list(params["conv"]) == [64, 64, 64] and params["max_optimizer_steps"] > 0
     from anndata_rnn.report import render_report
 
     page = render_report(long)  # the report's metrics table has the 1-NN column
@@ -137,7 +137,7 @@ def test_shape_defaults_follow_the_stated_rule():
     ar.tl.classify(short, **small)
     params = short.uns["rnn"]["params"]
     assert not params["shape_defaults"] and params["scale"] == "feature"
-    assert params["conv"] == "none"
+    assert "conv" not in params
     nearest = short.uns["rnn"]["metrics"]["nearest_neighbour"]
     assert nearest["n"] == 20 and "1-nearest-neighbour" in nearest["model"]
     # recompute 1-NN: standardized with the training rows' statistics (scale="feature"),

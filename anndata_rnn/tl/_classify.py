@@ -7,13 +7,11 @@ import logging
 import numpy as np
 from anndata import AnnData
 
+from .. import classification as fitting
 from ..classification import (
-    SHAPE_CONV,
-    STEP_CEILING,
     ClassifierFit,
     check_training_classes,
     log_cv,
-    shape_series,
     test_metrics,
     train_classifier,
 )
@@ -21,7 +19,7 @@ from ..errors import InputError
 from ..metrics import cv_summary
 from ..networks import architecture
 from ..networks.classifier import predict_proba
-from ..preprocessing import SCALE_CHOICES, Preprocessor
+from ..preprocessing import Preprocessor
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
     Labels,
@@ -35,7 +33,7 @@ from ..sequences import (
 )
 from ..splits import make_folds
 from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
-from ..training import TrainConfig, schedule_for
+from ..training import schedule_for
 
 log = logging.getLogger("anndata_rnn")
 
@@ -113,15 +111,7 @@ def classify(
         sequences.
     scale
         ``"feature"`` standardizes each feature with training statistics; ``"sequence"``
-        z-scores each sequence on its own (shape only); ``"auto"``: ``"sequence"`` for a
-        univariate shape problem (one channel; see below), else ``"feature"``.
-    conv
-        A convolutional branch beside the recurrence (LSTM-FCN: three Conv1d blocks, kernels 8,
-        5, 3, globally averaged; unit-level labels only): channel sizes like ``"64,64,64"``,
-        ``"none"``, or ``"auto"``: ``64,64,64`` for a shape problem, else none. A *shape
-        problem* (:func:`~anndata_rnn.classification.shape_series`) has one label per unit and
-        sequences along time (not profile) longer than 64 steps with at most 16 channels, like
-        the time-series archives' problems; ``uns[key]["params"]["shape_defaults"]`` records it.
+        z-scores each sequence on its own (shape only); ``"auto"``: see ``conv``.
     linear_path
         Add a linear layer on the flattened standardized input to the recurrent head's logits
         (Wide & Deep), trained jointly. Every run also trains the linear path alone the same
@@ -141,19 +131,16 @@ def classify(
     chunk_rows
         Streamed training from the file: cells read and encoded at a time (the shuffle buffer;
         8192 cells of 2,000 genes is 64 MB).
-    hidden, cell, bidirectional, dropout
+    hidden, cell, bidirectional, dropout, conv
         Encoder architecture (stacked layer sizes, ``"lstm"`` or ``"gru"``). Sequences longer
         than 64 steps are averaged in windows before the recurrence, whose states are
-        mean-pooled.
+        mean-pooled. ``conv`` (LSTM-FCN branch), ``"auto"``: see :func:`.classification.shape_series`.
     max_epochs, batch_size, lr, patience, min_steps, class_weights
-        Training, counted in optimizer steps: at most ``max_epochs`` passes but at least
-        ``min_steps`` steps, batches capped at a quarter of the training set, early stopping
-        after ``patience`` passes (at least ``min_steps / 2`` steps) without a better validation
-        loss (best weights restored), the learning rate halved on plateaus; balanced class
-        weights for imbalance. That budget is not a ceiling: while early stopping has not fired
-        (the validation loss still improves), training goes on up to 4 times the budget
-        (``uns[key]["params"]["max_steps"]``). A fit whose loss never leaves its start is
-        reported.
+        Training, counted in optimizer steps: ``max_epochs`` passes but at least ``min_steps``
+        steps (4 × that while validation improves), batches capped at a quarter of the training
+        set, early stopping after ``patience`` passes (at least ``min_steps / 2`` steps) without
+        a better validation loss (best weights restored), the learning rate halved on plateaus;
+        balanced class weights for imbalance. A fit whose loss never leaves its start is reported.
         ``min_steps=None``: 600 (or the environment's ``ANNDATA_RNN_MIN_STEPS``).
     val_fraction, test_fraction, split_key
         Split by sequence (never by steps of one sequence), stratified where labels allow, or
@@ -201,16 +188,7 @@ def classify(
         adata,
         spec,
         architecture=architecture(hidden, cell, dropout, bidirectional),
-        train_config=TrainConfig(
-            max_epochs,
-            batch_size,
-            lr,
-            patience,
-            schedule="steps",
-            min_steps=min_steps,
-            amp=amp,
-            ceiling=STEP_CEILING,
-        ),
+        train_config=fitting.step_schedule(max_epochs, batch_size, lr, patience, min_steps, amp),
         seed=seed,
         device=device,
         copy=copy,
@@ -221,21 +199,7 @@ def classify(
     for note in labels.notes:
         log.info(note)
     check_keys_free(target, output_targets(layout, key), overwrite)
-    shape = shape_series(layout, labels.level, len(run.source.feature_names), run.index.max_steps)
-    scale = _resolve_scale(scale, shape and len(run.source.feature_names) == 1)
-    conv = _resolve_conv(conv, shape, labels.level)
-    if conv:
-        run.architecture = {**run.architecture, "conv": list(conv)}
-    if shape:
-        log.info(
-            "shape problem (%d steps, %d channel(s), one label per %s): per-sequence z-scores "
-            "(scale=%s), convolutional branch %s",
-            run.index.max_steps,
-            len(run.source.feature_names),
-            "series" if layout == "obs-series" else "unit",
-            scale,
-            ",".join(map(str, conv)) if conv else "off",
-        )
+    scale, run.architecture = fitting.shape_options(run, labels.level, scale, conv)
     if labels.level == "unit":  # split by unit (series / gene / cell)
         usable, strata = labels.codes >= 0, labels.codes
     else:  # obs-series step labels: one sequence per unit, usable when any step is labelled
@@ -332,9 +296,6 @@ def classify(
             "n_top_genes": n_top_genes,
             "gene_subset": gene_subset,
             "scale": scale,
-            "conv": ",".join(map(str, conv)) if conv else "none",
-            "shape_defaults": bool(shape),
-            "max_steps": int(fitted.history.get("max_steps", 0)),
             "linear_path": linear_path,
             "cv": cv or 0,
             **run.stream_params(
@@ -359,36 +320,6 @@ def classify(
         title=f"{cv} cross-validation folds (mean)" if cv else "test split",
         cautions=cautions,
     )
-
-
-def _resolve_scale(scale: str, univariate_shape: bool) -> str:
-    """``"auto"``: per-sequence z-scores for a univariate shape problem (the archives'
-    convention), else feature standardization (with several channels their relative levels
-    carry information: measured on BasicMotions, README)."""
-    if scale == "auto":
-        return "sequence" if univariate_shape else "feature"
-    if scale not in SCALE_CHOICES:
-        raise InputError(f"scale must be auto or one of {SCALE_CHOICES}, got {scale!r}")
-    return scale
-
-
-def _resolve_conv(conv, shape: bool, level: str) -> tuple[int, ...]:
-    """``"auto"`` / ``"none"`` / ``"64,64,64"`` / a tuple -> channel sizes (empty: none)."""
-    if conv is None or (isinstance(conv, str) and conv.strip().lower() in ("none", "", "0")):
-        return ()
-    if isinstance(conv, str) and conv.strip().lower() == "auto":
-        return SHAPE_CONV if shape else ()
-    try:
-        sizes = tuple(
-            int(c) for c in (conv.split(",") if isinstance(conv, str) else conv) if str(c).strip()
-        )
-    except (TypeError, ValueError):
-        raise InputError(f"conv must be auto, none or sizes like 64,64,64, got {conv!r}") from None
-    if not 1 <= len(sizes) <= 3 or not all(1 <= c <= 4096 for c in sizes):
-        raise InputError(f"conv takes 1 to 3 channel sizes in 1..4096, got {conv!r}")
-    if level != "unit":
-        raise InputError("conv applies to one label per series (unit level), not per step")
-    return sizes
 
 
 def _train(run, labels: Labels, split: np.ndarray, options: dict) -> ClassifierFit:
