@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from timeseries_archive import archive_dir, problem_adata  # noqa: E402
 
 import anndata_rnn as ar  # noqa: E402
-import anndata_rnn.tl._classify as classify_module  # noqa: E402
+import anndata_rnn.classification as classify_module  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "timeseries_options.jsonl"
 
