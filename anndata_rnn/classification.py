@@ -18,7 +18,7 @@ from .networks import build_module
 from .networks.classifier import new_architecture, predict_proba
 from .preprocessing import SCALE_CHOICES, Encoded
 from .sequences import Labels, SequenceIndex, pool_units
-from .training import TrainConfig, fit, take
+from .training import TrainConfig, fit, schedule_for, take  # noqa: F401 (schedule_for: tl)
 
 log = logging.getLogger("anndata_rnn")
 
@@ -52,8 +52,9 @@ def shape_series(layout: str, level: str, n_channels: int, max_steps: int) -> bo
 def shape_options(run, level: str, scale, conv) -> tuple[str, dict]:
     """``(scale, architecture)`` of a training run (``run.index``, ``run.source``,
     ``run.architecture``): the scaling that ``"auto"`` (or the user) gives it, and the
-    architecture with ``shape_defaults`` (whether :func:`shape_series` holds; recorded in the
-    model config and ``uns[key]["params"]``) and the convolutional channels ``conv``; logged."""
+    architecture with the convolutional channels ``conv`` and ``shape``: whether
+    :func:`shape_series` holds (``defaults``) and the resolved ``scale`` and ``conv`` (in the
+    model config and ``uns[key]["params"]["shape"]``); logged."""
     layout, steps = run.index.layout, run.index.max_steps
     n_channels = len(run.source.feature_names)
     shape = shape_series(layout, level, n_channels, steps)
@@ -68,7 +69,9 @@ def shape_options(run, level: str, scale, conv) -> tuple[str, dict]:
             scale,
             ",".join(map(str, conv)) if conv else "off",
         )
-    architecture = {**run.architecture, "shape_defaults": bool(shape)}
+    # what the run resolved (params keep the values given, e.g. "auto")
+    architecture = {**run.architecture, "shape": {"defaults": bool(shape), "scale": scale}}
+    architecture["shape"]["conv"] = list(conv)
     if conv:
         architecture["conv"] = list(conv)
     return scale, architecture

@@ -100,7 +100,7 @@ def test_long_shapes_reach_nearest_neighbour_with_default_options(default_schedu
             quiet=True,
         )
         record = adata.uns["rnn"]
-        assert record["params"]["shape_defaults"] and not record["history"]["failed_fit"]
+        assert record["params"]["shape"]["defaults"] and not record["history"]["failed_fit"]
         series = adata.obs.groupby("series", observed=True).first()
         test = series["rnn_split"] == "test"
         truth, predicted = series.loc[test, "label"], series.loc[test, "rnn_pred"]
@@ -125,19 +125,21 @@ def test_shape_defaults_follow_the_stated_rule():
     long = _long_shapes(0, n=70, steps=100)
     ar.tl.classify(long, **small)
     params = long.uns["rnn"]["params"]
-    assert params["shape_defaults"] and params["scale"] == "sequence"
-    assert list(params["conv"]) == [64, 64, 64] and params["max_optimizer_steps"] > 0
+    assert params["scale"] == params["conv"] == "auto"  # as given; what they resolved to:
+    assert params["shape"]["defaults"] and params["shape"]["scale"] == "sequence"
+    assert list(params["shape"]["conv"]) == [64, 64, 64] and params["max_optimizer_steps"] > 0
     from anndata_rnn.report import render_report
 
     page = render_report(long)  # the report's metrics table has the 1-NN column
     assert "1-NN" in page and "1-nearest-neighbour" in page
     model = ar.tl.classify(_long_shapes(0, n=70, steps=100), **small, conv="16,8")
     assert model.config["architecture"]["conv"] == [16, 8]
+    assert model.config["architecture"]["shape"]["conv"] == [16, 8]
     short = _long_shapes(0, n=70, steps=40)
     ar.tl.classify(short, **small)
     params = short.uns["rnn"]["params"]
-    assert not params["shape_defaults"] and params["scale"] == "feature"
-    assert "conv" not in params
+    assert not params["shape"]["defaults"] and params["shape"]["scale"] == "feature"
+    assert len(params["shape"]["conv"]) == 0
     nearest = short.uns["rnn"]["metrics"]["nearest_neighbour"]
     assert nearest["n"] == 20 and "1-nearest-neighbour" in nearest["model"]
     # recompute 1-NN: standardized with the training rows' statistics (scale="feature"),

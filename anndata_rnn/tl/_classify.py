@@ -33,7 +33,6 @@ from ..sequences import (
 )
 from ..splits import make_folds
 from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
-from ..training import schedule_for
 
 log = logging.getLogger("anndata_rnn")
 
@@ -199,7 +198,7 @@ def classify(
     for note in labels.notes:
         log.info(note)
     check_keys_free(target, output_targets(layout, key), overwrite)
-    scale, run.architecture = fitting.shape_options(run, labels.level, scale, conv)
+    scaling, run.architecture = fitting.shape_options(run, labels.level, scale, conv)
     if labels.level == "unit":  # split by unit (series / gene / cell)
         usable, strata = labels.codes >= 0, labels.codes
     else:  # obs-series step labels: one sequence per unit, usable when any step is labelled
@@ -207,7 +206,7 @@ def classify(
         strata = None
     options = {
         "prep": lambda: Preprocessor(
-            layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
+            layout=layout, scale=scaling, use_time=time_key is not None and layout != "profile"
         ),
         "prepare": {
             "normalize": normalize,
@@ -296,12 +295,13 @@ def classify(
             "n_top_genes": n_top_genes,
             "gene_subset": gene_subset,
             "scale": scale,
+            "conv": conv,
             "linear_path": linear_path,
             "cv": cv or 0,
             **run.stream_params(
                 stream,
                 chunk_rows,
-                schedule_for(len(run.ids["train"]), run.train_config)["batch_size"],
+                fitting.schedule_for(len(run.ids["train"]), run.train_config)["batch_size"],
             ),
         },
         preprocessing={

@@ -163,6 +163,9 @@ def run_problem(folder: Path, name: str, seed: int, val_fraction: float, extra: 
                 for k, v in record["params"].items()
                 if np.ndim(v) == 0
             },
+            "shape": {
+                k: np.asarray(v).tolist() for k, v in record["params"].get("shape", {}).items()
+            },
             "seconds": seconds,
             "extra_options": extra,
             "command": "anndata-rnn classify "
