@@ -161,7 +161,7 @@ def run_problem(folder: Path, name: str, seed: int, val_fraction: float, extra: 
             "params": {
                 k: (v.item() if hasattr(v, "item") else v)
                 for k, v in record["params"].items()
-                if np.ndim(v) == 0
+                if np.ndim(v) == 0 and not isinstance(v, dict)
             },
             "shape": {
                 k: np.asarray(v).tolist() for k, v in record["params"].get("shape", {}).items()
