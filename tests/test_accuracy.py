@@ -242,7 +242,7 @@ def test_cross_validation_on_a_small_cohort(default_schedule):
     )
     page = ar.report.render_report(adata)
     assert "Cross-validation over 4 folds" in page and "Paired differences" in page
-    assert page.count(", out-of-fold predictions)") == 3  # RNN, linear path, baseline
+    assert page.count(", out-of-fold predictions)") == 4  # RNN, linear path, baseline, 1-NN
     assert page.count('<th scope="row">4</th>') >= 3  # fold 4 of every model
 
 
