@@ -1,6 +1,7 @@
 """The honest baselines every task reports beside its network, on the same inputs and split.
 
-- classification: logistic regression (scikit-learn) on the flattened standardized inputs;
+- classification: logistic regression (scikit-learn) on the flattened standardized inputs, and
+  for one label per sequence 1-nearest-neighbour (Euclidean) on the same inputs;
 - forecasting: a linear autoregression (ridge on the last ``lags`` steps and time gaps), dense
   (every gene from every gene's lags) on few genes, per gene (each gene from its own lags) on
   many (:data:`DENSE_AR_MAX_GENES`);
@@ -19,6 +20,7 @@ from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import pairwise_distances_argmin
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from .clustering import cluster_matrix
@@ -105,6 +107,43 @@ def _lazy_logistic(model, values, targets, train_ids, labels: Labels, seed: int)
     )
     fitted_on = len(chosen) if len(chosen) < len(labelled) else len(train_ids)
     return _full_proba(model, raw, labels), fitted_on
+
+
+def nearest_neighbour_baseline(
+    values, y, fit_ids, test_ids, labels: Labels, seed: int
+) -> tuple[np.ndarray, int] | None:
+    """1-nearest-neighbour (scikit-learn ``KNeighborsClassifier(1)``, Euclidean) on the same
+    preprocessed sequences as the logistic baseline: standardized (or z-scored per sequence
+    with ``scale="sequence"``), padded with zeros to the same length and flattened. The
+    strawman of time-series classification; unit-level labels only (None otherwise). It holds
+    the labelled ``fit_ids`` (the task passes training and validation sequences: 1-NN has
+    nothing to tune, so the network's early-stopping split is training data for it).
+
+    Returns ``(proba, fitted_on)``: one-hot probabilities of the ``test_ids`` sequences (NaN
+    for the others: only the test split is scored) and the number of training sequences it
+    holds (all: ``len(fit_ids)``). Lazily encoded values (streamed training) use a seeded random
+    subset of at most :data:`LAZY_FIT_SEQUENCES` labelled sequences and predict :data:`LAZY_BATCH`
+    sequences at a time, like :func:`logistic_baseline`.
+    """
+    if labels.level != "unit":
+        return None
+    targets = y.numpy()
+    labelled = fit_ids[targets[fit_ids] >= 0]
+    lazy = not isinstance(values, torch.Tensor)
+    chosen = random_subset(labelled, LAZY_FIT_SEQUENCES, seed) if lazy else labelled
+
+    def flat(positions):
+        taken = values[positions] if lazy else values.numpy()[positions]
+        return np.asarray(taken, dtype=np.float32).reshape(len(positions), -1)
+
+    model = KNeighborsClassifier(n_neighbors=1, algorithm="brute")
+    model.fit(flat(chosen), targets[chosen])
+    proba = np.full((len(values), len(labels.classes)), np.nan)
+    for start in range(0, len(test_ids), LAZY_BATCH):
+        batch = test_ids[start : start + LAZY_BATCH]
+        proba[batch] = _full_proba(model, model.predict_proba(flat(batch)), labels)
+    fitted_on = len(chosen) if len(chosen) < len(labelled) else len(fit_ids)
+    return proba, fitted_on
 
 
 def _lag_design(x: np.ndarray, positions: np.ndarray, lags: int) -> np.ndarray:

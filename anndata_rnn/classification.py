@@ -20,14 +20,22 @@ from scipy.stats import t as student_t
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils.class_weight import compute_class_weight
 
-from .baselines import logistic_baseline
+from .baselines import logistic_baseline, nearest_neighbour_baseline
 from .errors import InputError, listed
 from .metrics import classification_metrics
 from .networks import build_module
 from .networks.classifier import new_architecture, predict_proba
-from .preprocessing import Encoded
+from .preprocessing import SCALE_CHOICES, Encoded
 from .sequences import Labels, SequenceIndex, pool_units
-from .training import FAILED_FIT_TOLERANCE, TrainConfig, fit, make_loader, take, to_device
+from .training import (  # noqa: F401 (schedule_for: tl)
+    FAILED_FIT_TOLERANCE,
+    TrainConfig,
+    fit,
+    make_loader,
+    schedule_for,
+    take,
+    to_device,
+)
 
 log = logging.getLogger("anndata_rnn")
 
@@ -40,6 +48,105 @@ log = logging.getLogger("anndata_rnn")
 MIN_DECIDING_VAL_UNITS = 6
 #: folds of that internal cross-validation
 INNER_FOLDS = 5
+
+#: the shape defaults (see :func:`shape_series`) apply to series longer than this many steps ...
+SHAPE_MIN_STEPS = 64
+#: ... with at most this many channels (features)
+SHAPE_MAX_CHANNELS = 16
+#: the convolutional branch the shape defaults add beside the recurrence (LSTM-FCN's blocks)
+SHAPE_CONV = (64, 64, 64)
+#: the step schedule of a classifier may run to this many times its budget while the
+#: validation loss still improves (:class:`~anndata_rnn.training.TrainConfig` ``ceiling``)
+STEP_CEILING = 4
+
+
+def shape_series(layout: str, level: str, n_channels: int, max_steps: int) -> bool:
+    """Whether a classification run is a *shape* problem: one label per unit, sequences along
+    time (not ``profile``) longer than :data:`SHAPE_MIN_STEPS` steps with at most
+    :data:`SHAPE_MAX_CHANNELS` channels, as in the time-series archives (a gesture, a sensor
+    trace, an outline). There ``scale="auto"`` z-scores each sequence on its own (the archive
+    convention; univariate series only) and ``conv="auto"`` adds the convolutional branch;
+    elsewhere (gene-expression profiles, var-series of genes, many-gene time courses) both stay
+    off."""
+    return (
+        layout != "profile"
+        and level == "unit"
+        and n_channels <= SHAPE_MAX_CHANNELS
+        and max_steps > SHAPE_MIN_STEPS
+    )
+
+
+def shape_options(run, level: str, scale, conv) -> tuple[str, dict]:
+    """``(scale, architecture)`` of a training run (``run.index``, ``run.source``,
+    ``run.architecture``): the scaling that ``"auto"`` (or the user) gives it, and the
+    architecture with the convolutional channels ``conv`` and ``shape``: whether
+    :func:`shape_series` holds (``defaults``) and the resolved ``scale`` and ``conv`` (in the
+    model config and ``uns[key]["params"]["shape"]``); logged."""
+    layout, steps = run.index.layout, run.index.max_steps
+    n_channels = len(run.source.feature_names)
+    shape = shape_series(layout, level, n_channels, steps)
+    scale = resolve_scale(scale, shape and n_channels == 1)
+    conv = resolve_conv(conv, shape, level)
+    if shape:
+        log.info(
+            "shape problem (%d steps, %d channel(s), one label per sequence): scale=%s, "
+            "convolutional branch %s",
+            steps,
+            n_channels,
+            scale,
+            ",".join(map(str, conv)) if conv else "off",
+        )
+    # what the run resolved (params keep the values given, e.g. "auto")
+    architecture = {**run.architecture, "shape": {"defaults": bool(shape), "scale": scale}}
+    architecture["shape"]["conv"] = list(conv)
+    if conv:
+        architecture["conv"] = list(conv)
+    return scale, architecture
+
+
+def step_schedule(max_epochs, batch_size, lr, patience, min_steps, amp) -> TrainConfig:
+    """A classifier's step schedule: the budget, then up to :data:`STEP_CEILING` × it while
+    the validation loss still improves."""
+    return TrainConfig(
+        max_epochs,
+        batch_size,
+        lr,
+        patience,
+        schedule="steps",
+        min_steps=min_steps,
+        amp=amp,
+        ceiling=STEP_CEILING,
+    )
+
+
+def resolve_scale(scale: str, univariate_shape: bool) -> str:
+    """``"auto"``: per-sequence z-scores for a univariate shape problem (the archives'
+    convention), else feature standardization (with several channels their relative levels
+    carry information: measured on BasicMotions, README)."""
+    if scale == "auto":
+        return "sequence" if univariate_shape else "feature"
+    if scale not in SCALE_CHOICES:
+        raise InputError(f"scale must be auto or one of {SCALE_CHOICES}, got {scale!r}")
+    return scale
+
+
+def resolve_conv(conv, shape: bool, level: str) -> tuple[int, ...]:
+    """``"auto"`` / ``"none"`` / ``"64,64,64"`` / a tuple -> channel sizes (empty: none)."""
+    if conv is None or (isinstance(conv, str) and conv.strip().lower() in ("none", "", "0")):
+        return ()
+    if isinstance(conv, str) and conv.strip().lower() == "auto":
+        return SHAPE_CONV if shape else ()
+    try:
+        sizes = tuple(
+            int(c) for c in (conv.split(",") if isinstance(conv, str) else conv) if str(c).strip()
+        )
+    except (TypeError, ValueError):
+        raise InputError(f"conv must be auto, none or sizes like 64,64,64, got {conv!r}") from None
+    if not 1 <= len(sizes) <= 3 or not all(1 <= c <= 4096 for c in sizes):
+        raise InputError(f"conv takes 1 to 3 channel sizes in 1..4096, got {conv!r}")
+    if level != "unit":
+        raise InputError("conv applies to one label per series (unit level), not per step")
+    return sizes
 
 
 @dataclass
@@ -203,12 +310,19 @@ def train_classifier(
         return module, history, (proba, embedding), start
 
     module, history, (proba, embedding), start = train(config, f"classify ({index.layout})")
+    # the schedule's bounded maximum (the budget, or ceiling × it while validation improves)
+    config["train"]["max_optimizer_steps"] = int(history["max_steps"])
     alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
     _, linear_history, (linear_proba, _), linear_start = train(alone, "linear path alone")
     starts = {}
     if start is not None:
         starts["rnn"] = start
     starts["linear_path"] = linear_start
+    nearest = None
+    if len(ids["test"]):
+        # nothing to tune: the validation sequences (early stopping's) are training data for it
+        known = np.sort(np.concatenate([ids["train"], ids["val"]]))
+        nearest = nearest_neighbour_baseline(values, y, known, ids["test"], labels, seed)
     metrics = {}
     if len(ids["test"]):
         metrics["rnn"] = test_metrics(index, labels, proba, ids["test"])
@@ -222,6 +336,16 @@ def train_classifier(
             metrics["baseline"]["model"] += (
                 f" (fitted on a random {baseline_n} of {len(ids['train'])} training sequences)"
             )
+        if nearest is not None:
+            metrics["nearest_neighbour"] = test_metrics(index, labels, nearest[0], ids["test"])
+            metrics["nearest_neighbour"]["model"] = (
+                "1-nearest-neighbour (sklearn, Euclidean) on the flattened inputs of the "
+                "training and validation sequences"
+            )
+            if nearest[1] < len(known):
+                metrics["nearest_neighbour"]["model"] += (
+                    f" (holding a random {nearest[1]} of {len(known)} sequences)"
+                )
     return ClassifierFit(
         module, config, proba, embedding, metrics, history, linear_history, enc.imputed, starts
     )

@@ -52,7 +52,10 @@ class TrainConfig:
 
     - batch size: ``min(batch_size, max(min_batch, ceil(n_train / 4)))``, so an epoch is >= 4
       optimizer steps;
-    - at most ``max(max_epochs * steps_per_epoch, min_steps)`` optimizer steps;
+    - a budget of ``max(max_epochs * steps_per_epoch, min_steps)`` optimizer steps; with
+      ``ceiling > 1`` and a validation set the budget is not a ceiling: training goes on while
+      early stopping has not fired, up to ``ceiling`` times the budget (the bounded maximum,
+      ``schedule_for(...)["max_steps"]``; it scales with the data through the budget);
     - validation every ``eval_every`` steps (0: ``max(steps_per_epoch, 10)``);
     - early stopping after ``max(patience * steps_per_epoch, min_steps // 2)`` steps without a
       better validation loss, never before ``min_steps`` steps;
@@ -71,6 +74,9 @@ class TrainConfig:
     min_batch: int = 8
     eval_every: int = 0
     lr_patience: int | None = None
+    #: the most steps, as a multiple of the budget, while validation still improves (1: the
+    #: budget is the maximum, the original schedule)
+    ceiling: int = 1
     #: mixed precision (recorded; the tool enters :func:`precision` around the whole run)
     amp: bool = False
 
@@ -93,6 +99,8 @@ class TrainConfig:
             raise InputError("min_steps, eval_every and lr_patience must be >= 0")
         if self.min_batch < 1:
             raise InputError(f"min_batch must be >= 1, got {self.min_batch}")
+        if self.ceiling < 1:
+            raise InputError(f"ceiling must be >= 1, got {self.ceiling}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -532,18 +540,19 @@ def _fit_epochs(
 
 def schedule_for(n_train: int, config: TrainConfig) -> dict:
     """The step schedule ``config`` gives a training set of ``n_train`` samples (see
-    :class:`TrainConfig`): ``batch_size``, ``steps_per_epoch``, ``max_steps``, ``eval_every``,
-    ``patience_steps``."""
+    :class:`TrainConfig`): ``batch_size``, ``steps_per_epoch``, ``budget``, ``max_steps`` (the
+    bounded maximum: ``ceiling`` × the budget), ``eval_every``, ``patience_steps``."""
     batch = min(config.batch_size, max(config.min_batch, math.ceil(n_train / 4)))
     batch = max(1, min(batch, n_train))
     per_epoch = math.ceil(n_train / batch)
     out = {
         "batch_size": batch,
         "steps_per_epoch": per_epoch,
-        "max_steps": max(config.max_epochs * per_epoch, config.min_steps),
+        "budget": max(config.max_epochs * per_epoch, config.min_steps),
         "eval_every": config.eval_every or max(per_epoch, 10),
         "patience_steps": max(config.patience * per_epoch, config.min_steps // 2),
     }
+    out["max_steps"] = out["budget"] * config.ceiling
     if config.lr_patience is None:
         out["lr_patience"] = max(2, out["patience_steps"] // out["eval_every"] // 2)
     else:
@@ -588,11 +597,13 @@ def _fit_steps(
         best_loss = distributed.mean(evaluate_loss(module, loss_fn, val_loader, device)[0])
         best_state = copy.deepcopy(module.state_dict())
         history["initial_val_loss"] = best_loss
-    bar = tqdm(total=plan["max_steps"], desc=description, disable=quiet, leave=False, unit="step")
+    # beyond the budget only while early stopping (on the validation loss) has not fired
+    limit = plan["max_steps"] if has_val else plan["budget"]
+    bar = tqdm(total=limit, desc=description, disable=quiet, leave=False, unit="step")
     step, total, count = 0, 0.0, 0
     batches = iter(train_loader)
     stopped = False
-    while step < plan["max_steps"]:
+    while step < limit:
         module.train()
         try:
             batch = next(batches)
@@ -607,7 +618,7 @@ def _fit_steps(
         bar.update(1)
         total += loss * len(batch[0])
         count += len(batch[0])
-        if step % plan["eval_every"] and step < plan["max_steps"]:
+        if step % plan["eval_every"] and step < limit:
             continue
         train_loss = total / max(count, 1)
         total, count = 0.0, 0
@@ -646,6 +657,7 @@ def _fit_steps(
     history["best_epoch"] = math.ceil(best_step / per_epoch)
     history["epochs_run"] = math.ceil(step / per_epoch)
     history["stopped_early"] = stopped
+    history["max_steps"] = limit
     history["batch_size"] = plan["batch_size"]
     history["eval_every"] = plan["eval_every"]
     log.info(

@@ -74,3 +74,29 @@ def test_training_time_from_log(bench):
     records = [(1.0, "split"), (2.0, "checked X"), (9.5, "classify (profile): 3 epochs, best 3")]
     assert bench.training_seconds_from_log(records, 3) == 7.5
     assert bench.training_seconds_from_log(records, 4) is None  # falls back to the difference
+
+
+def test_archive_problems_become_obs_series_with_the_archive_split(tmp_path):
+    """benchmarks/accuracy/timeseries_archive.py reads the archive's .ts format (univariate and
+    multivariate) and keeps its train/test split, a stratified part of training as validation."""
+    spec = importlib.util.spec_from_file_location(
+        "anndata_rnn_benchmarks_archive", BENCH / "accuracy" / "timeseries_archive.py"
+    )
+    archive = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(archive)
+    folder = tmp_path / "Toy"
+    folder.mkdir()
+    header = "# a comment\n@problemName Toy\n@univariate false\n@classLabel true a b\n@data\n"
+    train = [f"{i},{i + 1},{i + 2}:{i + 3},{i + 4},{i + 5}:{'ab'[i % 2]}" for i in range(8)]
+    (folder / "Toy_TRAIN.ts").write_text(header + "\n".join(train) + "\n")
+    (folder / "Toy_TEST.ts").write_text(header + "9,9,9:8,8,8:a\n7,7,7:6,6,6:b\n")
+    adata = archive.problem_adata(tmp_path, "Toy", val_fraction=0.25, seed=0)
+    assert adata.shape == (10 * 3, 2)  # 10 series × 3 steps, 2 channels
+    series = adata.obs.groupby("series", observed=True).first()
+    assert list(series["split"].value_counts().sort_index()) == [2, 6, 2]  # test, train, val
+    assert (series[series["split"] == "val"]["label"].value_counts() == 1).all()  # stratified
+    first = adata[adata.obs["series"] == "s1"]
+    assert first.X[:, 0].tolist() == [1, 2, 3] and first.X[:, 1].tolist() == [4, 5, 6]
+    assert adata.uns["archive"] == {
+        "problem": "Toy", "n_train": 8, "n_test": 2, "steps": 3, "channels": 2, "classes": 2,
+    }  # fmt: skip

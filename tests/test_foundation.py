@@ -152,7 +152,7 @@ def test_profile_cli_writes_the_specified_keys(pbmc_run):
     assert out.obsm["X_rnn"].shape == (out.n_obs, 16)
     assert set(out.obs["rnn_split"].unique()) == {"train", "val", "test"}
     uns = out.uns["rnn"]
-    assert set(uns["metrics"]) == {"rnn", "linear_path", "baseline"}
+    assert set(uns["metrics"]) == {"rnn", "linear_path", "baseline", "nearest_neighbour"}
     for key in (
         "accuracy",
         "balanced_accuracy",
@@ -165,8 +165,8 @@ def test_profile_cli_writes_the_specified_keys(pbmc_run):
     assert uns["metrics"]["rnn"]["confusion_matrix"].shape == (10, 10)
     assert "train_loss" in uns["history"] and "torch" in uns["versions"]
     table = pd.read_csv(pbmc_run["dir"] / "metrics.tsv", sep="\t")
-    assert list(table.columns) == ["metric", "rnn", "linear_path", "baseline"]
-    assert "RNN" in pbmc_run["stdout"] and "baseline" in pbmc_run["stdout"]
+    assert list(table.columns) == ["metric", "rnn", "linear_path", "baseline", "nearest_neighbour"]
+    assert "RNN" in pbmc_run["stdout"] and "nearest_neighbour" in pbmc_run["stdout"]
     sc.pl.embedding(out, basis="rnn", color="bulk_labels", show=False)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from anndata_rnn.errors import InputError
 from anndata_rnn.networks import build_module
 from anndata_rnn.networks.blocks import downsample
 from anndata_rnn.training import TrainConfig, fit, schedule_for
@@ -197,6 +198,24 @@ def test_failed_fit_is_detected():
     history = toy_fit("steps", lr=1e-9, min_steps=20, max_epochs=1)
     assert history["failed_fit"]
     assert abs(history["start_loss"] - math.log(2)) < 0.2
+
+
+def test_budget_is_not_a_ceiling_while_validation_improves(default_schedule):
+    """Issue 25: with ``ceiling`` the budget (here 5 epochs of 4 steps, floor 0) is passed while
+    early stopping has not fired, up to ``ceiling`` × the budget; without a validation set the
+    budget stays the maximum (nothing could tell that training still improves)."""
+    config = TrainConfig(schedule="steps", max_epochs=5, min_steps=0, ceiling=4)
+    plan = schedule_for(36, config)
+    assert plan["budget"] == 20 and plan["max_steps"] == 80
+    assert schedule_for(36, TrainConfig(schedule="steps", min_steps=0))["max_steps"] == 100 * 4
+    history = toy_fit("steps", max_epochs=5, min_steps=0, patience=5, ceiling=4)
+    assert history["max_steps"] == 80
+    # the toy problem keeps improving on validation: training runs past the budget of 20
+    assert history["steps_run"] > 20 and history["best_step"] > 20
+    once = toy_fit("steps", max_epochs=5, min_steps=0, patience=5)
+    assert once["max_steps"] == 20 and once["steps_run"] <= 20
+    with pytest.raises(InputError, match="ceiling"):
+        TrainConfig(schedule="steps", ceiling=0).validate()
 
 
 def test_epoch_schedule_still_available():

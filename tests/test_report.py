@@ -144,7 +144,8 @@ def test_plot_titles_labels_and_legend_outside(runs):
     ax = ar.pl.metrics(runs["classify"])
     assert ax.get_title() and ax.get_xlabel()
     legend = ax.get_legend()
-    assert [t.get_text() for t in legend.get_texts()] == ["RNN", "linear path alone", "baseline"]
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["RNN", "linear path alone", "baseline", "1-NN"]
     ax.figure.canvas.draw()
     # the legend lies right of the axes, so it covers no bar
     assert legend.get_window_extent().x0 >= ax.get_window_extent().x1
@@ -162,7 +163,7 @@ def test_metrics_draws_every_model_entry(runs):
     adata.uns["rnn"]["metrics"]["linear"] = dict(adata.uns["rnn"]["metrics"]["baseline"])
     ax = ar.pl.metrics(adata)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["RNN", "linear path alone", "linear (ablation)", "baseline"]
+    assert labels == ["RNN", "linear path alone", "linear (ablation)", "baseline", "1-NN"]
     html = ar.report.render_report(adata)
     assert "linear (ablation)" in html
     plt.close("all")

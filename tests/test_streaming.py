@@ -310,7 +310,7 @@ def test_streamed_training_equals_in_memory_bit_for_bit():
         assert np.array_equal(in_memory.obsm[key], streamed.obsm[key]), key
     assert in_memory.obs["rnn_split"].equals(streamed.obs["rnn_split"])
     a, b = in_memory.uns["rnn"], streamed.uns["rnn"]
-    for model in ("rnn", "linear_path", "baseline"):
+    for model in ("rnn", "linear_path", "baseline", "nearest_neighbour"):
         for name, value in a["metrics"][model].items():
             assert np.array_equal(value, b["metrics"][model][name]), (model, name)
     assert not a["params"]["streamed"] and b["params"]["streamed"]
@@ -347,6 +347,11 @@ def test_streamed_training_never_encodes_everything_and_subsamples_its_fits(monk
     )
     # measured 0.587 on its 300 (in memory on all 1,050 training cells: 0.560; chance 0.5)
     assert info["metrics"]["baseline"]["accuracy"] >= 0.55
+    # the 1-NN baseline holds the same bounded subset and scores every test cell
+    nearest = info["metrics"]["nearest_neighbour"]
+    n_known = n_train + int((adata.obs["rnn_split"] == "val").sum())
+    assert f"holding a random 300 of {n_known} sequences" in nearest["model"]
+    assert nearest["n"] == int((adata.obs["rnn_split"] == "test").sum())
     assert np.isfinite(adata.obsm["rnn_proba"]).all()
 
 

@@ -89,7 +89,7 @@ def test_training_from_the_file_equals_in_memory_with_the_same_batch_order(tmp_p
     tl.classify(in_memory, **kw)
     assert np.array_equal(from_file[0], in_memory.obsm["X_rnn"])
     assert np.array_equal(from_file[1], in_memory.obsm["rnn_proba"])
-    for model in ("rnn", "linear_path", "baseline"):
+    for model in ("rnn", "linear_path", "baseline", "nearest_neighbour"):
         for name, value in in_memory.uns["rnn"]["metrics"][model].items():
             assert np.array_equal(value, from_file[2]["rnn"]["metrics"][model][name]), name
     # and the file's batch order is not the full shuffle of an in-memory run (the training

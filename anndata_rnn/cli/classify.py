@@ -46,10 +46,19 @@ regulated?):
 )
 @click.option(
     "--scale",
-    type=click.Choice(["feature", "sequence"]),
-    default="feature",
+    type=click.Choice(["auto", "feature", "sequence"]),
+    default="auto",
     show_default=True,
-    help="feature: standardize with training statistics; sequence: z-score each sequence.",
+    help="feature: standardize with training statistics; sequence: z-score each sequence; "
+    "auto: sequence for a univariate shape problem (one label per series, more than 64 steps, "
+    "one channel), else feature.",
+)
+@click.option(
+    "--conv",
+    default="auto",
+    show_default=True,
+    help="Convolutional branch beside the recurrence (LSTM-FCN), one label per series: 1 to 3 "
+    "channel sizes like 64,64,64, none, or auto (64,64,64 for a shape problem, else none).",
 )
 @stream_options
 @device_options
@@ -65,6 +74,7 @@ def classify(
     class_weights,
     cv,
     scale,
+    conv,
     seed,
     device,
     amp,
@@ -91,6 +101,7 @@ def classify(
             class_weights=class_weights,
             cv=cv,
             scale=scale,
+            conv=conv,
             seed=seed,
             device=device,
             amp=amp,

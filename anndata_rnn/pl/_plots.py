@@ -23,11 +23,21 @@ from ..metrics import SUMMARY_METRICS
 #: metrics that are counts, not scores (left out of the bar charts)
 COUNT_METRICS = {"n", "n_values", "n_genes_pearson", "n_labelled", "n_clusters", "n_units"}
 #: the order of the models in tables and charts (others follow in stored order)
-MODEL_ORDER = ("rnn", "linear_path", "linear", "pca", "baseline", "persistence", "linear_ar")
+MODEL_ORDER = (
+    "rnn",
+    "linear_path",
+    "linear",
+    "pca",
+    "baseline",
+    "nearest_neighbour",
+    "persistence",
+    "linear_ar",
+)
 #: colours: the RNN blue, baselines grey / orange, further entries from the default cycle
 MODEL_COLORS = {
     "rnn": "#1f77b4",
     "baseline": "#7f7f7f",
+    "nearest_neighbour": "#8c564b",
     "linear_path": "#2ca02c",
     "linear": "#17becf",
     "persistence": "#bcbd22",
@@ -85,6 +95,7 @@ def model_label(name: str) -> str:
     return {
         "rnn": "RNN",
         "baseline": "baseline",
+        "nearest_neighbour": "1-NN",
         "linear_path": "linear path alone",
         "linear": "linear (ablation)",
         "persistence": "persistence",

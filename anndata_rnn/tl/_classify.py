@@ -7,6 +7,7 @@ import logging
 import numpy as np
 from anndata import AnnData
 
+from .. import classification as fitting
 from ..classification import (
     ClassifierFit,
     check_training_classes,
@@ -33,7 +34,6 @@ from ..sequences import (
 )
 from ..splits import make_folds, test_train_ratio
 from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
-from ..training import TrainConfig, schedule_for
 
 log = logging.getLogger("anndata_rnn")
 
@@ -54,7 +54,8 @@ def classify(
     normalize: str = "auto",
     n_top_genes: int | str | None = "auto",
     gene_subset: str | None = None,
-    scale: str = "feature",
+    scale: str = "auto",
+    conv: str | tuple[int, ...] | None = "auto",
     linear_path: bool = True,
     stream: bool | str = "auto",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -110,7 +111,7 @@ def classify(
         sequences.
     scale
         ``"feature"`` standardizes each feature with training statistics; ``"sequence"``
-        z-scores each sequence on its own (shape only).
+        z-scores each sequence on its own (shape only); ``"auto"``: see ``conv``.
     linear_path
         Add a linear layer on the flattened standardized input to the recurrent head's logits
         (Wide & Deep), started at the logistic baseline's fit (recurrent head at zero) and
@@ -131,17 +132,17 @@ def classify(
     chunk_rows
         Streamed training from the file: cells read and encoded at a time (the shuffle buffer;
         8192 cells of 2,000 genes is 64 MB).
-    hidden, cell, bidirectional, dropout
+    hidden, cell, bidirectional, dropout, conv
         Encoder architecture (stacked layer sizes, ``"lstm"`` or ``"gru"``). Sequences longer
         than 64 steps are averaged in windows before the recurrence, whose states are
-        mean-pooled.
+        mean-pooled. ``conv`` (LSTM-FCN branch), ``"auto"``: see :func:`.classification.shape_series`.
     max_epochs, batch_size, lr, patience, min_steps, class_weights
-        Training, counted in optimizer steps: at most ``max_epochs`` passes but at least
-        ``min_steps`` steps, batches capped at a quarter of the training set, early stopping
-        after ``patience`` passes (at least ``min_steps / 2`` steps) without a better validation
-        loss (best weights restored), the learning rate halved on plateaus; balanced class
-        weights for imbalance. Fits no better than the class prior are cautions (a
-        ``UserWarning``; :func:`~anndata_rnn.classification.check_fit`), per ``cv`` fold too.
+        Training, counted in optimizer steps: ``max_epochs`` passes but at least ``min_steps``
+        steps (4 × that while validation improves), batches capped at a quarter of the training
+        set, early stopping after ``patience`` passes (at least ``min_steps / 2`` steps) without
+        a better validation loss (best weights restored), the learning rate halved on plateaus;
+        balanced class weights for imbalance. Fits no better than the class prior are cautions
+        (a ``UserWarning``; :func:`~anndata_rnn.classification.check_fit`), per ``cv`` fold too.
         ``min_steps=None``: 600 (or the environment's ``ANNDATA_RNN_MIN_STEPS``).
     val_fraction, test_fraction, split_key
         Split by sequence (never by steps of one sequence), stratified where labels allow, or
@@ -189,9 +190,7 @@ def classify(
         adata,
         spec,
         architecture=architecture(hidden, cell, dropout, bidirectional),
-        train_config=TrainConfig(
-            max_epochs, batch_size, lr, patience, schedule="steps", min_steps=min_steps, amp=amp
-        ),
+        train_config=fitting.step_schedule(max_epochs, batch_size, lr, patience, min_steps, amp),
         seed=seed,
         device=device,
         copy=copy,
@@ -202,6 +201,7 @@ def classify(
     for note in labels.notes:
         log.info(note)
     check_keys_free(target, output_targets(layout, key), overwrite)
+    scaling, run.architecture = fitting.shape_options(run, labels.level, scale, conv)
     if labels.level == "unit":  # split by unit (series / gene / cell)
         usable, strata = labels.codes >= 0, labels.codes
     else:  # obs-series step labels: one sequence per unit, usable when any step is labelled
@@ -209,7 +209,7 @@ def classify(
         strata = None
     options = {
         "prep": lambda: Preprocessor(
-            layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
+            layout=layout, scale=scaling, use_time=time_key is not None and layout != "profile"
         ),
         "prepare": {
             "normalize": normalize,
@@ -296,12 +296,13 @@ def classify(
             "n_top_genes": n_top_genes,
             "gene_subset": gene_subset,
             "scale": scale,
+            "conv": conv,
             "linear_path": linear_path,
             "cv": cv or 0,
             **run.stream_params(
                 stream,
                 chunk_rows,
-                schedule_for(len(run.ids["train"]), run.train_config)["batch_size"],
+                fitting.schedule_for(len(run.ids["train"]), run.train_config)["batch_size"],
             ),
         },
         preprocessing={

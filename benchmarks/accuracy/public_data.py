@@ -124,7 +124,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "public_data.json").write_text(json.dumps(rows, indent=1))
-    models = ["rnn", "linear_path", "baseline", "linear_ar", "persistence"]
+    models = ["rnn", "linear_path", "baseline", "nearest_neighbour", "linear_ar", "persistence"]
     lines = ["| data | metric | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]
     for row in rows:
         cells = [f"{row[m]:.3g}" if m in row else "" for m in models]
