@@ -257,12 +257,9 @@ def classify(
         }
         log_cv(cv_record)
         split = run.choose_split(
-            split_key=None,
-            val_fraction=val_fraction,
-            test_fraction=0.0,
-            usable=usable,
+            split_key=None, val_fraction=val_fraction, test_fraction=0.0, usable=usable,
             strata=strata,
-        )
+        )  # fmt: skip
         fitted = _train(run, labels, split, options)
         metrics = cv_record["mean"]
         seen = ~np.isnan(oof).any(axis=tuple(range(1, oof.ndim)))
