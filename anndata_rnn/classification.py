@@ -311,7 +311,8 @@ def train_classifier(
 
     module, history, (proba, embedding), start = train(config, f"classify ({index.layout})")
     # the schedule's bounded maximum (the budget, or ceiling × it while validation improves)
-    config["train"]["max_optimizer_steps"] = int(history["max_steps"])
+    if "max_steps" in history:
+        config["train"]["max_optimizer_steps"] = int(history["max_steps"])
     alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
     _, linear_history, (linear_proba, _), linear_start = train(alone, "linear path alone")
     starts = {}

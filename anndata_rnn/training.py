@@ -53,9 +53,10 @@ class TrainConfig:
     - batch size: ``min(batch_size, max(min_batch, ceil(n_train / 4)))``, so an epoch is >= 4
       optimizer steps;
     - a budget of ``max(max_epochs * steps_per_epoch, min_steps)`` optimizer steps; with
-      ``ceiling > 1`` and a validation set the budget is not a ceiling: training goes on while
-      early stopping has not fired, up to ``ceiling`` times the budget (the bounded maximum,
-      ``schedule_for(...)["max_steps"]``; it scales with the data through the budget);
+      ``ceiling > 1``, a validation set and the ``min_steps`` floor setting the budget, the
+      floor is not a ceiling: training goes on while early stopping has not fired, up to
+      ``ceiling`` times the budget (the bounded maximum, ``schedule_for(...)["max_steps"]``);
+      when ``max_epochs`` sets the budget it stays the maximum;
     - validation every ``eval_every`` steps (0: ``max(steps_per_epoch, 10)``);
     - early stopping after ``max(patience * steps_per_epoch, min_steps // 2)`` steps without a
       better validation loss, never before ``min_steps`` steps;
@@ -541,7 +542,8 @@ def _fit_epochs(
 def schedule_for(n_train: int, config: TrainConfig) -> dict:
     """The step schedule ``config`` gives a training set of ``n_train`` samples (see
     :class:`TrainConfig`): ``batch_size``, ``steps_per_epoch``, ``budget``, ``max_steps`` (the
-    bounded maximum: ``ceiling`` × the budget), ``eval_every``, ``patience_steps``."""
+    bounded maximum: ``ceiling`` × the budget when the ``min_steps`` floor sets the budget, else
+    the budget: ``max_epochs`` stays a maximum), ``eval_every``, ``patience_steps``."""
     batch = min(config.batch_size, max(config.min_batch, math.ceil(n_train / 4)))
     batch = max(1, min(batch, n_train))
     per_epoch = math.ceil(n_train / batch)
@@ -552,7 +554,9 @@ def schedule_for(n_train: int, config: TrainConfig) -> dict:
         "eval_every": config.eval_every or max(per_epoch, 10),
         "patience_steps": max(config.patience * per_epoch, config.min_steps // 2),
     }
-    out["max_steps"] = out["budget"] * config.ceiling
+    # the ceiling extends the step floor only: when max_epochs governs, it is the maximum
+    floor_governs = config.min_steps > config.max_epochs * per_epoch
+    out["max_steps"] = out["budget"] * config.ceiling if floor_governs else out["budget"]
     if config.lr_patience is None:
         out["lr_patience"] = max(2, out["patience_steps"] // out["eval_every"] // 2)
     else:

@@ -484,7 +484,10 @@ def test_unexpected_errors_are_one_line_exit_1(base, tmp_path, monkeypatch):
 def test_training_failure_is_a_runtime_error_exit_1(base, tmp_path, monkeypatch):
     """A NaN loss (forced here) stops with exit 1 and the advice to lower the learning rate."""
     rich = copy(base, "rich.h5ad", tmp_path)
-    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, x, y: x.sum() * np.nan)
+    def nan_loss(self, x, y):  # per item with reduction="none" (the start's held-out losses)
+        return (x.sum(-1) if self.reduction == "none" else x.sum()) * np.nan
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", nan_loss)
     expect_failure(
         tmp_path, [rich], 1, ["training loss became nan", "lower the learning rate (--lr)"],
         "classify", rich, SERIES, "--label label", TRAIN,

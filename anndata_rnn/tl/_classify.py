@@ -138,7 +138,7 @@ def classify(
         mean-pooled. ``conv`` (LSTM-FCN branch), ``"auto"``: see :func:`.classification.shape_series`.
     max_epochs, batch_size, lr, patience, min_steps, class_weights
         Training, counted in optimizer steps: ``max_epochs`` passes but at least ``min_steps``
-        steps (4 × that while validation improves), batches capped at a quarter of the training
+        steps (up to 4 × the floor while validation improves), batches capped at a quarter of the training
         set, early stopping after ``patience`` passes (at least ``min_steps / 2`` steps) without
         a better validation loss (best weights restored), the learning rate halved on plateaus;
         balanced class weights for imbalance. Fits no better than the class prior are cautions
