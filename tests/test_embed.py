@@ -452,7 +452,10 @@ def test_pca_start_reproduces_pca_before_training_and_survives_the_model_file(tm
     saved = Model(
         {**config, "architecture": {**arch, "recurrent": True}, "layout": "obs-series",
          "keys": {}, "n_inputs": 4, "metrics": {}},
-        Preprocessor(layout="obs-series", use_time=True),
+        Preprocessor(
+            layout="obs-series", use_time=True, features=np.array(["g0", "g1", "g2"], dtype=object),
+            mean=np.zeros(3), std=np.ones(3),
+        ),  # a model file names its genes (one with none is refused on load)
         module,
     )  # fmt: skip
     saved.save(tmp_path / "m.h5")

@@ -484,6 +484,7 @@ def test_unexpected_errors_are_one_line_exit_1(base, tmp_path, monkeypatch):
 def test_training_failure_is_a_runtime_error_exit_1(base, tmp_path, monkeypatch):
     """A NaN loss (forced here) stops with exit 1 and the advice to lower the learning rate."""
     rich = copy(base, "rich.h5ad", tmp_path)
+
     def nan_loss(self, x, y):  # per item with reduction="none" (the start's held-out losses)
         return (x.sum(-1) if self.reduction == "none" else x.sum()) * np.nan
 

@@ -478,8 +478,8 @@ def print_cautions(record: dict) -> None:
     for pair, differences in cv.get("difference", {}).items():
         for name, d in differences.items():
             click.echo(
-                f"cv {pair} {name}: {d['mean']:+.3f} (95% corrected interval "
-                f"{d['ci95_low']:+.3f} to {d['ci95_high']:+.3f}, {d.get('n', cv['n_folds'])} of "
+                f"cv {pair} {name}: {d['mean']:+.3f} (95% interval {d['ci95_low']:+.3f} to "
+                f"{d['ci95_high']:+.3f}, corrected resampled t; {d.get('n', cv['n_folds'])} of "
                 f"{cv['n_folds']} folds)"
             )
 
