@@ -201,18 +201,21 @@ def test_failed_fit_is_detected():
 
 
 def test_budget_is_not_a_ceiling_while_validation_improves(default_schedule):
-    """Issue 25: with ``ceiling`` the budget (here 5 epochs of 4 steps, floor 0) is passed while
-    early stopping has not fired, up to ``ceiling`` × the budget; without a validation set the
-    budget stays the maximum (nothing could tell that training still improves)."""
-    config = TrainConfig(schedule="steps", max_epochs=5, min_steps=0, ceiling=4)
-    plan = schedule_for(36, config)
-    assert plan["budget"] == 20 and plan["max_steps"] == 80
+    """Issue 25: when the step floor sets the budget (here 20 steps against 2 epochs of 4
+    steps), ``ceiling`` lets training pass it while early stopping has not fired, up to
+    ``ceiling`` × the budget; when ``max_epochs`` sets the budget, or without a validation set
+    (nothing could tell that training still improves), the budget stays the maximum."""
+    floored = TrainConfig(schedule="steps", max_epochs=2, min_steps=20, ceiling=4)
+    plan = schedule_for(36, floored)
+    assert plan["steps_per_epoch"] == 4 and plan["budget"] == 20 and plan["max_steps"] == 80
+    by_epochs = TrainConfig(schedule="steps", max_epochs=5, min_steps=0, ceiling=4)
+    assert schedule_for(36, by_epochs)["max_steps"] == schedule_for(36, by_epochs)["budget"] == 20
     assert schedule_for(36, TrainConfig(schedule="steps", min_steps=0))["max_steps"] == 100 * 4
-    history = toy_fit("steps", max_epochs=5, min_steps=0, patience=5, ceiling=4)
+    history = toy_fit("steps", max_epochs=2, min_steps=20, patience=5, ceiling=4)
     assert history["max_steps"] == 80
     # the toy problem keeps improving on validation: training runs past the budget of 20
     assert history["steps_run"] > 20 and history["best_step"] > 20
-    once = toy_fit("steps", max_epochs=5, min_steps=0, patience=5)
+    once = toy_fit("steps", max_epochs=2, min_steps=20, patience=5)
     assert once["max_steps"] == 20 and once["steps_run"] <= 20
     with pytest.raises(InputError, match="ceiling"):
         TrainConfig(schedule="steps", ceiling=0).validate()
