@@ -345,34 +345,11 @@ def fit(
         net = _DistributedModule(module, device)
         quiet = quiet or not distributed.is_main()
     start_loss = dataset_loss(module, loss_fn, train, config.batch_size, device, seed)
-    if config.schedule == "epochs":
-        history = _fit_epochs(
-            net,
-            loss_fn,
-            train,
-            val,
-            config,
-            device,
-            seed,
-            quiet,
-            description,
-            val_metric,
-            initial_candidate,
-        )
-    else:
-        history = _fit_steps(
-            net,
-            loss_fn,
-            train,
-            val,
-            config,
-            device,
-            seed,
-            quiet,
-            description,
-            val_metric,
-            initial_candidate,
-        )
+    run_schedule = _fit_epochs if config.schedule == "epochs" else _fit_steps
+    history = run_schedule(
+        net, loss_fn, train, val, config, device, seed, quiet, description, val_metric,
+        initial_candidate,
+    )  # fmt: skip
     final_loss = dataset_loss(module, loss_fn, train, config.batch_size, device, seed)
     reference = start_loss if reference_loss is None else float(reference_loss)
     history["start_loss"] = start_loss
