@@ -22,11 +22,19 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from .baselines import logistic_baseline, nearest_neighbour_baseline
 from .errors import InputError, listed
-from .metrics import classification_metrics
+from .metrics import classification_metrics, cv_summary
 from .networks import build_module
 from .networks.classifier import new_architecture, predict_proba
 from .preprocessing import SCALE_CHOICES, Encoded
-from .sequences import Labels, SequenceIndex, pool_units
+from .sequences import (
+    Labels,
+    SequenceIndex,
+    as_float32,
+    broadcast_to_rows,
+    pool_units,
+    scatter_steps,
+)
+from .splits import Folds, test_train_ratio
 from .training import (  # noqa: F401 (schedule_for: tl)
     FAILED_FIT_TOLERANCE,
     TrainConfig,
@@ -646,6 +654,25 @@ def test_metrics(index, labels: Labels, proba: np.ndarray, test_ids: np.ndarray)
     return classification_metrics(targets[chosen], proba[test_ids][chosen], labels.classes)
 
 
+def cv_record(
+    folds: Folds, fold_metrics: list[dict], fold_starts: dict, *, seed: int, group_key=None
+) -> dict:
+    """What ``uns[key]["cv"]`` and the model's config say of a cross-validation: how the folds
+    were drawn, each fold's test metrics, their mean ± sd and the paired differences with the
+    corrected resampled-t interval (:func:`~anndata_rnn.metrics.cv_summary`)."""
+    return {
+        "k": len(folds),
+        "scheme": folds.scheme,
+        "seed": int(seed),
+        "group_key": group_key or "",
+        "metrics_of": "the fold models: mean over the folds' test units; the saved model is "
+        "retrained on every labelled unit and has no test split of its own",
+        "folds": {str(i): m for i, m in enumerate(fold_metrics)},
+        **cv_summary(fold_metrics, test_train_ratio=test_train_ratio(folds)),
+        "start": fold_starts,
+    }
+
+
 def log_cv(record: dict) -> None:
     """Log the paired cross-validation differences with their 95 % intervals."""
     for pair, differences in record["difference"].items():
@@ -658,3 +685,25 @@ def log_cv(record: dict) -> None:
                 d["ci95_low"],
                 d["ci95_high"],
             )
+
+
+def write_results(target, index: SequenceIndex, classes, level, proba, embedding, key):
+    """A classifier's outputs back through the sequence index: per unit / per step values into
+    obs/var (labels, confidence) and obsm/varm (probabilities, embedding); returns the paths."""
+    classes = np.asarray(classes, dtype=object)
+    if level == "unit":
+        rows_proba = broadcast_to_rows(index, pool_units(index, proba))
+        rows_embedding = broadcast_to_rows(index, pool_units(index, embedding))
+    else:
+        rows_proba = scatter_steps(index, proba)
+        rows_embedding = scatter_steps(index, embedding)
+    predicted = np.isfinite(rows_proba).all(axis=1)
+    pred = np.full(len(rows_proba), None, dtype=object)
+    pred[predicted] = classes[rows_proba[predicted].argmax(axis=1)]
+    conf = np.where(predicted, np.nan_to_num(rows_proba).max(axis=1), np.nan)
+    return [
+        index.write_column(target, f"{key}_pred", pred, categories=classes),
+        index.write_column(target, f"{key}_conf", conf),
+        index.write_matrix(target, f"{key}_proba", rows_proba.astype(np.float64)),
+        index.write_matrix(target, f"X_{key}", as_float32(rows_embedding)),
+    ]

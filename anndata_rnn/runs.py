@@ -173,8 +173,10 @@ class TrainingRun:
         test_fraction: float,
         usable: np.ndarray | None = None,
         strata: np.ndarray | None = None,
+        groups: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Units -> train / val / test / unused: from a column, or seeded (stratified)."""
+        """Units -> train / val / test / unused: from a column, or seeded (stratified; whole
+        ``groups`` to one part when given)."""
         if split_key is not None:
             split = split_from_column(self.target, self.index, split_key)
             return split if usable is None else np.where(usable, split, "unused")
@@ -185,6 +187,7 @@ class TrainingRun:
             val_fraction=val_fraction,
             test_fraction=test_fraction,
             seed=self.seed,
+            groups=groups,
         )
 
     def prepare(

@@ -152,6 +152,15 @@ def log_split(layout: str, split: np.ndarray) -> None:
     )
 
 
+class Folds(list):
+    """The splits of a cross-validation (a list of per-unit split arrays) and how they were
+    drawn (``scheme``: the scikit-learn splitter that chose each fold's test units)."""
+
+    def __init__(self, splits, scheme: str):
+        super().__init__(splits)
+        self.scheme = scheme
+
+
 def make_folds(
     n_units: int,
     *,
@@ -161,7 +170,7 @@ def make_folds(
     val_fraction: float,
     seed: int,
     groups: np.ndarray | None = None,
-) -> list[np.ndarray]:
+) -> Folds:
     """``k`` splits for cross-validation: each usable unit is tested in exactly one fold; the
     rest of a fold is split into train / val (for early stopping), stratified where possible.
     With ``groups``, the units of one group are tested in the same fold and kept together in
@@ -173,7 +182,6 @@ def make_folds(
         raise InputError(f"cv must be >= 2 folds, got {k}")
     if len(units) < k:
         raise InputError(f"cv={k} folds need at least {k} labelled units; there are {len(units)}")
-    folds = None
     if groups is not None:
         n_groups = len(np.unique(groups[units]))
         if n_groups < k:
@@ -181,15 +189,16 @@ def make_folds(
                 f"cv={k} folds need at least {k} groups; the labelled units form {n_groups}"
             )
         y = strata[units] if strata is not None else np.zeros(len(units), dtype=int)
-        folds = StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(
-            units, y, groups[units]
-        )
+        splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+        folds = splitter.split(units, y, groups[units])
     elif strata is not None and np.bincount(strata[units]).min(initial=k) >= k:
-        folds = StratifiedKFold(k, shuffle=True, random_state=seed).split(units, strata[units])
-    elif strata is not None:
-        log.warning("a class has fewer than %d units: the %d folds are not stratified", k, k)
-    if folds is None:
-        folds = KFold(k, shuffle=True, random_state=seed).split(units)
+        splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
+        folds = splitter.split(units, strata[units])
+    else:
+        if strata is not None:
+            log.warning("a class has fewer than %d units: the %d folds are not stratified", k, k)
+        splitter = KFold(k, shuffle=True, random_state=seed)
+        folds = splitter.split(units)
     splits = []
     for fold, (rest, test) in enumerate(folds):
         inner = np.zeros(n_units, dtype=bool)
@@ -205,7 +214,15 @@ def make_folds(
         )
         split[units[test]] = "test"
         splits.append(split)
-    return splits
+    return Folds(splits, type(splitter).__name__)
+
+
+def tested_in(folds: list[np.ndarray]) -> np.ndarray:
+    """Per unit, the fold (1..K) whose test part holds it; 0 for a unit no fold tested."""
+    fold_of = np.zeros(len(folds[0]), dtype=int)
+    for number, split in enumerate(folds, start=1):
+        fold_of[split == "test"] = number
+    return fold_of
 
 
 def test_train_ratio(folds: list[np.ndarray]) -> float:

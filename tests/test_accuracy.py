@@ -240,6 +240,21 @@ def test_cross_validation_on_a_small_cohort(default_schedule):
     subjects = adata.obs.groupby("subject", observed=True).first()
     oof = accuracy_score(subjects["group"].astype(str), subjects["rnn_pred"].astype(str))
     assert oof == pytest.approx(cv["mean"]["rnn"]["accuracy"])
+    # rnn_fold names the fold that tested each subject: each fold's accuracy, recomputed from the
+    # written predictions of its subjects, is the accuracy that fold reported
+    assert subjects["rnn_fold"].value_counts().to_dict() == {str(k): 4 for k in range(1, 5)}
+    for k in range(4):
+        mine = subjects[subjects["rnn_fold"] == str(k + 1)]
+        accuracy = accuracy_score(mine["group"].astype(str), mine["rnn_pred"].astype(str))
+        assert accuracy == pytest.approx(cv["folds"][str(k)]["rnn"]["accuracy"])
+    # the saved model says it was cross-validated, and that its metrics are the folds' means
+    config = result.model.config
+    assert config["train"]["cv"] == {
+        "k": 4, "scheme": "StratifiedKFold", "seed": 0, "metrics_of": cv["metrics_of"]
+    }  # fmt: skip
+    assert config["train"]["test_fraction"] == 0.0 and "fold models" in cv["metrics_of"]
+    assert config["metrics"]["rnn"]["accuracy"] == pytest.approx(cv["mean"]["rnn"]["accuracy"])
+    assert result.record["params"]["cv"] == 4 and cv["k"] == 4 and cv["seed"] == 0
     # the report shows every fold, the paired differences and the out-of-fold confusion matrix
     # (the folds' matrices summed: that of the written out-of-fold predictions)
     summed = np.sum([cv["folds"][str(k)]["rnn"]["confusion_matrix"] for k in range(4)], axis=0)

@@ -283,7 +283,7 @@ def test_cross_validation_with_a_split_column_is_refused(tmp_path):
 
     source = h5ad(tmp_path, variant(change))
     expect_failure(
-        tmp_path, [source], 2, ["cv makes its own folds", "not both"],
+        tmp_path, [source], 2, ["a split column (split_key) fixes the split", "not both"],
         *_train(tmp_path, source, "--split-key sp --cv 3"),
     )  # fmt: skip
 

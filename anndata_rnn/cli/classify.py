@@ -42,7 +42,12 @@ regulated?):
     "--cv",
     type=click.IntRange(2, 100),
     help="K-fold cross-validation by unit: per-fold metrics, mean ± sd and the paired "
-    "difference RNN − baseline with a 95% interval; out-of-fold predictions are written.",
+    "difference RNN − baseline with a 95% interval; out-of-fold predictions are written, and {key}_fold says which fold tested each unit.",
+)
+@click.option(
+    "--group-key",
+    help="Column (obs or var) naming each unit's group (donor, sample, batch): the units of one "
+    "group go to one part of the split and are tested in one --cv fold.",
 )
 @click.option(
     "--scale",
@@ -73,6 +78,7 @@ def classify(
     label_key,
     class_weights,
     cv,
+    group_key,
     scale,
     conv,
     seed,
@@ -100,6 +106,7 @@ def classify(
             label_key=label_key,
             class_weights=class_weights,
             cv=cv,
+            group_key=group_key,
             scale=scale,
             conv=conv,
             seed=seed,

@@ -15,24 +15,20 @@ from ..classification import (
     log_cv,
     test_metrics,
     train_classifier,
+    write_results,
 )
 from ..errors import InputError
-from ..metrics import cv_summary
 from ..networks import architecture
 from ..networks.classifier import predict_proba
 from ..preprocessing import Preprocessor
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
     Labels,
-    SequenceIndex,
     SequenceSpec,
-    as_float32,
     broadcast_to_rows,
-    pool_units,
     read_labels,
-    scatter_steps,
 )
-from ..splits import make_folds, test_train_ratio
+from ..splits import groups_from_column, make_folds, tested_in
 from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
 
 log = logging.getLogger("anndata_rnn")
@@ -72,6 +68,7 @@ def classify(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     split_key: str | None = None,
+    group_key: str | None = None,
     cv: int | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -147,12 +144,19 @@ def classify(
     val_fraction, test_fraction, split_key
         Split by sequence (never by steps of one sequence), stratified where labels allow, or
         from a column of train/val/test.
+    group_key
+        Column (obs, or var for var-series) naming each unit's group (donor, sample, batch):
+        the units of one group go to one part of the split and are tested in one ``cv`` fold
+        (``StratifiedGroupKFold``); the fractions then count groups.
     cv
         K-fold cross-validation by unit (stratified where possible): RNN, linear path and
         baseline are trained and tested on every fold; ``uns[key]["cv"]`` holds the per-fold
-        metrics, mean ± sd and the paired difference model − baseline with a 95 % interval.
-        Written predictions are out-of-fold for labelled units; the saved model is then trained
-        on every labelled unit (``val_fraction`` kept for early stopping).
+        metrics, mean ± sd and the paired difference model − baseline with a 95 % interval
+        (the corrected resampled t of Nadeau & Bengio, 2003), the fold scheme and seed.
+        Written predictions are out-of-fold for labelled units and ``{key}_fold`` says which
+        fold tested each unit; the saved model is then trained on every labelled unit
+        (``val_fraction`` kept for early stopping; its config records ``cv`` and that its
+        metrics are the fold models' means).
     seed, device
         Seed for python/numpy/torch and the split; ``"auto"`` uses CUDA when available.
     amp
@@ -200,7 +204,8 @@ def classify(
     labels = read_labels(target, run.index, label_key)
     for note in labels.notes:
         log.info(note)
-    check_keys_free(target, output_targets(layout, key), overwrite)
+    fold_target = [(output_targets(layout, key)[0][0], f"{key}_fold")] if cv else []
+    check_keys_free(target, output_targets(layout, key) + fold_target, overwrite)
     scaling, run.architecture = fitting.shape_options(run, labels.level, scale, conv)
     if labels.level == "unit":  # split by unit (series / gene / cell)
         usable, strata = labels.codes >= 0, labels.codes
@@ -228,9 +233,16 @@ def classify(
             "split_key": split_key,
         },
     }
-    cv_record, cautions = None, []
-    if cv and split_key is not None:
-        raise InputError("cv makes its own folds of the units: give cv or split_key, not both")
+    cv_record, cautions, written = None, [], []
+    if (cv or group_key) and split_key is not None:
+        raise InputError(
+            "a split column (split_key) fixes the split: give cv or group_key, or split_key, not both"
+        )
+    groups = groups_from_column(target, run.index, group_key) if group_key else None
+    if group_key:
+        options["train"]["group_key"] = group_key
+        log.info("group_key %r: the units of each of its %d groups stay together", group_key,
+                 len(np.unique(groups)))  # fmt: skip
     if cv:
         folds = make_folds(
             run.index.n_units,
@@ -239,6 +251,7 @@ def classify(
             strata=strata,
             val_fraction=val_fraction,
             seed=seed,
+            groups=groups,
         )
         fold_metrics, fold_starts, oof = [], {}, None
         for k, split in enumerate(folds):
@@ -250,16 +263,20 @@ def classify(
             tested = run.ids["test"]
             oof = np.full_like(fitted.proba, np.nan) if oof is None else oof
             oof[tested] = fitted.proba[tested]
-        cv_record = {
-            "folds": {str(i): m for i, m in enumerate(fold_metrics)},
-            **cv_summary(fold_metrics, test_train_ratio=test_train_ratio(folds)),
-            "start": fold_starts,
-        }
+        cv_record = fitting.cv_record(
+            folds, fold_metrics, fold_starts, seed=seed, group_key=group_key
+        )
         log_cv(cv_record)
+        fold_of = np.array([str(f) if f else None for f in tested_in(folds)], dtype=object)
+        names = [str(k) for k in range(1, cv + 1)]  # the fold that tested each unit
+        fold_rows = broadcast_to_rows(run.index, fold_of)
+        written.append(run.index.write_column(target, f"{key}_fold", fold_rows, categories=names))
         split = run.choose_split(
             split_key=None, val_fraction=val_fraction, test_fraction=0.0, usable=usable,
-            strata=strata,
+            strata=strata, groups=groups,
         )  # fmt: skip
+        cv_config = {k: cv_record[k] for k in ("k", "scheme", "seed", "metrics_of")}
+        options["train"] |= {"test_fraction": 0.0, "cv": cv_config}
         fitted = _train(run, labels, split, options)
         metrics = cv_record["mean"]
         seen = ~np.isnan(oof).any(axis=tuple(range(1, oof.ndim)))
@@ -271,6 +288,7 @@ def classify(
             test_fraction=test_fraction,
             usable=usable,
             strata=strata,
+            groups=groups,
         )
         fitted = _train(run, labels, split, options)
         metrics = fitted.metrics
@@ -279,7 +297,7 @@ def classify(
         log.warning("no test split (test_fraction=0): no metrics computed")
     cautions += fit_cautions(fitted, prefix="saved model: " if cv else "")
     index, prep = run.index, run.prep
-    written = _write_results(
+    written += write_results(
         target, index, labels.classes, labels.level, fitted.proba, fitted.embedding, key
     )
     written.append(run.write_split())
@@ -296,6 +314,7 @@ def classify(
             "conv": conv,
             "linear_path": linear_path,
             "cv": cv or 0,
+            "group_key": group_key or "",
             **run.stream_params(
                 stream,
                 chunk_rows,
@@ -315,7 +334,8 @@ def classify(
         tail={"start": fitted.starts, **({"cv": cv_record} if cv_record else {})},
         notes=labels.notes,
         arrays={"classes": np.asarray(classes, dtype=object)},
-        title=f"{cv} cross-validation folds (mean)" if cv else "test split",
+        title=(f"{cv} cross-validation folds (mean)" if cv else "test split")
+        + (f", whole groups of {group_key}" if group_key else ""),
         cautions=cautions,
     )
 
@@ -361,7 +381,7 @@ def apply_classifier(opened: OpenedModel, key: str, batch_size: int) -> dict:
         spill={1: "embedding"},  # grows with the data; stays on disk when there is a scratch
     )
     proba, embedding = np.asarray(enc.outputs[0]), enc.outputs[1]
-    written = _write_results(
+    written = write_results(
         target, index, classes, model.config["label_level"], proba, embedding, key
     )
     out = {"written": written, "n_imputed": enc.imputed}
@@ -375,24 +395,3 @@ def apply_classifier(opened: OpenedModel, key: str, batch_size: int) -> dict:
         labels = labels.recode(classes)
         out["metrics"] = {"rnn": test_metrics(index, labels, proba, np.arange(index.n_sequences))}
     return out
-
-
-def _write_results(target, index: SequenceIndex, classes, level, proba, embedding, key):
-    """The inverse of the sequence index: per unit / per step values into obs/var and obsm/varm."""
-    classes = np.asarray(classes, dtype=object)
-    if level == "unit":
-        rows_proba = broadcast_to_rows(index, pool_units(index, proba))
-        rows_embedding = broadcast_to_rows(index, pool_units(index, embedding))
-    else:
-        rows_proba = scatter_steps(index, proba)
-        rows_embedding = scatter_steps(index, embedding)
-    predicted = np.isfinite(rows_proba).all(axis=1)
-    pred = np.full(len(rows_proba), None, dtype=object)
-    pred[predicted] = classes[rows_proba[predicted].argmax(axis=1)]
-    conf = np.where(predicted, np.nan_to_num(rows_proba).max(axis=1), np.nan)
-    return [
-        index.write_column(target, f"{key}_pred", pred, categories=classes),
-        index.write_column(target, f"{key}_conf", conf),
-        index.write_matrix(target, f"{key}_proba", rows_proba.astype(np.float64)),
-        index.write_matrix(target, f"X_{key}", as_float32(rows_embedding)),
-    ]
