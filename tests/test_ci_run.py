@@ -31,7 +31,11 @@ def run_ci(tmp_path: Path, failing: str | None) -> tuple[subprocess.CompletedPro
         stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\nexit {status}\n')
         stub.chmod(0o755)
     bash = shutil.which("bash")
-    env = {"PATH": f"{stubs}{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(tmp_path)}
+    env = {
+        "PATH": f"{stubs}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "HOME": str(tmp_path),
+        "ANNDATA_RNN_CI_FRESH_VENV": "0",  # a fresh venv would put real tools before the stubs
+    }
     proc = subprocess.run(
         [bash, str(repo / ".ci" / "run")], capture_output=True, text=True, env=env, timeout=60
     )
@@ -65,6 +69,16 @@ def test_the_stubs_let_step_1_pass_when_nothing_fails(tmp_path):
         "python -m pytest",
         "ruff check .",
     ]
+
+
+def test_ci_runs_the_suite_in_a_fresh_venv():
+    """Step 1 runs the README's test command in a new venv (the newest allowed versions), unless
+    a test of the script turns that off."""
+    text = CI_RUN.read_text()
+    step_1 = text[text.index('step "1.') : text.index('step "2.')]
+    assert 'python3 -m venv "$ci_venv"' in step_1 and '. "$ci_venv/bin/activate"' in step_1
+    assert step_1.index("activate") < step_1.index("pip install torch==2.13.0")
+    assert '"${ANNDATA_RNN_CI_FRESH_VENV:-1}" = 1' in step_1
 
 
 def test_ci_requires_the_galaxy_layer():

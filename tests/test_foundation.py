@@ -64,7 +64,8 @@ def test_yeast_cell_cycle_genes_beat_the_baseline(spellman, tmp_path, default_sc
     settings, the default step schedule and linear path).
 
     Measured (seed 0, 1 thread): RNN AUROC 0.925, linear path alone 0.686 (it starts at the
-    logistic regression and training does not beat that start), logistic baseline 0.686.
+    logistic regression and training does not beat that start), logistic baseline 0.686, 1-NN
+    0.747 (the README's introduction rounds them: 0.93 vs 0.69 and 0.69). Each within 0.02.
     """
     adata = spellman.copy()
     model = ar.tl.classify(
@@ -84,6 +85,9 @@ def test_yeast_cell_cycle_genes_beat_the_baseline(spellman, tmp_path, default_sc
     back = ad.read_h5ad(path)
     metrics = back.uns["rnn"]["metrics"]
     assert metrics["rnn"]["auroc"] >= 0.915
+    measured = {"rnn": 0.925, "linear_path": 0.686, "baseline": 0.686, "nearest_neighbour": 0.747}
+    for name, value in measured.items():
+        assert metrics[name]["auroc"] == pytest.approx(value, abs=0.02), name
     assert metrics["rnn"]["auroc"] >= metrics["baseline"]["auroc"] + 0.20
     assert metrics["rnn"]["auroc"] >= metrics["linear_path"]["auroc"] + 0.20
     assert not back.uns["rnn"]["history"]["failed_fit"]

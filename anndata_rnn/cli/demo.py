@@ -36,7 +36,10 @@ def demo(out_dir, epochs, seed, device, overwrite, quiet):
     (24 arrays × 6178 genes). Each gene's profile over time is a sequence (layout var-series);
     the label is membership in Spellman's 800 cell-cycle regulated genes. A 2-layer LSTM is
     trained on 70 % of the genes and tested on 15 % held-out genes beside a logistic-regression
-    baseline on the same inputs.
+    baseline on the same inputs. The demo's schedule (at most --epochs passes, early stopping
+    after 5 without improvement) is shorter than classify's default, so that it ends in about a
+    minute. Spellman's labels were called from these same profiles: the task is partly circular
+    (README, "caveats").
     """
     import matplotlib
 
