@@ -63,6 +63,19 @@ rnnAvailable <- function() {
     args
 }
 
+# LD_LIBRARY_PATH without the directories R's etc/ldpaths put in front (R's lib, Java, the
+# system library directories): a Python built with a shared libpython (pyenv, python.org)
+# would otherwise load the system's libpython and lose its own site-packages.
+.tool_ld_library_path <- function(value = Sys.getenv("LD_LIBRARY_PATH")) {
+    if (!nzchar(value)) return(value)
+    parts <- strsplit(value, ":", fixed = TRUE)[[1]]
+    r_lib <- normalizePath(R.home("lib"), mustWork = FALSE)
+    system_dir <- grepl("^/(usr/)?lib(64)?(/[^/]+-linux-gnu[^/]*)?/?$", parts)
+    drop <- !nzchar(parts) | startsWith(parts, R.home()) | startsWith(parts, r_lib) |
+        grepl("/jvm/", parts, fixed = TRUE) | system_dir
+    paste(parts[!drop], collapse = ":")
+}
+
 # Run the command line; an error of the tool becomes an R error with its one-line message.
 .run_cli <- function(command, args) {
     exe <- rnnExecutable()
@@ -72,6 +85,11 @@ rnnAvailable <- function() {
     out <- tempfile("anndataRnn_stdout")
     err <- tempfile("anndataRnn_stderr")
     on.exit(unlink(c(out, err)))
+    old_ld <- Sys.getenv("LD_LIBRARY_PATH", unset = NA)
+    if (!is.na(old_ld)) {
+        Sys.setenv(LD_LIBRARY_PATH = .tool_ld_library_path(old_ld))
+        on.exit(Sys.setenv(LD_LIBRARY_PATH = old_ld), add = TRUE)
+    }
     status <- suppressWarnings(system2(exe[[1]], shQuote(c(exe[-1], command, args)),
                                        stdout = out, stderr = err))
     stdout <- if (file.exists(out)) readLines(out, warn = FALSE, encoding = "UTF-8") else character(0)
@@ -166,32 +184,32 @@ rnnAvailable <- function() {
 .run_tool <- function(command, x, assay, values) {
     if (!methods::is(x, "SummarizedExperiment"))
         stop("x must be a SummarizedExperiment or SingleCellExperiment", call. = FALSE)
-    values$x <- NULL
-    values$assay <- NULL
+    values[["x"]] <- NULL
+    values[["assay"]] <- NULL
     training <- command %in% c("classify", "forecast", "embed")
-    if (training && is.null(values$model_out))
-        values$model_out <- tempfile(paste0("anndataRnn_", command, "_"), fileext = ".h5")
-    if (!is.null(values$model)) values$model <- normalizePath(values$model, mustWork = TRUE)
+    if (training && is.null(values[["model_out"]]))
+        values[["model_out"]] <- tempfile(paste0("anndataRnn_", command, "_"), fileext = ".h5")
+    if (!is.null(values[["model"]])) values[["model"]] <- normalizePath(values[["model"]], mustWork = TRUE)
 
     dir <- tempfile("anndataRnn_run")
     dir.create(dir)
     on.exit(unlink(dir, recursive = TRUE))
     input <- file.path(dir, "input.h5ad")
     output <- file.path(dir, "output.h5ad")
-    layers <- if (!is.null(values$layer)) as.character(values$layer) else FALSE
+    layers <- if (!is.null(values[["layer"]])) as.character(values[["layer"]]) else FALSE
     .write_h5ad(x, input, assay = assay, layers = layers, reduced_dims = TRUE)
     written <- list(layers = if (isFALSE(layers)) character(0) else layers,
                     cells = .w_names(colnames(x), "cell", ncol(x)),
                     genes = .w_names(rownames(x), "gene", nrow(x)))
 
     run <- .run_cli(command, c(input, "--output", output, .cli_args(command, values)))
-    if (length(run$stdout) && !isTRUE(values$quiet)) message(paste(run$stdout, collapse = "\n"))
+    if (length(run$stdout) && !isTRUE(values[["quiet"]])) message(paste(run$stdout, collapse = "\n"))
 
     before <- S4Vectors::metadata(x)
-    x <- .merge_results(x, output, written, values$key_added)
-    key <- .main_key(x, values$key_added, before)
+    x <- .merge_results(x, output, written, values[["key_added"]])
+    key <- .main_key(x, values[["key_added"]], before)
     if (!is.null(key) && is.list(S4Vectors::metadata(x)[[key]])) {
-        path <- if (training) values$model_out else values$model
+        path <- if (training) values[["model_out"]] else values[["model"]]
         S4Vectors::metadata(x)[[key]]$model_path <- normalizePath(path)
     }
     x

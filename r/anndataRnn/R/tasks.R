@@ -284,9 +284,12 @@ rnnClassify <- function(x,
 #'   \code{\link{readRnnModel}}, the README section "From R".
 #' @examplesIf rnnAvailable()
 #' file <- system.file("extdata", "yeast_spellman_small.h5ad", package = "anndataRnn")
-#' se <- as(readH5ad(file), "SummarizedExperiment")
+#' yeast <- readH5ad(file)
+#' # a bulk time course as a SummarizedExperiment: genes x arrays
+#' se <- SummarizedExperiment(assays(yeast), colData = colData(yeast))
 #' se <- rnnForecast(se, series_key = "series", time_key = "time",
-#'     hidden = 8, epochs = 2, min_steps = 0, quiet = TRUE)
+#'     series_subset = c("cdc15", "cdc28"), hidden = 8, epochs = 2, min_steps = 0,
+#'     quiet = TRUE)
 #' assayNames(se)
 #' metadata(se)$rnn$metrics$rnn
 #' @export

@@ -183,8 +183,9 @@
     }
     for (p in w$empty_order) {
         g <- f$open(sub("^/", "", p))
-        g$create_attr("column-order", robj = numeric(0), space = hdf5r::H5S$new("simple", dims = 0L,
-                                                                                maxdims = 0L))
+        # an empty string array (an HDF5 attribute of 0 elements is created, not written)
+        g$create_attr("column-order", dtype = str_type,
+                      space = hdf5r::H5S$new("simple", dims = 0L, maxdims = 0L))
         g$close()
     }
     invisible(NULL)
