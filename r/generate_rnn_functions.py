@@ -212,7 +212,7 @@ def function_source(fun: str) -> tuple[str, dict[str, str]]:
         wrapped = textwrap.wrap(f"@param {name} {text}", 88, break_on_hyphens=False)
         doc += [f"#' {wrapped[0]}"] + [f"#'   {line}" for line in wrapped[1:]]
     doc += ["#' @return " + RESULTS[fun], "#' @seealso \\code{\\link{readH5ad}},"]
-    doc += ["#'   \\code{\\link{readRnnModel}}, the README section \"From R\"."]
+    doc += ['#\'   \\code{\\link{readRnnModel}}, the README section "From R".']
     doc += ["#' @examplesIf rnnAvailable()"]
     doc += [f"#' {line}" for line in EXAMPLES[fun].splitlines()]
     doc += ["#' @export"]
