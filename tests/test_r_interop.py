@@ -756,7 +756,9 @@ def test_r_functions_mirror_the_cli_options(tmp_path):
         "res <- lapply(funs, function(f) { fm <- formals(get(f)); "
         "list(args = names(fm), null = names(fm)[vapply(fm, is.null, logical(1))]) }); "
         "names(res) <- funs; "
-        "jsonlite::write_json(list(formals = res, table = anndataRnn:::.rnn_options), "
+        "tab <- lapply(anndataRnn:::.rnn_options, function(t) "
+        "list(options = as.list(t$options), kinds = as.list(t$kinds))); "
+        "jsonlite::write_json(list(formals = res, table = tab), "
         f"'{out}', auto_unbox = FALSE)"
     )
     proc = subprocess.run(

@@ -33,7 +33,7 @@ test_that("rnnForecast on a SummarizedExperiment time course adds the forecasts 
     yeast <- readH5ad(file)
     se <- SummarizedExperiment(assays(yeast)["X"], colData = colData(yeast))
     se <- do.call(rnnForecast, c(list(se, series_key = "series", time_key = "time",
-                                      series_subset = "cdc15"), fast))
+                                      series_subset = c("cdc15", "cdc28")), fast))
     expect_s4_class(se, "SummarizedExperiment")
     expect_false(is(se, "SingleCellExperiment"))
     expect_true("rnn_forecast" %in% assayNames(se))
