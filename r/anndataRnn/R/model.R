@@ -59,9 +59,11 @@ readRnnModel <- function(file, weights = FALSE) {
         pre <- list()
         for (p in c("mean", "std")) {
             v <- as.numeric(rhdf5::h5read(file, paste0("/preprocessing/", p)))
-            if (length(v) != length(features))
+            # var-series: every gene is one sequence of a single feature, so one mean/std
+            n_stats <- if (identical(config$layout, "var-series")) 1L else length(features)
+            if (length(v) != n_stats)
                 die(sprintf("has %d values in /preprocessing/%s for %d features", length(v), p,
-                            length(features)))
+                            n_stats))
             if (!all(is.finite(v))) die("has non-finite values in /preprocessing/", p)
             pre[[p]] <- v
         }

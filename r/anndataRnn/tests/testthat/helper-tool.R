@@ -13,7 +13,10 @@ toy_sce <- function(n_cells = 60L, n_genes = 12L, seed = 1L) {
     types <- c("alpha", "beta", "gamma")
     cell_type <- factor(rep(types, length.out = n_cells), levels = types)
     rate <- matrix(1, n_genes, n_cells)
-    for (k in seq_along(types)) rate[(k - 1) * 4 + 1:4, cell_type == types[k]] <- 6
+    for (k in seq_along(types)) {
+        rows <- intersect((k - 1) * 4 + 1:4, seq_len(n_genes))
+        rate[rows, cell_type == types[k]] <- 6
+    }
     counts <- methods::as(Matrix::Matrix(matrix(rpois(n_genes * n_cells, rate), n_genes),
                                          sparse = TRUE), "CsparseMatrix")
     dimnames(counts) <- list(sprintf("g%02d", seq_len(n_genes)), sprintf("c%03d", seq_len(n_cells)))
