@@ -48,7 +48,7 @@ rnnAvailable <- function() {
     if (is.logical(value)) stop(sprintf("'%s' takes a value, not TRUE/FALSE", name), call. = FALSE)
     text <- if (is.numeric(value)) {
         vapply(value, function(v) if (v == round(v) && abs(v) < 1e15) format(v, scientific = FALSE)
-                                  else format(v, digits = 17), character(1))
+                                  else as.character(v), character(1))
     } else {
         as.character(value)
     }
