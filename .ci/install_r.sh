@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Install R + the Bioconductor/CRAN packages used by tests/r/*.R (Debian bookworm).
+# Install R + the Bioconductor/CRAN packages used by the R package r/anndataRnn, its checks
+# (testthat, roxygen2, the vignette's knitr/rmarkdown/pandoc) and tests/r/*.R (Debian bookworm).
 # Idempotent: exits quickly when Rscript and all libraries are already present.
 set -euo pipefail
 
-R_LIBS_NEEDED="rhdf5 SingleCellExperiment HDF5Array hdf5r Matrix jsonlite"
-DEB_PKGS="r-base-core r-bioc-rhdf5 r-bioc-singlecellexperiment r-bioc-hdf5array r-cran-hdf5r r-cran-matrix r-cran-jsonlite"
+R_LIBS_NEEDED="rhdf5 SingleCellExperiment SummarizedExperiment S4Vectors HDF5Array hdf5r Matrix jsonlite testthat roxygen2 knitr rmarkdown"
+DEB_PKGS="r-base-core r-bioc-rhdf5 r-bioc-singlecellexperiment r-bioc-hdf5array r-cran-hdf5r r-cran-matrix r-cran-jsonlite r-cran-testthat r-cran-roxygen2 r-cran-knitr r-cran-rmarkdown pandoc"
 
 have_all() {
     command -v Rscript >/dev/null 2>&1 || return 1
+    command -v pandoc >/dev/null 2>&1 || return 1
     Rscript --vanilla -e "
         pk <- strsplit('${R_LIBS_NEEDED}', ' ')[[1]]
         miss <- pk[!nzchar(vapply(pk, function(p) system.file(package = p), character(1)))]

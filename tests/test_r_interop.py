@@ -1,9 +1,12 @@
-"""Bioconductor interoperability: R reads what anndata-rnn writes (and anndata-rnn reads R's).
+"""Bioconductor interoperability: R reads what anndata-rnn writes (and anndata-rnn reads R's),
+and the R package ``r/anndataRnn`` runs anndata-rnn from R.
 
-Every case runs the real anndata-rnn Python API on small data, writes the .h5ad / model
-file, exports the expected values from Python (reading the written file back with
-anndata) and runs real R (``Rscript``, rhdf5 + SingleCellExperiment, installed by
-``.ci/install_r.sh``) on it:
+The R code is the package's (one R code path): it is installed once per session with
+``R CMD INSTALL`` into a temporary library (what users get: its NAMESPACE, its imports,
+compiled documentation), and the scripts under ``tests/r/`` call it. Every case runs the
+real anndata-rnn Python API on small data, writes the .h5ad / model file, exports the
+expected values from Python (reading the written file back with anndata) and runs real R
+(``Rscript``, rhdf5 + SingleCellExperiment, installed by ``.ci/install_r.sh``) on it:
 
 - ``tests/r/read_output.R`` builds a SingleCellExperiment from the .h5ad and, in check mode,
   compares predictions, probabilities, embeddings, forecasts, clusters and ``uns[key]``
@@ -13,18 +16,27 @@ anndata) and runs real R (``Rscript``, rhdf5 + SingleCellExperiment, installed b
 - ``tests/r/read_model.R`` reads the model file (attributes, JSON config, feature names,
   weights).
 - ``tests/r/write_input.R`` writes an .h5ad from R that anndata-rnn must train on.
+- ``tests/r/round_trip.R`` runs ``rnnClassify`` / ``rnnPredict`` from R on a
+  SingleCellExperiment (dgCMatrix counts, a factor label with NA, integers with NA); the
+  same commands run here from Python on the .h5ad the package wrote must give the same
+  predictions.
+- The R functions' arguments are the click options of their commands.
 
-Skipped only when ``Rscript`` is not installed (an error instead when the environment sets
+Skipped only when ``Rscript`` or an R package it needs is not installed (an error instead when the environment sets
 ``ANNDATA_RNN_REQUIRE_R=1``, as CI does after ``.ci/install_r.sh``).
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import math
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,10 +49,19 @@ import pytest
 
 RSCRIPT = shutil.which("Rscript")
 R_DIR = Path(__file__).resolve().parent / "r"
+R_PACKAGE = Path(__file__).resolve().parent.parent / "r" / "anndataRnn"
 KEY = "rnn"
 
-#: the R packages the scripts under tests/r load
-R_PACKAGES = ("rhdf5", "SingleCellExperiment")
+#: the R packages the package anndataRnn imports (its DESCRIPTION), all from Debian
+R_PACKAGES = (
+    "rhdf5",
+    "hdf5r",
+    "Matrix",
+    "jsonlite",
+    "S4Vectors",
+    "SummarizedExperiment",
+    "SingleCellExperiment",
+)
 
 
 def _missing_r() -> str:
@@ -74,9 +95,37 @@ FAST = dict(hidden=(8,), max_epochs=2, batch_size=32, patience=2, seed=0, quiet=
 
 
 # ------------------------------------------------------------------------------- helpers --
+@functools.cache
+def r_library() -> str:
+    """Install r/anndataRnn once into a temporary R library; its path (for R_LIBS)."""
+    lib = tempfile.mkdtemp(prefix="anndataRnn_lib_")
+    atexit.register(shutil.rmtree, lib, ignore_errors=True)
+    proc = subprocess.run(
+        ["R", "CMD", "INSTALL", "--no-test-load", "-l", lib, str(R_PACKAGE)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"R CMD INSTALL r/anndataRnn failed:\n{proc.stdout}\n{proc.stderr}")
+    return lib
+
+
+def r_env(**extra: str) -> dict[str, str]:
+    """The environment of an R process: the package's library first; the rnn* functions run
+    this Python's anndata-rnn (``python -m anndata_rnn``, this checkout)."""
+    env = dict(os.environ)
+    env["R_LIBS"] = os.pathsep.join(filter(None, [r_library(), env.get("R_LIBS", "")]))
+    env["ANNDATA_RNN_EXECUTABLE"] = f"{sys.executable} -m anndata_rnn"
+    root = str(R_PACKAGE.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
+    env.update(extra)
+    return env
+
+
 def run_r(script: str, *args, timeout: int = 240) -> subprocess.CompletedProcess:
     cmd = [RSCRIPT, "--vanilla", str(R_DIR / script), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=r_env())
 
 
 def r_output(proc: subprocess.CompletedProcess) -> str:
@@ -432,8 +481,6 @@ def case_nullable(tmp: Path) -> dict:
     """(f) an input whose indices and string columns are nullable-string-array (anndata with
     ``pd.options.future.infer_string``), classified through the CLI: R reads the whole output
     (the input's own nullable strings included) and the new keys pass --strict."""
-    import sys
-
     from click.testing import CliRunner
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -662,6 +709,195 @@ def test_inputs_written_by_r(tmp_path, strings):
     assert back.obs[f"{KEY}_pred"].notna().all()
     assert set(back.obs[f"{KEY}_pred"].cat.categories) == {"alpha", "beta", "gamma"}
     assert back.obsm[f"{KEY}_proba"].shape == (90, 3)
+
+
+# ------------------------------------------------------------------- the R package --
+#: options the R functions manage themselves: the input and output files
+R_MANAGED = {"input", "output", "help"}
+#: R function -> anndata-rnn command
+R_FUNCTIONS = {
+    "rnnClassify": "classify",
+    "rnnForecast": "forecast",
+    "rnnEmbed": "embed",
+    "rnnExplain": "explain",
+    "rnnPredict": "predict",
+}
+
+
+def _click_options(command: str) -> dict[str, tuple[str, str]]:
+    """R argument name -> (long option, kind) of every option of an anndata-rnn command."""
+    import click
+
+    from anndata_rnn.cli import main
+
+    out = {}
+    for p in main.commands[command].params:
+        if not isinstance(p, click.Option):
+            continue
+        long = [o for o in p.opts if o.startswith("--")][0]
+        name = long[2:].replace("-", "_")
+        if name in R_MANAGED:
+            continue
+        kind = ("pair" if p.secondary_opts else "flag") if p.is_flag else "value"
+        out[name] = (long, kind)
+    return out
+
+
+def test_r_functions_mirror_the_cli_options(tmp_path):
+    """Every argument of rnnClassify/... (but x and assay) is an option of its command, named
+    as the option with underscores, passed as that option, and every option is an argument:
+    the installed R package and the click commands cannot drift apart (regenerate with
+    ``PYTHONPATH=. python r/generate_rnn_functions.py``). All default to NULL: not passed,
+    so the CLI's defaults apply."""
+    out = tmp_path / "formals.json"
+    code = (
+        "suppressPackageStartupMessages(library(anndataRnn)); "
+        f"funs <- c({', '.join(repr(f) for f in R_FUNCTIONS)}); "
+        "res <- lapply(funs, function(f) { fm <- formals(get(f)); "
+        "list(args = names(fm), null = names(fm)[vapply(fm, is.null, logical(1))]) }); "
+        "names(res) <- funs; "
+        "tab <- lapply(anndataRnn:::.rnn_options, function(t) "
+        "list(options = as.list(t$options), kinds = as.list(t$kinds))); "
+        "jsonlite::write_json(list(formals = res, table = tab), "
+        f"'{out}', auto_unbox = FALSE)"
+    )
+    proc = subprocess.run(
+        [RSCRIPT, "--vanilla", "-e", code], capture_output=True, text=True, env=r_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(out.read_text())
+    problems = []
+    for fun, command in R_FUNCTIONS.items():
+        cli = _click_options(command)
+        args = got["formals"][fun]["args"]
+        assert args[0] == "x", fun
+        r_args = set(args) - {"x", "assay"}
+        for name in sorted(r_args - set(cli)):
+            problems.append(f"{fun}({name}=): no option --{name.replace('_', '-')} in {command}")
+        for name in sorted(set(cli) - r_args):
+            problems.append(f"{fun}: no argument {name} for {cli[name][0]} of {command}")
+        not_null = set(args) - {"x"} - set(got["formals"][fun]["null"])
+        if not_null:
+            problems.append(f"{fun}: arguments with an R default: {sorted(not_null)}")
+        table = got["table"][command]
+        options = {k: v[0] for k, v in table["options"].items()}
+        kinds = {k: v[0] for k, v in table["kinds"].items()}
+        for name, (long, kind) in cli.items():
+            if name in options and (options[name], kinds.get(name)) != (long, kind):
+                problems.append(
+                    f"{fun}: {name} is passed as {options[name]} ({kinds.get(name)}), "
+                    f"the CLI has {long} ({kind})"
+                )
+        if set(options) != r_args:
+            problems.append(f"{fun}: the option table and the arguments differ")
+    assert not problems, "\n".join(problems)
+
+
+def test_mirror_check_sees_a_divergence():
+    """The check above is not vacuous: an option renamed on either side is reported."""
+    cli = _click_options("classify")
+    assert cli["label"] == ("--label", "value")
+    assert cli["linear_path"] == ("--linear-path", "pair")
+    assert cli["bidirectional"] == ("--bidirectional", "flag")
+    assert "input" not in cli and "output" not in cli and "model_out" in cli
+    assert _click_options("predict")["model"] == ("--model", "value")
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=str)
+
+
+def test_r_round_trip_equals_python(tmp_path):
+    """SingleCellExperiment -> rnnClassify / rnnPredict from R -> the same object with the
+    results; the same commands from Python on the .h5ad the package wrote give the same
+    predictions, probabilities and embedding. The dgCMatrix, the factor label with NA and
+    the integer, logical and string columns with NA reach anndata as what they are."""
+    from click.testing import CliRunner
+
+    from anndata_rnn.cli import main
+
+    proc = run_r("round_trip.R", tmp_path, timeout=900)
+    assert proc.returncode == 0, r_output(proc)
+    assert "OK" in proc.stdout.splitlines()[-1], r_output(proc)
+
+    # what the package wrote, read by anndata
+    adata = ad.read_h5ad(tmp_path / "input.h5ad")
+    import scipy.sparse as sp
+
+    counts = pd.read_csv(tmp_path / "input_counts.csv", index_col=0)  # genes x cells
+    assert sp.issparse(adata.X) and adata.X.format == "csr" and adata.X.has_sorted_indices
+    np.testing.assert_array_equal(adata.X.toarray(), counts.to_numpy().T)
+    assert list(adata.obs_names) == list(counts.columns)
+    assert list(adata.var_names) == list(counts.index)
+    obs = pd.read_csv(tmp_path / "input_obs.csv", index_col=0, keep_default_na=False)
+    label = adata.obs["cell_type"]
+    assert isinstance(label.dtype, pd.CategoricalDtype)
+    assert list(label.cat.categories) == ["alpha", "beta", "gamma"]
+    assert list(label.isna()) == list(obs["cell_type"] == "NA")
+    assert str(adata.obs["batch"].dtype) in ("Int32", "Int64")  # nullable integer
+    assert list(adata.obs["batch"].isna()) == list(obs["batch"] == "NA")
+    assert list(adata.obs["batch"].dropna().astype(int)) == [
+        int(v) for v in obs["batch"] if v != "NA"
+    ]
+    assert str(adata.obs["qc_pass"].dtype) == "boolean"
+    assert list(adata.obs["qc_pass"].isna()) == list(obs["qc_pass"] == "NA")
+    assert adata.obs["donor"].isna().sum() == (obs["donor"] == "NA").sum() > 0
+    assert str(adata.var["chromosome"].dtype) in ("Int32", "Int64")
+    assert adata.var["chromosome"].isna().sum() == 4
+    assert adata.obsm["PCA"].shape == (adata.n_obs, 3)
+
+    # the same classify command, from Python, on the same data and seed
+    common = ["--layout", "profile", "--chunk-size", "6", "--hidden", "8", "--epochs", "2",
+              "--min-steps", "0", "--seed", "0", "--device", "cpu", "--threads", "1", "--quiet"]  # fmt: skip
+    out_py = tmp_path / "py_classified.h5ad"
+    result = CliRunner().invoke(
+        main,
+        ["classify", str(tmp_path / "input.h5ad"), "--label", "cell_type", *common,
+         "--output", str(out_py), "--model-out", str(tmp_path / "model_py.h5")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    py = ad.read_h5ad(out_py)
+    r_obs = _read_csv(tmp_path / "r_classify_obs.csv")
+    assert list(r_obs["name"]) == list(py.obs_names)
+    assert r_obs["rnn_pred"].notna().all()  # unlabelled cells are predicted too
+    assert list(r_obs["rnn_pred"]) == list(py.obs[f"{KEY}_pred"].astype(str))
+    assert list(r_obs["rnn_split"]) == list(py.obs[f"{KEY}_split"].astype(str))
+    np.testing.assert_allclose(
+        r_obs["rnn_conf"].astype(float), py.obs[f"{KEY}_conf"], rtol=1e-6, atol=1e-7
+    )
+    proba = pd.read_csv(tmp_path / "r_classify_proba.csv", index_col=0)
+    np.testing.assert_allclose(proba.to_numpy(), py.obsm[f"{KEY}_proba"], rtol=1e-6, atol=1e-7)
+    emb = pd.read_csv(tmp_path / "r_classify_embedding.csv", index_col=0)
+    np.testing.assert_allclose(emb.to_numpy(), py.obsm[f"X_{KEY}"], rtol=1e-5, atol=1e-6)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["accuracy"] == pytest.approx(py.uns[KEY]["metrics"]["rnn"]["accuracy"])
+
+    # rnnPredict from R == anndata-rnn predict from Python with R's model
+    out_pred = tmp_path / "py_predicted.h5ad"
+    result = CliRunner().invoke(
+        main,
+        ["predict", str(tmp_path / "input.h5ad"), "--model", str(tmp_path / "model_r.h5"),
+         "--key-added", "again", "--seed", "0", "--device", "cpu", "--threads", "1", "--quiet",
+         "--output", str(out_pred)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pred = ad.read_h5ad(out_pred)
+    r_pred = _read_csv(tmp_path / "r_predict_obs.csv")
+    assert list(r_pred["again_pred"]) == list(pred.obs["again_pred"].astype(str))
+    np.testing.assert_allclose(
+        r_pred["again_conf"].astype(float), pred.obs["again_conf"], rtol=1e-6, atol=1e-7
+    )
+
+    # a tool error reaches R as an R error with the tool's one-line message
+    result = CliRunner().invoke(
+        main,
+        ["classify", str(tmp_path / "input.h5ad"), "--label", "no_such_column", *common,
+         "--output", str(tmp_path / "e.h5ad"), "--model-out", str(tmp_path / "e.h5")],
+    )  # fmt: skip
+    assert result.exit_code != 0
+    tool_line = [ln for ln in result.output.splitlines() if ln.startswith("Error: ")][-1]
+    r_error = (tmp_path / "r_error.txt").read_text().strip()
+    assert r_error == "anndata-rnn classify: " + tool_line[len("Error: ") :]
 
 
 def _synthetic_output(path: Path) -> ad.AnnData:

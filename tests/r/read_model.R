@@ -1,5 +1,6 @@
 #!/usr/bin/env Rscript
-# Read an anndata-rnn model file (plain HDF5, written with h5py) from R with rhdf5.
+# Read an anndata-rnn model file (plain HDF5, written with h5py) from R with the package
+# anndataRnn (r/anndataRnn: readRnnModel(), rhdf5), print it and export a summary.
 #
 # Usage:
 #   Rscript tests/r/read_model.R MODEL.h5 [--features-out FILE] [--summary-out FILE.json]
@@ -17,7 +18,6 @@
 
 suppressPackageStartupMessages(library(rhdf5))
 options(width = 160)
-has_json <- requireNamespace("jsonlite", quietly = TRUE)
 
 args <- commandArgs(trailingOnly = TRUE)
 die <- function(...) {
@@ -42,69 +42,22 @@ ls$path <- paste(ifelse(ls$group == "/", "", ls$group), ls$name, sep = "/")
 cat("== h5ls", basename(file), "==\n")
 print(ls[, c("group", "name", "otype", "dclass", "dtype", "dim")], row.names = FALSE)
 
-# ---- root attributes -----------------------------------------------------------------
-attrs <- suppressWarnings(h5readAttributes(file, "/"))
-for (a in c("format", "format_version", "config"))
-    if (is.null(attrs[[a]])) die("root attribute", sQuote(a), "is missing")
-fmt <- as.character(attrs$format)
-if (fmt != "anndata-rnn-model") die("format attribute is", sQuote(fmt), "not 'anndata-rnn-model'")
-version <- attrs$format_version
-if (!is.numeric(version) || length(version) != 1 || version != round(version))
-    die("format_version is not an integer:", format(version))
-version <- as.integer(version)
-config_text <- as.character(attrs$config)
-if (!startsWith(trimws(config_text), "{")) die("config attribute is not a JSON object")
-
-if (has_json) {
-    config <- tryCatch(jsonlite::fromJSON(config_text, simplifyVector = TRUE),
-                       error = function(e) die("config is not valid JSON:", conditionMessage(e)))
-    if (!is.null(config$format) && config$format != fmt) die("config$format differs from the attribute")
-    if (!is.null(config$format_version) && config$format_version != version)
-        die("config$format_version differs from the attribute")
-    cat(sprintf("config: %d top-level keys: %s\n", length(config), paste(names(config), collapse = ", ")))
-} else {
-    if (!grepl("\"format\"", config_text, fixed = TRUE)) die("config JSON has no \"format\" key")
-    config <- list()
-    cat("config: jsonlite not available; checked that it is a JSON object naming 'format'\n")
-}
-
-# ---- features ----------------------------------------------------------------------------
-if (!("/features/names" %in% ls$path)) die("dataset /features/names is missing")
-features <- as.character(h5read(file, "/features/names"))
-if (anyNA(features)) die("feature names contain NA")
+m <- tryCatch(anndataRnn::readRnnModel(file), error = function(e) die(conditionMessage(e)))
+config <- m$config
+fmt <- m$format
+version <- m$format_version
+features <- m$features
 n_features <- length(features)
+shapes <- lapply(m$shapes, I)
+n_params <- m$n_params
+arrays <- m$arrays
+task <- m$task
+layout <- m$layout
+cat(sprintf("config: %d top-level keys: %s\n", length(config), paste(names(config), collapse = ", ")))
 cat(sprintf("features: %d (%s%s)\n", n_features, paste(head(features, 5), collapse = ", "),
             if (n_features > 5) ", ..." else ""))
-for (p in c("/preprocessing/mean", "/preprocessing/std")) if (p %in% ls$path) {
-    v <- as.numeric(h5read(file, p))
-    if (length(v) != n_features) die(p, "has", length(v), "values for", n_features, "features")
-    if (!all(is.finite(v))) die(p, "has non-finite values")
-}
-
-# ---- weights -----------------------------------------------------------------------------
-wrows <- ls[ls$group == "/weights" & ls$otype == "H5I_DATASET", ]
-if (nrow(wrows) == 0) die("no datasets under /weights")
-shapes <- list(); n_params <- 0
-for (k in seq_len(nrow(wrows))) {
-    w <- h5read(file, wrows$path[k], bit64conversion = "double")
-    if (!is.numeric(w) && !is.integer(w)) die(wrows$path[k], "is not numeric (", class(w)[1], ")")
-    if (!all(is.finite(as.numeric(w)))) die(wrows$path[k], "has non-finite values")
-    d <- if (is.null(dim(w))) length(w) else rev(dim(w))   # numpy orientation
-    if (wrows$dim[k] == "( 0 )") d <- integer(0)
-    shapes[[wrows$name[k]]] <- I(as.integer(d))
-    n_params <- n_params + length(w)
-}
 cat(sprintf("weights: %d tensors, %d values\n", length(shapes), as.integer(n_params)))
-
-arrays <- list()
-for (p in ls$path[ls$group == "/arrays" & ls$otype == "H5I_DATASET"]) {
-    v <- h5read(file, p)
-    arrays[[basename(p)]] <- if (is.factor(v)) as.character(v) else as.vector(v)
-    cat(sprintf("arrays/%s: %s [%d]\n", basename(p), class(arrays[[basename(p)]])[1], length(v)))
-}
-
-task <- if (!is.null(config$task)) as.character(config$task) else NA
-layout <- if (!is.null(config$layout)) as.character(config$layout) else NA
+for (a in names(arrays)) cat(sprintf("arrays/%s: %s [%d]\n", a, class(arrays[[a]])[1], length(arrays[[a]])))
 cat(sprintf("model: format=%s version=%d task=%s layout=%s features=%d params=%d\n",
             fmt, version, task, layout, n_features, as.integer(n_params)))
 
@@ -116,12 +69,7 @@ if (!is.null(features_out)) {
 if (!is.null(summary_out)) {
     summary <- list(format = fmt, format_version = version, task = task, layout = layout,
                     n_features = n_features, n_params = n_params, weights = shapes,
-                    classes = I(if (!is.null(config$classes)) as.character(config$classes) else character(0)),
-                    config_keys = I(names(config)), arrays = I(names(arrays)))
-    if (has_json) {
-        writeLines(jsonlite::toJSON(summary, auto_unbox = TRUE, digits = NA), summary_out, useBytes = TRUE)
-    } else {
-        die("--summary-out needs jsonlite")
-    }
+                    classes = I(m$classes), config_keys = I(names(config)), arrays = I(names(arrays)))
+    writeLines(jsonlite::toJSON(summary, auto_unbox = TRUE, digits = NA), summary_out, useBytes = TRUE)
 }
 cat("OK\n")

@@ -1,7 +1,8 @@
 #!/usr/bin/env Rscript
-# Read an .h5ad written by anndata-rnn into a Bioconductor SingleCellExperiment,
-# using only rhdf5 (+ hdf5r for enum attributes) and the anndata on-disk spec
-# (https://anndata.readthedocs.io/en/latest/fileformat-prose.html).
+# Read an .h5ad written by anndata-rnn into a Bioconductor SingleCellExperiment with the
+# R package anndataRnn (r/anndataRnn: readH5ad(), rhdf5 + the anndata on-disk spec) and
+# check it against values exported by Python.  The reading itself is the package's
+# (one R code path); this script adds the check mode for tests/test_r_interop.py.
 #
 # Usage:
 #   Rscript tests/r/read_output.R FILE.h5ad [--key rnn] [--expected DIR]
@@ -12,7 +13,7 @@
 # "== RESULT <label>: OK" or "== RESULT <label>: FAILED (status N)", and the exit
 # status is the largest one of all jobs.
 #
-# Mapping (anndata -> SingleCellExperiment, genes x cells):
+# Mapping (anndata -> SingleCellExperiment, genes x cells; see ?anndataRnn::readH5ad):
 #   X, layers/<k>     -> assays "X", "<k>"   (dense -> matrix, csr/csc -> dgCMatrix)
 #   obs               -> colData             (categoricals -> factor, codes -1 -> NA)
 #   var               -> rowData
@@ -38,16 +39,12 @@
 #
 # Encodings that trip R readers (bool HDF5 enums, uint8 -> raw, nullable-*
 # encodings, the null encoding, unsorted CSR/CSC indices, int64) are decoded
-# here but reported as "INTEROP:" lines naming the element; with --strict those
+# by the package but reported as "INTEROP:" lines naming the element; with --strict those
 # found in key-related elements (obs/<key>_*, obsm/X_<key>, uns/<key>/..., ...)
 # make the script exit with status 3.
 
 suppressPackageStartupMessages({
-    library(rhdf5)
-    library(Matrix)
-    library(S4Vectors)
-    library(SummarizedExperiment)
-    library(SingleCellExperiment)
+    library(anndataRnn)  # attaches SingleCellExperiment (and SummarizedExperiment, S4Vectors)
 })
 options(width = 160)
 
@@ -89,15 +86,7 @@ parse_args <- function(argv) {
     opt
 }
 
-# Per-job globals, set by run_job(): opt, FILE, KEY, LS, sce, failures, .issues
-.issues <- new.env()
-
-# ------------------------------------------------------ interop bookkeeping --
-interop <- function(path, problem, severity = "error") {
-    # severity "note": reported, but not a --strict failure
-    .issues$rows[[length(.issues$rows) + 1]] <- c(path = path, problem = problem, severity = severity)
-    invisible(NULL)
-}
+# Per-job globals, set by run_job(): opt, FILE, KEY, LS, sce, failures
 
 # key-related elements: obs/<key>_*, var/<key>_*, obsm/X_<key>, obsm/<key>_*,
 # layers/<key>_*, varm/..., uns/<key>(/...)
@@ -107,250 +96,14 @@ key_related <- function(path) {
                  "(_[^/]*)?(/|$)"), path)
 }
 
-# ------------------------------------------------------------ low level I/O --
+# ------------------------------------------------------------ file listing --
 list_h5 <- function(file) {
-    ls <- h5ls(file, all = TRUE, recursive = TRUE)
+    ls <- rhdf5::h5ls(file, all = TRUE, recursive = TRUE)
     ls$path <- sub("^/+", "/", paste(ifelse(ls$group == "/", "", ls$group), ls$name, sep = "/"))
     ls
 }
-norm <- function(path) sub("/+$", "", sub("^/*", "/", path))
-exists_h5 <- function(path) norm(path) %in% LS$path
-ls_row <- function(path) LS[match(norm(path), LS$path), , drop = FALSE]
-is_group <- function(path) identical(unname(LS_OTYPE[norm(path)]), "H5I_GROUP")
-children <- function(path) {
-    p <- norm(path)
-    LS$name[LS$group == p]
-}
-
-read_attrs <- function(path) {
-    a <- suppressWarnings(h5readAttributes(FILE, norm(path)))
-    # rhdf5 cannot read ENUM (numpy bool) attributes: it returns NA.  The only
-    # one the spec uses is categorical "ordered"; re-read it with hdf5r.
-    if ("ordered" %in% names(a)) a$ordered <- read_ordered(path)
-    lapply(a, function(v) if (is.array(v) && length(dim(v)) == 1) as.vector(v) else v)
-}
-
-# one hdf5r handle per job (hdf5r's close_all() runs gc(), which costs ~1 s)
-.h5r <- new.env()
-read_ordered <- function(path) {
-    if (is.null(.h5r$file)) .h5r$file <- hdf5r::H5File$new(FILE, mode = "r")
-    obj <- .h5r$file$open(sub("^/", "", norm(path)))
-    on.exit(obj$close())
-    a <- obj$attr_open("ordered")
-    on.exit(a$close(), add = TRUE)
-    isTRUE(as.logical(a$read()))
-}
-close_h5r <- function() {
-    if (!is.null(.h5r$file)) {
-        .h5r$file$close_all()
-        .h5r$file <- NULL
-    }
-}
-
-enc_type <- function(path) {
-    e <- read_attrs(path)[["encoding-type"]]
-    if (is.null(e)) "" else as.character(e)
-}
-
-# Read one dataset and return it in numpy (C) orientation.
-read_dataset <- function(path) {
-    row <- ls_row(path)
-    dtype <- row$dtype
-    if (identical(dtype, "H5T_STD_I64LE") || identical(dtype, "H5T_STD_U64LE") ||
-        identical(dtype, "H5T_STD_U32LE")) {
-        interop(path, sprintf("%s integer (rhdf5 returns R integer with NA past 2^31 unless bit64conversion='double')", dtype),
-                severity = "note")
-        x <- h5read(FILE, norm(path), bit64conversion = "double")
-    } else {
-        x <- h5read(FILE, norm(path))
-    }
-    if (identical(row$dclass, "ENUM")) {
-        interop(path, "numpy bool stored as HDF5 ENUM (rhdf5 returns a factor FALSE/TRUE, not logical)")
-        d <- dim(x)
-        x <- as.character(x) == "TRUE"
-        if (length(d) > 1) dim(x) <- d
-    } else if (identical(row$dclass, "COMPOUND")) {
-        interop(path, "HDF5 compound (numpy record array)")
-        return(as.data.frame(x))
-    }
-    if (is.raw(x)) {
-        interop(path, sprintf("%s integer comes back as R 'raw'", dtype))
-        d <- dim(x)
-        x <- as.integer(x)
-        if (identical(dtype, "H5T_STD_I8LE")) x <- ifelse(x > 127L, x - 256L, x)
-        if (length(d) > 1) dim(x) <- d
-    }
-    d <- dim(x)
-    if (length(d) > 1) {
-        x <- aperm(x, rev(seq_along(d)))           # back to numpy orientation
-    } else if (length(d) == 1) {
-        x <- as.vector(x)
-    }
-    x
-}
-
-# Recursive element reader following the anndata encoding-type attributes.
-read_elem <- function(path) {
-    path <- norm(path)
-    enc <- enc_type(path)
-    if (enc == "null") {
-        interop(path, "encoding-type 'null' (rhdf5/hdf5r cannot read the empty dataset)")
-        return(NULL)
-    }
-    if (!is_group(path)) {
-        x <- read_dataset(path)
-        if (enc %in% c("numeric-scalar", "string") && length(x) == 1) x <- x[[1]]
-        return(x)
-    }
-    switch(enc,
-        "dataframe" = read_dataframe(path),
-        "categorical" = read_categorical(path),
-        "csr_matrix" = read_sparse(path, "csr"),
-        "csc_matrix" = read_sparse(path, "csc"),
-        "nullable-integer" = read_nullable(path, enc),
-        "nullable-boolean" = read_nullable(path, enc),
-        "nullable-string-array" = read_nullable(path, enc),
-        "awkward-array" = { interop(path, "awkward-array is not readable from R"); NULL },
-        {
-            # "dict", "" (old files) and anything unknown: nested list
-            out <- list()
-            for (ch in children(path)) {
-                v <- tryCatch(read_elem(paste0(path, "/", ch)), error = function(e) {
-                    interop(paste0(path, "/", ch), paste("unreadable:", conditionMessage(e)))
-                    NULL
-                })
-                out[ch] <- list(v)
-            }
-            out
-        })
-}
-
-read_categorical <- function(path) {
-    a <- read_attrs(path)
-    codes <- read_dataset(paste0(path, "/codes"))
-    cats <- read_dataset(paste0(path, "/categories"))
-    codes[codes < 0] <- NA
-    lev <- as.character(cats)
-    f <- factor(lev[codes + 1L], levels = lev, ordered = isTRUE(a$ordered))
-    f
-}
-
-read_nullable <- function(path, enc) {
-    interop(path, sprintf("encoding-type '%s' (values+mask group; zellkonverter/anndataR readers drop or mangle it)", enc))
-    v <- read_dataset(paste0(path, "/values"))
-    if (exists_h5(paste0(path, "/mask"))) {
-        m <- read_dataset(paste0(path, "/mask"))
-        v[as.logical(m)] <- NA
-    }
-    if (enc == "nullable-boolean") v <- as.logical(v)
-    v
-}
-
-read_sparse <- function(path, fmt) {
-    a <- read_attrs(path)
-    shape <- as.integer(a$shape)
-    x <- as.numeric(read_dataset(paste0(path, "/data")))
-    idx <- as.integer(read_dataset(paste0(path, "/indices")))
-    ptr <- as.integer(read_dataset(paste0(path, "/indptr")))
-    # dgCMatrix needs strictly increasing indices inside each compressed slice.
-    lens <- diff(ptr)
-    slice <- rep.int(seq_along(lens), lens)
-    if (length(idx) > 1) {
-        same <- slice[-1] == slice[-length(slice)]
-        bad <- same & (idx[-1] <= idx[-length(idx)])
-        if (any(bad)) {
-            first <- which(bad)[1]
-            interop(path, sprintf(
-                "unsorted or duplicate %s indices inside %s %d (dgCMatrix rejects them; write with sort_indices())",
-                if (fmt == "csr") "column" else "row",
-                if (fmt == "csr") "row" else "column", slice[first] - 1L))
-        }
-    }
-    if (fmt == "csr") {
-        # numpy (n_row x n_col) CSR == (n_col x n_row) CSC: build the transpose
-        m <- sparseMatrix(i = idx + 1L, j = slice, x = x, dims = rev(shape))
-        t(m)
-    } else {
-        sparseMatrix(i = idx + 1L, j = slice, x = x, dims = shape)
-    }
-}
-
-read_dataframe <- function(path) {
-    a <- read_attrs(path)
-    idx_name <- if (is.null(a[["_index"]])) "_index" else as.character(a[["_index"]])
-    # an index written from pandas' string dtype is a nullable-string-array group
-    idx <- as.character(read_elem(paste0(path, "/", idx_name)))
-    cols <- as.character(unlist(a[["column-order"]]))
-    df <- new("DFrame", nrows = length(idx), rownames = idx)
-    for (cn in cols) {
-        v <- tryCatch(read_elem(paste0(path, "/", cn)), error = function(e) {
-            interop(paste0(path, "/", cn), paste("unreadable:", conditionMessage(e)))
-            NULL
-        })
-        if (is.null(v)) next
-        if (is(v, "sparseMatrix")) v <- as.matrix(v)
-        df[[cn]] <- v
-    }
-    df
-}
-
-# ---------------------------------------------------------- build the SCE --
-build_sce <- function() {
-    obs <- read_dataframe("/obs")
-    var <- read_dataframe("/var")
-    n_obs <- nrow(obs); n_vars <- nrow(var)
-    cells <- rownames(obs); genes <- rownames(var)
-
-    to_gxc <- function(m, what) {
-        if (is.data.frame(m) || is(m, "DataFrame")) stop(what, " is a data frame")
-        if (!identical(as.integer(dim(m)), c(n_obs, n_vars)))
-            stop(sprintf("%s has shape %s, expected %d x %d", what,
-                         paste(dim(m), collapse = " x "), n_obs, n_vars))
-        m <- t(m)
-        if (is.logical(m) || is.integer(m)) storage.mode(m) <- "double"
-        dimnames(m) <- list(genes, cells)
-        m
-    }
-    assays <- list()
-    if (exists_h5("/X")) assays[["X"]] <- to_gxc(read_elem("/X"), "X")
-    if (exists_h5("/layers"))
-        for (k in children("/layers")) assays[[k]] <- to_gxc(read_elem(paste0("/layers/", k)), paste0("layers/", k))
-
-    rdims <- list()
-    if (exists_h5("/obsm")) for (k in children("/obsm")) {
-        m <- read_elem(paste0("/obsm/", k))
-        if (is(m, "DataFrame") || is.data.frame(m)) {
-            num <- vapply(as.list(m), is.numeric, logical(1))
-            if (!all(num)) { cat("note: obsm/", k, " is a non-numeric data frame; skipped\n", sep = ""); next }
-            m <- as.matrix(as.data.frame(m))
-        }
-        if (is.null(dim(m))) m <- matrix(m, ncol = 1)
-        rownames(m) <- cells
-        rdims[[k]] <- m
-    }
-
-    rd <- var
-    if (exists_h5("/varm")) for (k in children("/varm")) {
-        m <- read_elem(paste0("/varm/", k))
-        if (is.data.frame(m)) m <- DataFrame(m, check.names = FALSE)
-        if (is(m, "sparseMatrix")) m <- as.matrix(m)
-        if (is.null(dim(m))) m <- matrix(m, ncol = 1)
-        rownames(m) <- genes
-        nm <- if (k %in% colnames(rd)) paste0("varm.", k) else k
-        rd[[nm]] <- m
-    }
-
-    sce <- SingleCellExperiment(assays = assays, colData = obs, rowData = rd,
-                                reducedDims = rdims)
-    if (length(assays) == 0) {  # X=None and no layers: keep the dims
-        sce <- SingleCellExperiment(assays = list(), colData = obs, rowData = rd,
-                                    reducedDims = rdims)
-    }
-    if (exists_h5("/obsp")) for (k in children("/obsp")) colPair(sce, k) <- read_elem(paste0("/obsp/", k))
-    if (exists_h5("/varp")) for (k in children("/varp")) rowPair(sce, k) <- read_elem(paste0("/varp/", k))
-    if (exists_h5("/uns")) metadata(sce) <- read_elem("/uns")
-    sce
-}
+exists_h5 <- function(path) path %in% LS$path
+children <- function(path) LS$name[LS$group == path]
 
 # ---------------------------------------------------------------- summary --
 print_summary <- function() {
@@ -596,18 +349,16 @@ run_job <- function(o) {
     FILE <<- normalizePath(o$file)
     KEY <<- o$key
     failures <<- character(0)
-    .issues$rows <- list()
     LS <<- list_h5(FILE)
-    LS_OTYPE <<- setNames(LS$otype, LS$path)
-    built <- tryCatch(build_sce(), finally = close_h5r(), error = function(e) {
+    built <- tryCatch(anndataRnn:::.read_h5ad(FILE), error = function(e) {
         cat("ERROR: could not build a SingleCellExperiment from", FILE, ":", conditionMessage(e), "\n")
         NULL
     })
     if (is.null(built)) return(2L)
-    sce <<- built
+    sce <<- built$sce
     print_summary()
     if (!is.null(o$save_rds)) saveRDS(sce, o$save_rds)
-    issues <- if (length(.issues$rows)) do.call(rbind, .issues$rows) else NULL
+    issues <- if (nrow(built$issues)) as.matrix(built$issues) else NULL
     print_issues(issues)
     if (!is.null(o$expected)) {
         ok <- tryCatch({ run_checks(); TRUE }, error = function(e) {

@@ -1,0 +1,4 @@
+library(testthat)
+library(anndataRnn)
+
+test_check("anndataRnn")
