@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from anndata.abc import CSCDataset, CSRDataset
 
+from . import timing
 from .errors import InputError
 from .sequences import SequenceIndex, assemble
 
@@ -784,6 +785,7 @@ class Encoded:
     missing_fraction = missing_fraction_of
 
 
+@timing.timed("preprocessing")
 def encode(
     index: SequenceIndex,
     source: FeatureSource,
@@ -807,7 +809,9 @@ def encode(
     for start in range(0, len(sequence_ids), chunk):
         ids = sequence_ids[start : start + chunk]
         rows = index.obs_rows(ids)
-        block = prep.transform_rows(source.read_rows(rows), source.feature_names)
+        with timing.phase("reading"):
+            read = source.read_rows(rows)
+        block = prep.transform_rows(read, source.feature_names)
         raw = assemble(index, ids, rows, block)
         real = (index.steps[ids] >= 0)[..., None]  # these sequences' steps only (not index.mask)
         seen = ~np.isnan(raw) & real
