@@ -15,7 +15,10 @@ phases each run recorded (``uns["rnn"]["timings"]``), the threads it chose
 ``--out`` (default ``benchmarks/results/side_by_side_<data>.json``).
 
 The default variant is the command as a user types it (no ``--threads``, no environment
-settings beyond the caller's): the package's own thread policy decides.
+settings beyond the caller's): the package's own thread policy decides. Without ``--variant`` it
+is compared with ``spin`` (``GOMP_SPINCOUNT=300000``: OpenMP's spinning, the behaviour before
+issue 21; its solo time is "today's") and ``threads1`` (``--threads 1``); the JSON holds
+``default_solo_vs_spin_solo`` (goal ≤ 1.10).
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ import h5py
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+#: the variants run beside the default unless --variant is given
+COMPARED = ("spin=env:GOMP_SPINCOUNT=300000", "threads1=--threads 1")
 
 
 def prepare(data: str, folder: Path) -> tuple[Path, list[str]]:
@@ -163,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     variants = [] if args.no_default else [("default", [], {})]
+    if not args.variant and not args.no_default:
+        # what the default is measured against: OpenMP's own spinning (the behaviour before
+        # issue 21) and one thread per run
+        variants += [parse_variant(v) for v in COMPARED]
     variants += [parse_variant(v) for v in args.variant]
     out = args.out or ROOT / "benchmarks" / "results" / f"side_by_side_{args.data}.json"
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -196,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['worst_ratio']} (goal <= 2.5 for 2 jobs)"
             )
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    by_name = {v["variant"]: v for v in report["variants"]}
+    if "default" in by_name and "spin" in by_name:
+        # goal: the default alone no slower than OpenMP's spinning default (before) + 10 %
+        ratio = by_name["default"]["solo_seconds"] / by_name["spin"]["solo_seconds"]
+        report["default_solo_vs_spin_solo"] = round(ratio, 3)
+        print(f"default solo / spin solo: {ratio:.2f} (goal <= 1.10)")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")

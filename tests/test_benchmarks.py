@@ -134,3 +134,29 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
         assert result["summary"]["train_ratio"] > 0 and result["summary"]["predict_ratio"] > 0
         assert f"gpu_check: {name}: train_ratio" in run.stdout
     assert "gpu_check: passed" in run.stdout
+
+
+def test_side_by_side_variants_and_records(tmp_path):
+    """benchmarks/side_by_side.py: its variant syntax and what it reads back from an output."""
+    spec = importlib.util.spec_from_file_location(
+        "anndata_rnn_benchmarks_side", BENCH / "side_by_side.py"
+    )
+    side = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(side)
+    assert side.parse_variant(
+        'both="--threads 2 env:OMP_WAIT_POLICY=PASSIVE"'.replace('"', "")
+    ) == (
+        "both",
+        ["--threads", "2"],
+        {"OMP_WAIT_POLICY": "PASSIVE"},
+    )
+    assert [side.parse_variant(v)[0] for v in side.COMPARED] == ["spin", "threads1"]
+    adata = ad.AnnData(np.zeros((2, 2), dtype=np.float32))
+    adata.uns["rnn"] = {
+        "timings": {"training": 1.5, "total": 2.0},
+        "threads": {"intra_op": 2, "chosen_by": "--threads"},
+    }
+    adata.write_h5ad(tmp_path / "x.h5ad")
+    record = side.read_record(tmp_path / "x.h5ad")
+    assert record["timings"] == {"training": 1.5, "total": 2.0}
+    assert record["threads"]["intra_op"] == 2
