@@ -210,3 +210,20 @@ def test_wait_policy_only_for_the_command_line():
     assert threads.is_command_line(["/usr/bin/anndata-rnn"], [])
     assert threads.is_command_line(["-m"], ["python", "-u", "-m", "anndata_rnn", "classify"])
     assert not threads.is_command_line(["pytest"], ["python", "-m", "pytest"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_padding_to_zero_is_nan_to_num_bit_for_bit(dtype):
+    from anndata_rnn.preprocessing import _padding_to_zero
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(50, 7, 5)).astype(dtype)
+    values[rng.random(values.shape) < 0.2] = np.nan
+    for extra in (None, np.inf, -np.inf, 1e300 if dtype == np.float64 else None):
+        case = values.copy()
+        if extra is not None:
+            case[0, 0, 0] = extra
+        expected = np.nan_to_num(case, nan=0.0).astype(np.float32)
+        got = _padding_to_zero(case)
+        assert got.dtype == np.float32 and got is not case
+        assert got.tobytes() == expected.tobytes()
