@@ -443,6 +443,7 @@ def start_training(
     if spec.layout == "var-series" and gene_subset is not None:
         var_mask = bool_column(target.var, gene_subset, "var")
     index = spec.index(target, var_mask=var_mask)
+    threads.log_choice()  # the command line's thread choice, once the input is read
     for note in index.notes:
         log.info(note)
     return TrainingRun(
@@ -543,6 +544,7 @@ def open_model(
     overlap = check_gene_overlap(model.preprocessor, source, min_gene_overlap)
     n_features = len(model.features) if model.layout == "profile" else None
     index = spec.index(target, n_features=n_features)
+    threads.log_choice()
     for note in index.notes:
         log.info(note)
     _check_sequence_length(model, index)

@@ -82,7 +82,8 @@ def choose(
 
 
 def apply(explicit: int | None = None) -> tuple[int, str]:
-    """Choose, set torch's intra-op threads and log the choice once."""
+    """Choose and set torch's intra-op threads; :func:`log_choice` logs them once the run has
+    read its input (an input error stays the command's only line)."""
     import torch
 
     n, why = choose(explicit)
@@ -90,13 +91,25 @@ def apply(explicit: int | None = None) -> tuple[int, str]:
         torch.set_num_threads(n)
     CHOSEN.clear()
     CHOSEN.update({"intra_op": n, "chosen_by": why})
+    _PENDING[:] = [True]
+    return n, why
+
+
+#: whether the choice of :func:`apply` is still to be logged
+_PENDING: list[bool] = []
+
+
+def log_choice() -> None:
+    """Log what :func:`apply` chose, once (one line); nothing outside the command line."""
+    if not _PENDING or not CHOSEN:
+        return
+    _PENDING.clear()
     log.info(
         "torch threads: %d (%s; --threads to change); OpenMP wait policy %s",
-        n,
-        why,
+        CHOSEN["intra_op"],
+        CHOSEN["chosen_by"],
         wait_policy()["omp_wait_policy"],
     )
-    return n, why
 
 
 def record() -> dict:

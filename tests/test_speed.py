@@ -191,6 +191,9 @@ def test_apply_sets_torch_and_logs_one_line(monkeypatch, caplog):
     try:
         with caplog.at_level(logging.INFO, logger="anndata_rnn"):
             assert threads.apply(None) == (1, "GALAXY_SLOTS=1")
+            assert not caplog.records  # logged once the run has read its input
+            threads.log_choice()
+            threads.log_choice()
         lines = [r.getMessage() for r in caplog.records if "torch threads" in r.getMessage()]
         assert len(lines) == 1 and "GALAXY_SLOTS=1" in lines[0]
         assert torch.get_num_threads() == 1
