@@ -2,9 +2,13 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, pl, report, tl
-from .errors import AnnDataRNNError, InputError, ModelFileError, TrainingError
-from .model import Model
+from .threads import set_cli_wait_policy
+
+set_cli_wait_policy()  # the command line's OpenMP wait policy: before torch loads OpenMP
+
+from . import datasets, pl, report, tl  # noqa: E402
+from .errors import AnnDataRNNError, InputError, ModelFileError, TrainingError  # noqa: E402
+from .model import Model  # noqa: E402
 
 try:
     __version__ = version("anndata-rnn")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import timing
 from .errors import InputError, listed
 from .preprocessing import encode, future_gaps, network_inputs
 from .sequences import read_labels
@@ -134,6 +135,7 @@ def gradient_mode(module: nn.Module, device: torch.device):
         module.eval()
 
 
+@timing.timed("attribution")
 def attribute(
     output: Output,
     values: torch.Tensor,

@@ -23,6 +23,7 @@ from sklearn.metrics import pairwise_distances_argmin
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
+from . import timing
 from .clustering import cluster_matrix
 from .preprocessing import Encoded, Preprocessor, gap_channel, network_inputs
 from .sequences import Labels, SequenceIndex, pool_units
@@ -48,6 +49,7 @@ GENE_BLOCK = 512
 GENE_BLOCK_VALUES = 4_000_000
 
 
+@timing.timed("baselines")
 def logistic_baseline(values, y, train_ids, labels: Labels, seed: int, *, with_model: bool = False):
     """Logistic regression on the same preprocessed inputs and split; proba like the RNN's, and
     the number of training sequences it was fitted on (all: ``len(train_ids)``); with
@@ -109,6 +111,7 @@ def _lazy_logistic(model, values, targets, train_ids, labels: Labels, seed: int)
     return _full_proba(model, raw, labels), fitted_on
 
 
+@timing.timed("baselines")
 def nearest_neighbour_baseline(
     values, y, fit_ids, test_ids, labels: Labels, seed: int
 ) -> tuple[np.ndarray, int] | None:
@@ -169,6 +172,7 @@ def ar_parameters(ar_form: str, lags: int, n_inputs: int, n_outputs: int, rank: 
     return (lags * (1 + int(n_inputs > n_outputs) + rank) + rank + 1) * n_outputs
 
 
+@timing.timed("baselines")
 def fit_linear_ar(
     enc: Encoded,
     prep: Preprocessor,
@@ -317,6 +321,7 @@ class GeneRidgeAR:
         return out + self.intercept_
 
 
+@timing.timed("baselines")
 def ar_forecast(ar: RidgeCV, x: np.ndarray, lengths: np.ndarray, later_gaps, prep, lags: int):
     """The linear AR's one-step forecasts along ``x`` and its rollout (like :func:`~anndata_rnn.networks.forecaster.rollout`)."""
     f = ar.coef_.shape[0] if ar.coef_.ndim == 2 else 1
@@ -340,6 +345,7 @@ def ar_forecast(ar: RidgeCV, x: np.ndarray, lengths: np.ndarray, later_gaps, pre
     return one_step, np.stack(rolled, axis=1)
 
 
+@timing.timed("baselines")
 def pca_kmeans_baseline(features: np.ndarray, n_components: int, n_clusters: int, seed: int):
     """z-scored features -> PCA (as many components as the latent) -> k-means."""
     scaled = StandardScaler().fit_transform(np.asarray(features, dtype=np.float64))
@@ -350,6 +356,7 @@ def pca_kmeans_baseline(features: np.ndarray, n_components: int, n_clusters: int
     return scores, codes, n_components, float(pca.explained_variance_ratio_.sum())
 
 
+@timing.timed("baselines")
 def embedding_baseline(
     index: SequenceIndex, values, members, steps, n_components, n_clusters, seed
 ):
@@ -401,6 +408,7 @@ class PCAReconstruction:
     fitted_on: int  # training sequences the PCA was fitted on
 
 
+@timing.timed("baselines")
 def pca_reconstruction(values, lengths, train_ids, n_outputs, n_components, seed):
     """PCA of the flattened sequences, fitted on the training sequences; every sequence's
     reconstruction error, computed as the autoencoder's (mean over real steps of the mean

@@ -38,7 +38,9 @@ _UNITS = {"obs-series": "series", "var-series": "gene", "profile": "observation"
 MIN_TEST_UNITS = 10
 MIN_TEST_PER_CLASS = 2
 #: the order of the sections: what a reader looks at first comes first
-ORDER = ("title", "summary", "metrics", "plots", "data", "parameters", "warnings", "versions")
+ORDER = (
+    "title", "summary", "metrics", "plots", "data", "parameters", "warnings", "timings", "versions",
+)  # fmt: skip
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
@@ -456,6 +458,8 @@ def render_report(
         body.append("<ul>" + "".join(f"<li>{_e(w)}</li>" for w in collected) + "</ul>")
     else:
         body.append("<p>No warning was raised during the run.</p>")
+    if isinstance(record.get("timings"), dict) and record["timings"]:
+        sections["timings"] = _timings(record)
     versions = dict(record.get("versions", {}))
     versions.update(record.get("explain", {}).get("versions", {}))
     if versions:
@@ -474,6 +478,28 @@ def render_report(
         + "\n".join(line for name in ORDER for line in sections.get(name, []))
         + "\n</body>\n</html>\n"
     )
+
+
+def _timings(record: dict) -> list[str]:
+    """Where the run's wall time went (``uns[key]["timings"]``) and the threads it used."""
+    timings = {k: float(v) for k, v in record["timings"].items() if np.ndim(v) == 0}
+    total = timings.pop("total", sum(timings.values()))
+    rows = [
+        [name, round(seconds, 2), f"{100 * seconds / total:.0f} %" if total > 0 else "n/a"]
+        for name, seconds in timings.items()
+    ]
+    rows.append(["total", round(total, 2), "100 %"])
+    body = ["<h2>Time per phase</h2>", _table(["phase", "seconds", "share"], rows)]
+    note = (
+        "Wall time of this run (writing: the outputs; this report is written after). "
+        "Phases nest: time is counted in the innermost one (reading rows during an "
+        "encoding is reading)."
+    )
+    threads = record.get("threads")
+    if isinstance(threads, dict) and "intra_op" in threads:
+        note += f" Torch threads: {_text(threads['intra_op'])} ({_text(threads.get('chosen_by'))})."
+    body.append(f"<p>{_e(note)}</p>")
+    return body
 
 
 def _per_class(record: dict, metrics: dict) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from . import distributed
+from . import distributed, threads, timing
 from .errors import InputError, listed
 from .io import uns_safe, versions
 from .model import Model, check_gene_overlap
@@ -91,8 +91,11 @@ def task_api(run):
         # mixed precision (amp=True) covers every forward pass of the run, training and inference
         amp = bool(kwargs.get("amp", False))
         device = resolve_device(kwargs.get("device", "auto")) if amp else "cpu"
-        with precision(device, amp):
-            return run(adata, *args, **kwargs)
+        with timing.recording(), precision(device, amp):
+            result = run(adata, *args, **kwargs)
+            timing.store(result.adata, result.key, result.record)  # uns[key]["timings"]
+            store_threads(result)
+            return result
 
     @functools.wraps(run)
     def public(adata, *args, **kwargs):
@@ -100,6 +103,15 @@ def task_api(run):
 
     public.run = run_in_precision
     return public
+
+
+def store_threads(result: TaskResult) -> None:
+    """``uns[key]["threads"]``: torch's intra-op threads and why (:mod:`.threads`)."""
+    chosen = threads.record()
+    result.record["threads"] = dict(chosen)
+    uns = result.adata.uns.get(result.key)
+    if isinstance(uns, dict):
+        uns["threads"] = dict(chosen)
 
 
 def target_of(adata: AnnData, copy: bool) -> AnnData:
@@ -190,6 +202,7 @@ class TrainingRun:
             groups=groups,
         )
 
+    @timing.timed("preprocessing")
     def prepare(
         self,
         split: np.ndarray,
@@ -433,6 +446,7 @@ def start_training(
     if spec.layout == "var-series" and gene_subset is not None:
         var_mask = bool_column(target.var, gene_subset, "var")
     index = spec.index(target, var_mask=var_mask)
+    threads.log_choice()  # the command line's thread choice, once the input is read
     for note in index.notes:
         log.info(note)
     return TrainingRun(
@@ -492,6 +506,7 @@ def _check_sequence_length(model: Model, index: SequenceIndex) -> None:
         )
 
 
+@timing.timed("preprocessing")
 def open_model(
     adata: AnnData,
     model: Model | str,
@@ -532,6 +547,7 @@ def open_model(
     overlap = check_gene_overlap(model.preprocessor, source, min_gene_overlap)
     n_features = len(model.features) if model.layout == "profile" else None
     index = spec.index(target, n_features=n_features)
+    threads.log_choice()
     for note in index.notes:
         log.info(note)
     _check_sequence_length(model, index)

@@ -23,7 +23,7 @@ from torch.utils.data import (
 )
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, timing
 from .errors import InputError, TrainingError
 
 log = logging.getLogger("anndata_rnn")
@@ -174,10 +174,24 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_algorithms()
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+
+
+def deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without its import of
+    ``torch._inductor`` (which pulls in dynamo: seconds of every run's start, measured 3-11 s
+    on the shared 2-core machine, for a compiler flag this package never uses). The flag is
+    still set when the inductor is already imported, and the public call is the fallback."""
+    import sys
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    setter(True, warn_only=True)
 
 
 class _Batches(Dataset):
@@ -297,6 +311,7 @@ def make_loader(items: tuple, batch_size: int, *, shuffle: bool, seed: int, devi
 FAILED_FIT_TOLERANCE = 0.02
 
 
+@timing.timed("training")
 def fit(
     module: torch.nn.Module,
     loss_fn: Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],

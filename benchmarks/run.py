@@ -82,6 +82,25 @@ MODES = {
 # helpers
 
 
+#: mixed precision (--amp): the package's amp=True / --amp, and autocast in the bare loops (on CUDA
+#: only: the package ignores amp on the CPU, so the bare loops do too)
+AMP = False
+
+
+def autocast(device) -> tuple:
+    """(autocast context, grad scaler or None) of the bare loops, the package's dtype choice."""
+    import contextlib
+
+    device = torch.device(device)
+    if not (AMP and device.type == "cuda"):
+        return contextlib.nullcontext(), None
+    from anndata_rnn.training import amp_dtype
+
+    dtype = amp_dtype(True, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -191,11 +210,19 @@ def bare_train(
         loss_fn = nn.CrossEntropyLoss()
         model.train()
 
+        cast, scaler = autocast(device)
+
         def step(idx):
             optimizer.zero_grad()
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
+            with cast:
+                loss = loss_fn(model(x[idx]), y[idx])
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
 
         step(torch.arange(min(TRAIN_BATCH, n_sequences), device=device))  # warm-up
         sync(device)
@@ -216,12 +243,13 @@ def bare_predict(n_cells: int, steps: int, n_inputs: int, n_classes: int, device
         torch.manual_seed(0)
         x = torch.randn(n_cells, steps, n_inputs).to(device)
         model = BareLSTM(n_inputs, n_classes).to(device).eval()
-        with torch.no_grad():
+        cast, _ = autocast(device)
+        with torch.no_grad(), cast:
             model(x[:PREDICT_BATCH])  # warm-up
             sync(device)
             start = time.perf_counter()
             out = [
-                torch.softmax(model(x[i : i + PREDICT_BATCH]), dim=-1).cpu().numpy()
+                torch.softmax(model(x[i : i + PREDICT_BATCH]), dim=-1).float().cpu().numpy()
                 for i in range(0, n_cells, PREDICT_BATCH)
             ]
             sync(device)
@@ -285,6 +313,7 @@ def package_classify(adata, epochs: int, device: str, seed: int = 0):
             linear_path=False,  # the same LSTM as the bare loop
             seed=seed,
             device=device,
+            amp=AMP,
             quiet=True,
             overwrite=True,
         )
@@ -464,7 +493,7 @@ def run(
     result: dict = {
         "mode": mode,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "environment": environment(device, threads),
+        "environment": {**environment(device, threads), "amp": AMP},
         "setup": {
             "layout": "profile",
             "n_genes": spec.n_genes,
@@ -574,6 +603,9 @@ def train_section(sizes, spec, steps, device, model_path: Path) -> dict:
         "package_sequences_per_s_log": log_rate,
         "package_sequences_per_s_difference": diff_rate,
         "package_end_to_end_sequences_per_s": n_train * e2 / t2,
+        # where the E2 call's wall time went, as the package records it (uns["rnn"]["timings"];
+        # "training" holds both fits: the model and the linear path alone)
+        "package_timings": {k: float(v) for k, v in adata.uns["rnn"].get("timings", {}).items()},
         "bare_runs": bare_runs,
         "bare_sequences_per_s": bare_rate,
         "train_ratio": package_rate / bare_rate,
@@ -635,6 +667,7 @@ def predict_section(
             sys.executable, "-m", "anndata_rnn", "predict", str(data),
             "--model", str(model_path), "--output", str(output),
             "--device", device.type, "--threads", str(threads), "--quiet",
+            *(["--amp"] if AMP else []),
         ]  # fmt: skip
         child = run_child(cmd, env, work_dir / f"predict_{n_cells}.log", rss_cap_gb * GIB)
         entry = {
@@ -647,6 +680,7 @@ def predict_section(
         }
         if child["returncode"] == 0 and output.exists():
             entry["cells_per_s"] = n_cells / child["seconds"]
+            entry["timings"] = recorded_timings(output)
             print(
                 f"[bench]   {child['seconds']:.1f} s, {entry['cells_per_s']:.0f} cells/s, "
                 f"peak RSS {child['peak_rss_bytes'] / GIB:.2f} GiB"
@@ -675,6 +709,18 @@ def predict_section(
             str(r["cells"]): r["cells_per_s"] / bare_rate for r in measured
         }
     return out
+
+
+def recorded_timings(path: Path, key: str = "rnn") -> dict:
+    """The wall time per phase the command recorded in its output (``uns[key]["timings"]``;
+    empty for versions that record none)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f.get(f"uns/{key}/timings")
+        if not isinstance(group, h5py.Group):
+            return {}
+        return {name: float(group[name][()]) for name in group}
 
 
 def _skip_reason(runs: list[dict], n_cells: int, max_gb: float) -> str | None:
@@ -742,6 +788,32 @@ def _fmt(value, spec=".3g") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return format(value, spec)
+
+
+def _timings_table(train: dict, predict: dict) -> list[str]:
+    """Where the wall time went, as the package recorded it (``uns["rnn"]["timings"]``)."""
+    rows = []
+    if train.get("package_timings"):
+        rows.append(
+            (f"classify, {train['epochs'][1]} epochs (in process)", train["package_timings"])
+        )
+    for r in predict.get("runs", []):
+        if r.get("timings"):
+            rows.append((f"predict, {r['cells']:,} cells", r["timings"]))
+    if not rows:
+        return []
+    phases = [p for p in ("reading", "preprocessing", "baselines", "training", "inference",
+                          "writing", "other", "total") if any(p in t for _, t in rows)]  # fmt: skip
+    lines = [
+        "",
+        'Where the time went (seconds, recorded by the package in `uns["rnn"]["timings"]`):',
+        "",
+    ]
+    lines.append("| run | " + " | ".join(phases) + " |")
+    lines.append("|---|" + "---|" * len(phases))
+    for name, t in rows:
+        lines.append(f"| {name} | " + " | ".join(_fmt(t.get(p), ".1f") for p in phases) + " |")
+    return lines
 
 
 def markdown(result: dict) -> str:
@@ -821,6 +893,7 @@ def markdown(result: dict) -> str:
                 f"| {r['cells']:,} | {r['seconds']:.1f} s | {r['peak_rss_bytes'] / GIB:.2f} GiB "
                 f"| {r['file_bytes'] / GIB:.2f} GiB |"
             )
+    lines += _timings_table(train, predict)
     if predict.get("startup_seconds") is not None:
         lines.append(
             f"\nStarting the command (interpreter + imports) takes "
@@ -880,6 +953,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: the package's --amp and autocast in the bare loops (CUDA only)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmark_results"))
     parser.add_argument("--work-dir", type=Path, default=None, help="for the synthetic files")
     parser.add_argument("--keep-data", action="store_true")
@@ -897,6 +975,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda but torch sees no CUDA GPU", file=sys.stderr)
         return 2
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    global AMP
+    AMP = args.amp
     result = run(
         mode,
         args.device,

@@ -9,6 +9,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # tiny test runs need no step floor (the default 600 steps would make the suite ten times
 # slower); the accuracy tests that claim default-option numbers lift this (default_schedule)
 os.environ.setdefault("ANNDATA_RNN_MIN_STEPS", "0")
+# the command line's thread policy (anndata_rnn.threads) reads it: commands run in this process
+# keep the one thread set below unless a test passes --threads
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import anndata as ad  # noqa: E402
 import numpy as np  # noqa: E402

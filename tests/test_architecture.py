@@ -10,6 +10,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "anndata_rnn"
 #: layer of each top-level part (ARCHITECTURE.md, "Who may import whom")
 LAYERS = {
     "errors": 1,
+    "threads": 1,
+    "timing": 1,
     "h5check": 2,
     "distributed": 1,
     "io": 3,

@@ -64,10 +64,17 @@ def test_tiny_run_writes_json_and_table(tmp_path, bench):
     assert {"rnn", "baseline_package", "baseline_sklearn"} <= set(rv)
     assert rv["baseline_sklearn"]["fit_seconds"] > 0
     assert result["train"]["package_timing"] in ("log", "difference")
+    # the phases the package records (uns["rnn"]["timings"]) reach the JSON and the table
+    assert result["train"]["package_timings"]["training"] > 0
+    predicted = [r for r in result["predict"]["runs"] if "cells_per_s" in r]
+    assert predicted and {"reading", "inference", "writing", "total"} <= set(
+        predicted[0]["timings"]
+    )
     env = result["environment"]
     assert {"device", "torch", "torch_threads", "cpu_count", "date"} <= set(env)
     table = (out / "benchmark.md").read_text()
     assert "`train_ratio`" in table and "`predict_ratio`" in table and "fp32 GEMM" in table
+    assert "Where the time went" in table
 
 
 def test_training_time_from_log(bench):
@@ -100,3 +107,56 @@ def test_archive_problems_become_obs_series_with_the_archive_split(tmp_path):
     assert adata.uns["archive"] == {
         "problem": "Toy", "n_train": 8, "n_test": 2, "steps": 3, "channels": 2, "classes": 2,
     }  # fmt: skip
+
+
+def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --cpu: the script's every command (argument handling, both
+    benchmark runs, fp32 and --amp, the ratio summary) with the GPU parts skipped, so the GPU
+    run works on its first try."""
+    import os
+    import subprocess
+
+    out = tmp_path / "gpu_check"
+    env = {**os.environ, "PYTHON": sys.executable, "BENCH_ARGS": "--threads 1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH.parent), env.get("PYTHONPATH")) if p)
+    run = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--cpu", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "[1/3] python -m pytest -m gpu: skipped (--cpu)" in run.stdout
+    for name in ("benchmark", "benchmark_amp"):
+        result = json.loads((out / name / "benchmark.json").read_text())
+        assert result["environment"]["amp"] is (name == "benchmark_amp")
+        assert result["summary"]["train_ratio"] > 0 and result["summary"]["predict_ratio"] > 0
+        assert f"gpu_check: {name}: train_ratio" in run.stdout
+    assert "gpu_check: passed" in run.stdout
+
+
+def test_side_by_side_variants_and_records(tmp_path):
+    """benchmarks/side_by_side.py: its variant syntax and what it reads back from an output."""
+    spec = importlib.util.spec_from_file_location(
+        "anndata_rnn_benchmarks_side", BENCH / "side_by_side.py"
+    )
+    side = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(side)
+    assert side.parse_variant(
+        'both="--threads 2 env:OMP_WAIT_POLICY=PASSIVE"'.replace('"', "")
+    ) == (
+        "both",
+        ["--threads", "2"],
+        {"OMP_WAIT_POLICY": "PASSIVE"},
+    )
+    assert [side.parse_variant(v)[0] for v in side.COMPARED] == ["spin", "threads1"]
+    adata = ad.AnnData(np.zeros((2, 2), dtype=np.float32))
+    adata.uns["rnn"] = {
+        "timings": {"training": 1.5, "total": 2.0},
+        "threads": {"intra_op": 2, "chosen_by": "--threads"},
+    }
+    adata.write_h5ad(tmp_path / "x.h5ad")
+    record = side.read_record(tmp_path / "x.h5ad")
+    assert record["timings"] == {"training": 1.5, "total": 2.0}
+    assert record["threads"]["intra_op"] == 2

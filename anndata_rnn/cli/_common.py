@@ -56,15 +56,15 @@ def common_options(func):
     )
     @functools.wraps(func)
     def wrapper(*args, quiet, debug, threads, **kwargs):
+        from .. import threads as thread_policy
+        from .. import timing
+
         RUN.warnings = []
         _setup_logging(quiet)
         bound_heap_growth()
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
+        thread_policy.apply(threads)  # explicit --threads, else the environment's (one log line)
         try:
-            with warnings.catch_warnings(), terminate_as_interrupt():
+            with warnings.catch_warnings(), terminate_as_interrupt(), timing.recording():
                 # our own warnings are already logged as one line; python's repeat them with
                 # a source line, which reads like a crash on the command line
                 warnings.simplefilter("ignore", UserWarning)
@@ -430,14 +430,15 @@ def train_and_write(input, output, model_out, metrics_table, train, *, lazy: boo
     ``lazy``, X and the layers stay in the file (:func:`~anndata_rnn.streaming.open_lazy`) and
     the output h5ad is a copy of the input plus the new elements, as ``predict`` writes it.
     """
-    from .. import distributed
+    from .. import distributed, timing
     from ..io import read_h5ad, write_h5ad
     from ..streaming import open_lazy, write_new_elements
 
     with contextlib.ExitStack() as opened:
 
         def read():
-            return opened.enter_context(open_lazy(input)) if lazy else read_h5ad(input)
+            with timing.phase("reading"):
+                return opened.enter_context(open_lazy(input)) if lazy else read_h5ad(input)
 
         if distributed.requested() and int(os.environ.get("RANK", "0")) != 0:
             return train(read())  # under torchrun rank 0 alone writes the outputs
@@ -446,13 +447,15 @@ def train_and_write(input, output, model_out, metrics_table, train, *, lazy: boo
             model_tmp = outputs.add(model_out)
             table_tmp = outputs.add(metrics_table)
             result = train(read())
-            result.model.save(model_tmp, atomic=False)
-            if lazy:
-                write_new_elements(input, out_tmp, result.adata, result.elements)
-            else:
-                write_h5ad(result.adata, out_tmp, atomic=False)
-            if table_tmp:
-                write_metrics_table(result.metrics, table_tmp, atomic=False)
+            with timing.phase("writing"):
+                result.model.save(model_tmp, atomic=False)
+                if lazy:
+                    write_new_elements(input, out_tmp, result.adata, result.elements)
+                else:
+                    write_h5ad(result.adata, out_tmp, atomic=False)
+                if table_tmp:
+                    write_metrics_table(result.metrics, table_tmp, atomic=False)
+            record_timings(out_tmp, result.adata, result.key, result.record)
             outputs.write_report(result.adata, result.key)
             outputs.commit()
     echo_written(result.elements, output, model_out)
@@ -460,6 +463,27 @@ def train_and_write(input, output, model_out, metrics_table, train, *, lazy: boo
     print_start(result.record)
     print_cautions(result.record)
     return result
+
+
+def record_timings(path, adata, key: str, record: dict | None = None) -> dict:
+    """Once the outputs are written: the run's wall time per phase, writing included, into
+    ``uns[key]["timings"]`` of the written h5ad ``path`` (replacing the entry the tool stored
+    before writing), of ``adata`` (for the report) and of ``record``."""
+    import h5py
+    from anndata.io import write_elem
+
+    from .. import timing
+
+    timings = timing.store(adata, key, record)
+    if not timings or path is None:
+        return timings
+    with h5py.File(path, "r+") as f:
+        group = f.get(f"uns/{key}")
+        if isinstance(group, h5py.Group):
+            if "timings" in group:
+                del group["timings"]
+            write_elem(group, "timings", timings)
+    return timings
 
 
 def print_start(record: dict) -> None:

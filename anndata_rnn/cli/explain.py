@@ -14,6 +14,7 @@ from ._common import (
     common_options,
     device_options,
     echo_written,
+    record_timings,
     report_option,
 )
 from ._training_options import output_key
@@ -130,7 +131,7 @@ def explain(
     class), obsm {key}_step_importance (time-series layouts) and uns[{key}]: classes,
     step_importance (steps × classes), step_times and explain (method, completeness check).
     """
-    from .. import tl
+    from .. import timing, tl
     from ..model import Model
     from ..tl import importance_table
 
@@ -139,7 +140,8 @@ def explain(
     with Outputs(inputs=(input, model_path)) as outputs, open_lazy(input) as adata:
         out_tmp = outputs.add(output)
         table_tmp = outputs.add(table)
-        model = Model.load(model_path)
+        with timing.phase("reading"):
+            model = Model.load(model_path)
         if table_tmp and model.layout == "var-series":
             raise InputError(
                 "--table lists genes by importance, but a var-series model's genes are its "
@@ -167,10 +169,12 @@ def explain(
         adata, record = result.adata, result.record
         has_genes = f"{key_added}_importance" in adata.varm or "feature_importance" in record
         ranked = importance_table(adata, key_added, top) if has_genes else None
-        if table_tmp and ranked is not None:
-            write_table(ranked, table_tmp, atomic=False)
-        elements = [w for w in result.record["explain"]["written"] if not w.startswith("uns/")]
-        write_new_elements(input, out_tmp, adata, [*elements, f"uns/{key_added}"])
+        with timing.phase("writing"):
+            if table_tmp and ranked is not None:
+                write_table(ranked, table_tmp, atomic=False)
+            elements = [w for w in result.record["explain"]["written"] if not w.startswith("uns/")]
+            write_new_elements(input, out_tmp, adata, [*elements, f"uns/{key_added}"])
+        record_timings(out_tmp, adata, key_added, record)
         outputs.write_report(adata, key_added)
         outputs.commit()
     explained = record["explain"]

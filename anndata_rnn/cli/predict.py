@@ -16,6 +16,7 @@ from ._common import (
     device_options,
     echo_written,
     print_metrics,
+    record_timings,
     report_option,
     split_list,
 )
@@ -83,13 +84,14 @@ def predict(
     disk and is read --chunk-rows observations at a time; the output is a copy of the input
     plus the new elements (README, "Large files").
     """
-    from .. import tl
+    from .. import timing, tl
     from ..model import Model
 
     with Outputs(inputs=(input, model_path)) as outputs, contextlib.ExitStack() as stack:
         out_tmp = outputs.add(output)
-        model = Model.load(model_path)
-        adata = stack.enter_context(open_lazy(input))
+        with timing.phase("reading"):
+            model = Model.load(model_path)
+            adata = stack.enter_context(open_lazy(input))
         # the embedding goes to a scratch file beside the output, not to memory
         scratch = stack.enter_context(scratch_file(os.path.dirname(os.path.abspath(output))))
         result = tl.predict.run(
@@ -109,7 +111,9 @@ def predict(
             quiet=quiet,
         )
         written = result.elements
-        write_new_elements(input, out_tmp, result.adata, written)
+        with timing.phase("writing"):
+            write_new_elements(input, out_tmp, result.adata, written)
+        record_timings(out_tmp, result.adata, result.key, result.record)
         outputs.write_report(result.adata, result.key)
         outputs.commit()
     echo_written(written, output)

@@ -7,10 +7,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .. import distributed
+from .. import distributed, timing
 from .blocks import step_mask  # noqa: F401  (re-exported: the losses use it with masked_mean)
 
 
+@timing.timed("inference")
 @torch.no_grad()
 def predict_in_batches(
     step: Callable[..., tuple[torch.Tensor, ...]],
