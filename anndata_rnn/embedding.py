@@ -18,7 +18,7 @@ from .baselines import PCAReconstruction, embedding_baseline, pca_reconstruction
 from .metrics import clustering_metrics, reconstruction_metrics
 from .networks import build_module
 from .networks.autoencoder import embed_sequences, masked_mse
-from .sequences import SequenceIndex
+from .sequences import SequenceIndex, broadcast_to_rows, pool_units, scatter_steps
 from .training import TrainConfig, dataset_loss, fit, take
 
 log = logging.getLogger("anndata_rnn")
@@ -227,3 +227,25 @@ def reconstruction_results(errors: dict, histories: dict, pca: PCAReconstruction
         "warm_start": starts,
     }
     return metrics, record, notes
+
+
+def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
+    """Where ``embed`` writes for ``layout`` (attribute, key): checked free before training."""
+    rows, mats = ("var", "varm") if layout == "var-series" else ("obs", "obsm")
+    out = [(mats, f"X_{key}")]
+    if layout == "obs-series":
+        out.append((mats, f"X_{key}_series"))
+    return [*out, (rows, f"{key}_cluster"), (rows, f"{key}_split"), ("uns", key)]
+
+
+def write_embedding(target, index: SequenceIndex, latent, step_latent, key) -> list[str]:
+    """Write the latents through the index: per unit, and per step in obs-series (returns the
+    keys written)."""
+    unit_latent = broadcast_to_rows(index, pool_units(index, latent)).astype(np.float32)
+    if index.layout != "obs-series":
+        return [index.write_matrix(target, f"X_{key}", unit_latent)]
+    per_step = scatter_steps(index, step_latent).astype(np.float32)
+    return [
+        index.write_matrix(target, f"X_{key}", per_step),
+        index.write_matrix(target, f"X_{key}_series", unit_latent),
+    ]

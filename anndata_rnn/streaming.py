@@ -36,6 +36,7 @@ from anndata.io import read_elem, sparse_dataset, write_elem
 from . import distributed
 from .errors import InputError
 from .io import check_h5ad, unreadable
+from .options import DEFAULT_CHUNK_ROWS
 from .preprocessing import (
     READ_BUDGET_BYTES,
     FeatureSource,
@@ -48,8 +49,6 @@ from .sequences import SequenceIndex
 
 log = logging.getLogger("anndata_rnn")
 
-#: obs rows read and densified per chunk: 8192 rows × 2,000 genes is 64 MB of float32
-DEFAULT_CHUNK_ROWS = 8192
 #: streamed training: the encoded sequences would take more than this many bytes in memory
 STREAM_ABOVE_BYTES = 1 << 30
 #: streamed training: the preprocessing and the logistic baseline are fitted on at most this many

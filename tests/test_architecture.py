@@ -21,6 +21,7 @@ LAYERS = {
     "preprocessing": 3,
     "splits": 3,
     "clustering": 3,
+    "options": 3,
     "baselines": 4,
     "model": 4,
     "streaming": 4,

@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..metrics import cv_summary
 from ..networks import architecture
 from ..networks.classifier import predict_proba
+from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
@@ -33,53 +34,57 @@ from ..sequences import (
     scatter_steps,
 )
 from ..splits import make_folds, test_train_ratio
-from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
+from ..streaming import should_stream
 
 log = logging.getLogger("anndata_rnn")
 
+#: the defaults of classify (:mod:`anndata_rnn.options`: the command line has the same)
+DEFAULT = DEFAULTS["classify"]
+
 
 @task_api
+@doc_params(**DOCS)
 def classify(
     adata: AnnData,
     *,
     label_key: str,
-    layout: str = "obs-series",
-    series_key: str | None = None,
-    time_key: str | None = None,
-    series_subset: list[str] | None = None,
-    order_key: str | None = None,
-    chunk_size: int = 32,
-    layer: str | None = None,
-    use_rep: str | None = None,
-    normalize: str = "auto",
-    n_top_genes: int | str | None = "auto",
-    gene_subset: str | None = None,
-    scale: str = "auto",
-    conv: str | tuple[int, ...] | None = "auto",
-    linear_path: bool = True,
-    stream: bool | str = "auto",
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    hidden=(128, 64),
-    cell: str = "lstm",
-    bidirectional: bool = False,
-    dropout: float = 0.2,
-    max_epochs: int = 100,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    patience: int = 10,
-    min_steps: int | None = None,
-    class_weights: bool = False,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    split_key: str | None = None,
-    cv: int | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    amp: bool = False,
-    key_added: str = "rnn",
-    overwrite: bool = False,
-    quiet: bool = False,
-    copy: bool = False,
+    layout: str = DEFAULT.layout,
+    series_key: str | None = DEFAULT.series_key,
+    time_key: str | None = DEFAULT.time_key,
+    series_subset: list[str] | None = DEFAULT.series_subset,
+    order_key: str | None = DEFAULT.order_key,
+    chunk_size: int = DEFAULT.chunk_size,
+    layer: str | None = DEFAULT.layer,
+    use_rep: str | None = DEFAULT.use_rep,
+    normalize: str = DEFAULT.normalize,
+    n_top_genes: int | str | None = DEFAULT.n_top_genes,
+    gene_subset: str | None = DEFAULT.gene_subset,
+    scale: str = DEFAULT.scale,
+    conv: str | tuple[int, ...] | None = DEFAULT.conv,
+    linear_path: bool = DEFAULT.linear_path,
+    stream: bool | str = DEFAULT.stream,
+    chunk_rows: int = DEFAULT.chunk_rows,
+    hidden=DEFAULT.hidden,
+    cell: str = DEFAULT.cell,
+    bidirectional: bool = DEFAULT.bidirectional,
+    dropout: float = DEFAULT.dropout,
+    max_epochs: int = DEFAULT.max_epochs,
+    batch_size: int = DEFAULT.batch_size,
+    lr: float = DEFAULT.lr,
+    patience: int = DEFAULT.patience,
+    min_steps: int | None = DEFAULT.min_steps,
+    class_weights: bool = DEFAULT.class_weights,
+    val_fraction: float = DEFAULT.val_fraction,
+    test_fraction: float = DEFAULT.test_fraction,
+    split_key: str | None = DEFAULT.split_key,
+    cv: int | None = DEFAULT.cv,
+    seed: int = DEFAULT.seed,
+    device: str = DEFAULT.device,
+    amp: bool = DEFAULT.amp,
+    key_added: str = DEFAULT.key_added,
+    overwrite: bool = DEFAULT.overwrite,
+    quiet: bool = DEFAULT.quiet,
+    copy: bool = DEFAULT.copy,
 ):
     """Train an LSTM/GRU classifier on sequences built from ``adata`` and write its results.
 
@@ -91,24 +96,9 @@ def classify(
         Column with the classes: in ``obs`` (obs-series, profile) or ``var`` (var-series). In
         obs-series, a label constant within every series is predicted per series; otherwise
         per step (observation).
-    layout
-        ``"obs-series"``, ``"var-series"`` or ``"profile"`` (see :mod:`anndata_rnn.sequences`).
-    series_key, time_key
-        obs columns naming the series and the numeric time of each observation.
-    series_subset
-        Only these series (var-series: e.g. ``["cdc15"]``).
-    order_key, chunk_size
-        profile: var column giving the gene order, and genes per step.
-    layer, use_rep
-        Read features from ``layers[layer]`` or ``obsm[use_rep]`` instead of X.
-    normalize
-        ``"auto"`` applies normalize_total + log1p when the matrix looks like raw counts;
-        ``"always"`` / ``"never"`` force it.
-    n_top_genes, gene_subset
-        Gene selection: highly variable genes (fitted on training rows) or a boolean var column.
-        ``"auto"`` selects 2,000 in a wide profile (more than 4,000 genes or 128 steps); 0 or
-        None keeps every gene. In var-series ``gene_subset`` selects which genes become
-        sequences.
+    {doc_sequences}
+    {doc_profile}
+    {doc_reading}
     scale
         ``"feature"`` standardizes each feature with training statistics; ``"sequence"``
         z-scores each sequence on its own (shape only); ``"auto"``: see ``conv``.
@@ -153,20 +143,7 @@ def classify(
         metrics, mean ± sd and the paired difference model − baseline with a 95 % interval.
         Written predictions are out-of-fold for labelled units; the saved model is then trained
         on every labelled unit (``val_fraction`` kept for early stopping).
-    seed, device
-        Seed for python/numpy/torch and the split; ``"auto"`` uses CUDA when available.
-    amp
-        Mixed precision on a CUDA GPU (bfloat16 where the GPU supports it, else float16 with a
-        gradient scaler), for training and inference; ignored on the CPU (logged). Results
-        differ from float32 ones within the tolerance stated in the README ("GPU").
-    key_added
-        Prefix of every output key.
-    overwrite
-        Replace existing output keys instead of refusing.
-    quiet
-        No progress bar.
-    copy
-        Work on a copy and return it.
+    {doc_run}
 
     Returns
     -------

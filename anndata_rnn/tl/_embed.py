@@ -21,71 +21,73 @@ from ..clustering import (
     resolve_level,
     write_clusters,
 )
-from ..embedding import compare_clusters, fit_embedding
+from ..embedding import compare_clusters, fit_embedding, output_targets, write_embedding
 from ..errors import InputError
 from ..metrics import clustering_metrics, reconstruction_metrics
 from ..networks import architecture
 from ..networks.autoencoder import embed_sequences
+from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
-    SequenceIndex,
     SequenceSpec,
-    broadcast_to_rows,
     pool_units,
     read_labels,
-    scatter_steps,
 )
-from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
+from ..streaming import should_stream
 from ..training import TrainConfig
 
 log = logging.getLogger("anndata_rnn")
 
+#: the defaults of embed (:mod:`anndata_rnn.options`: the command line has the same)
+DEFAULT = DEFAULTS["embed"]
+
 
 @task_api
+@doc_params(**DOCS)
 def embed(
     adata: AnnData,
     *,
-    layout: str = "obs-series",
-    series_key: str | None = None,
-    time_key: str | None = None,
-    series_subset: list[str] | None = None,
-    order_key: str | None = None,
-    chunk_size: int = 32,
-    layer: str | None = None,
-    use_rep: str | None = None,
-    normalize: str = "auto",
-    n_top_genes: int | None = None,
-    gene_subset: str | None = None,
-    scale: str = "feature",
-    max_missing: float = 0.5,
-    n_latent: int = 16,
-    linear_path: bool = True,
-    hidden=(64,),
-    cell: str = "lstm",
-    bidirectional: bool = False,
-    dropout: float = 0.0,
-    max_epochs: int = 100,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    patience: int = 10,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    split_key: str | None = None,
-    cluster: str | None = None,
-    n_clusters: int | None = None,
-    resolution: float = 1.0,
-    cluster_level: str = "auto",
-    eval_label: str | None = None,
-    stream: bool | str = "auto",
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    seed: int = 0,
-    device: str = "auto",
-    amp: bool = False,
-    key_added: str = "rnn",
-    overwrite: bool = False,
-    quiet: bool = False,
-    copy: bool = False,
+    layout: str = DEFAULT.layout,
+    series_key: str | None = DEFAULT.series_key,
+    time_key: str | None = DEFAULT.time_key,
+    series_subset: list[str] | None = DEFAULT.series_subset,
+    order_key: str | None = DEFAULT.order_key,
+    chunk_size: int = DEFAULT.chunk_size,
+    layer: str | None = DEFAULT.layer,
+    use_rep: str | None = DEFAULT.use_rep,
+    normalize: str = DEFAULT.normalize,
+    n_top_genes: int | str | None = DEFAULT.n_top_genes,
+    gene_subset: str | None = DEFAULT.gene_subset,
+    scale: str = DEFAULT.scale,
+    max_missing: float = DEFAULT.max_missing,
+    n_latent: int = DEFAULT.n_latent,
+    linear_path: bool = DEFAULT.linear_path,
+    hidden=DEFAULT.hidden,
+    cell: str = DEFAULT.cell,
+    bidirectional: bool = DEFAULT.bidirectional,
+    dropout: float = DEFAULT.dropout,
+    max_epochs: int = DEFAULT.max_epochs,
+    batch_size: int = DEFAULT.batch_size,
+    lr: float = DEFAULT.lr,
+    patience: int = DEFAULT.patience,
+    val_fraction: float = DEFAULT.val_fraction,
+    test_fraction: float = DEFAULT.test_fraction,
+    split_key: str | None = DEFAULT.split_key,
+    cluster: str | None = DEFAULT.cluster,
+    n_clusters: int | None = DEFAULT.n_clusters,
+    resolution: float = DEFAULT.resolution,
+    cluster_level: str = DEFAULT.cluster_level,
+    eval_label: str | None = DEFAULT.eval_label,
+    stream: bool | str = DEFAULT.stream,
+    chunk_rows: int = DEFAULT.chunk_rows,
+    seed: int = DEFAULT.seed,
+    device: str = DEFAULT.device,
+    amp: bool = DEFAULT.amp,
+    key_added: str = DEFAULT.key_added,
+    overwrite: bool = DEFAULT.overwrite,
+    quiet: bool = DEFAULT.quiet,
+    copy: bool = DEFAULT.copy,
 ):
     """Train an unsupervised RNN autoencoder, write the latent embedding, optionally cluster it.
 
@@ -106,10 +108,9 @@ def embed(
     ----------
     adata
         The AnnData (not modified when ``copy=True``).
-    layout, series_key, time_key, series_subset, order_key, chunk_size, layer, use_rep, \
-normalize, n_top_genes, gene_subset
-        How sequences are built and which matrix is read, as in
-        :func:`anndata_rnn.tl.classify`.
+    {doc_sequences}
+    {doc_profile}
+    {doc_reading}
     scale
         ``"feature"``: standardize each feature with training statistics; ``"sequence"``:
         z-score every sequence on its own, so clusters follow the temporal shape only (usual for
@@ -151,8 +152,7 @@ normalize, n_top_genes, gene_subset
     stream, chunk_rows
         Large profile data, as in :func:`anndata_rnn.tl.classify`; the PCA + k-means baseline
         is then fitted on a seeded random 20,000 cells and applied to every cell.
-    seed, device, amp, key_added, overwrite, quiet, copy
-        As in :func:`anndata_rnn.tl.classify`.
+    {doc_run}
 
     Returns
     -------
@@ -265,7 +265,7 @@ normalize, n_top_genes, gene_subset
         quiet=quiet, steps=layout == "obs-series",
     )  # fmt: skip
     module, history, latent, step_latent = fitted.module, fitted.history, *fitted.latents
-    written = [*_write_embedding(target, index, latent, step_latent, key), run.write_split()]
+    written = [*write_embedding(target, index, latent, step_latent, key), run.write_split()]
     metrics, notes, scored_on = fitted.metrics, fitted.notes, fitted.record["scored_on"]
     reports, arrays, cluster_info = {}, {}, None
     if cluster is not None:
@@ -334,25 +334,6 @@ normalize, n_top_genes, gene_subset
     )
 
 
-def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
-    rows, mats = ("var", "varm") if layout == "var-series" else ("obs", "obsm")
-    out = [(mats, f"X_{key}")]
-    if layout == "obs-series":
-        out.append((mats, f"X_{key}_series"))
-    return [*out, (rows, f"{key}_cluster"), (rows, f"{key}_split"), ("uns", key)]
-
-
-def _write_embedding(target, index: SequenceIndex, latent, step_latent, key) -> list[str]:
-    unit_latent = broadcast_to_rows(index, pool_units(index, latent)).astype(np.float32)
-    if index.layout != "obs-series":
-        return [index.write_matrix(target, f"X_{key}", unit_latent)]
-    per_step = scatter_steps(index, step_latent).astype(np.float32)
-    return [
-        index.write_matrix(target, f"X_{key}", per_step),
-        index.write_matrix(target, f"X_{key}_series", unit_latent),
-    ]
-
-
 def apply_embedding(opened: OpenedModel, key: str, batch_size: int) -> dict:
     """Embed new data with a saved autoencoder; k-means models also assign clusters.
 
@@ -367,7 +348,7 @@ def apply_embedding(opened: OpenedModel, key: str, batch_size: int) -> dict:
         batch_size,
     )
     latent, step_latent, errors = enc.outputs
-    written = _write_embedding(target, index, latent, step_latent, key)
+    written = write_embedding(target, index, latent, step_latent, key)
     missing = enc.missing_fraction(model.preprocessor)
     usable = pool_units(index, missing) <= float(model.config.get("max_missing", 1.0))
     metrics = {

@@ -27,6 +27,7 @@ from ..forecasting import (
     write_forecasts,
 )
 from ..networks import architecture
+from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor, encode
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import SequenceSpec
@@ -34,50 +35,54 @@ from ..training import TrainConfig
 
 log = logging.getLogger("anndata_rnn")
 
+#: the defaults of forecast (:mod:`anndata_rnn.options`: the command line has the same)
+DEFAULT = DEFAULTS["forecast"]
+
 AR_FORM_CHOICES = ("auto", "dense", "per_gene")
 AR_FORM_TEXT = {"dense": "dense", "per_gene": "per-gene"}
 
 
 @task_api
+@doc_params(**DOCS)
 def forecast(
     adata: AnnData,
     *,
-    layout: str = "obs-series",
-    series_key: str | None = None,
-    time_key: str | None = None,
-    series_subset: list[str] | None = None,
-    layer: str | None = None,
-    use_rep: str | None = None,
-    normalize: str = "auto",
-    n_top_genes: int | None = None,
-    gene_subset: str | None = None,
-    horizon: int | None = None,
-    future_times=None,
-    holdout_steps: int = 0,
-    loss: str = "mse",
-    residual: bool = True,
-    ar_lags: int = 3,
-    linear_path: bool = True,
-    ar_form: str = "auto",
-    hidden=(128, 64),
-    cell: str = "lstm",
-    bidirectional: bool = False,
-    dropout: float = 0.2,
-    max_epochs: int = 100,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    patience: int = 10,
-    min_steps: int | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    split_key: str | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    amp: bool = False,
-    key_added: str = "rnn",
-    overwrite: bool = False,
-    quiet: bool = False,
-    copy: bool = False,
+    layout: str = DEFAULT.layout,
+    series_key: str | None = DEFAULT.series_key,
+    time_key: str | None = DEFAULT.time_key,
+    series_subset: list[str] | None = DEFAULT.series_subset,
+    layer: str | None = DEFAULT.layer,
+    use_rep: str | None = DEFAULT.use_rep,
+    normalize: str = DEFAULT.normalize,
+    n_top_genes: int | str | None = DEFAULT.n_top_genes,
+    gene_subset: str | None = DEFAULT.gene_subset,
+    horizon: int | None = DEFAULT.horizon,
+    future_times=DEFAULT.future_times,
+    holdout_steps: int = DEFAULT.holdout_steps,
+    loss: str = DEFAULT.loss,
+    residual: bool = DEFAULT.residual,
+    ar_lags: int = DEFAULT.ar_lags,
+    linear_path: bool = DEFAULT.linear_path,
+    ar_form: str = DEFAULT.ar_form,
+    hidden=DEFAULT.hidden,
+    cell: str = DEFAULT.cell,
+    bidirectional: bool = DEFAULT.bidirectional,
+    dropout: float = DEFAULT.dropout,
+    max_epochs: int = DEFAULT.max_epochs,
+    batch_size: int = DEFAULT.batch_size,
+    lr: float = DEFAULT.lr,
+    patience: int = DEFAULT.patience,
+    min_steps: int | None = DEFAULT.min_steps,
+    val_fraction: float = DEFAULT.val_fraction,
+    test_fraction: float = DEFAULT.test_fraction,
+    split_key: str | None = DEFAULT.split_key,
+    seed: int = DEFAULT.seed,
+    device: str = DEFAULT.device,
+    amp: bool = DEFAULT.amp,
+    key_added: str = DEFAULT.key_added,
+    overwrite: bool = DEFAULT.overwrite,
+    quiet: bool = DEFAULT.quiet,
+    copy: bool = DEFAULT.copy,
 ):
     """Train an LSTM/GRU forecaster of time-course expression and write its forecasts.
 
@@ -94,11 +99,7 @@ def forecast(
         an input of the network, so irregular sampling (0, 5, 12, 21 h, ...) is handled.
     series_subset
         Only these series (e.g. ``["cdc15"]``).
-    layer, use_rep
-        Read ``layers[layer]`` or ``obsm[use_rep]`` instead of X.
-    normalize, n_top_genes, gene_subset
-        As in :func:`anndata_rnn.tl.classify` (in var-series ``gene_subset`` selects which genes
-        become sequences).
+    {doc_reading}
     horizon
         Steps to forecast beyond the end of every sequence (autoregressive rollout), written to
         ``uns[key]["future"]``. Default 1 (or ``len(future_times)``); 0 writes no future.
@@ -141,8 +142,7 @@ def forecast(
         Split of the units (series or genes), seeded, or from a train/val/test column. With
         ``holdout_steps`` nothing is fitted on any unit's last K steps (a pure temporal
         holdout): the headline metric is the rollout of the test units' last K steps.
-    seed, device, amp, key_added, overwrite, quiet, copy
-        As in :func:`anndata_rnn.tl.classify`.
+    {doc_run}
 
     Returns
     -------
