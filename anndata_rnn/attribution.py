@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .errors import InputError, listed
 from .preprocessing import encode, future_gaps, network_inputs
-from .sequences import read_labels
+from .sequences import Layout, read_labels
 from .streaming import sub_index
 
 log = logging.getLogger("anndata_rnn")
@@ -100,7 +100,9 @@ def baseline_values(values, lengths, prep, baseline, n_expression, layout) -> to
         fill = torch.zeros(n_expression)
     else:  # no expression, in standardized units
         fill = torch.as_tensor(-prep.mean / prep.std, dtype=torch.float32)
-    if layout == "profile":  # steps are chunks of the model's genes, zero-padded at the end
+    if Layout.of(
+        layout
+    ).steps_are_gene_chunks:  # steps are chunks of the model's genes, zero-padded at the end
         n_chunks, size = values.shape[1], values.shape[2]
         flat = torch.zeros(n_chunks * size)
         flat[: len(fill)] = fill
@@ -155,7 +157,9 @@ def attribute(
 
     layout = index.layout
     n_seq_steps = values.shape[1]
-    n_genes = n_seq_steps * values.shape[2] if layout == "profile" else n_expression
+    n_genes = (
+        n_seq_steps * values.shape[2] if Layout.of(layout).steps_are_gene_chunks else n_expression
+    )
     acc = {
         "gene_sum": np.zeros((n_genes, n_columns)),
         "gene_abs": np.zeros(n_genes),
@@ -206,7 +210,7 @@ def attribute(
 
 def accumulate(acc, attr, ids, column, index, layout) -> None:
     valid = index.mask[ids]
-    if layout == "profile":
+    if Layout.of(layout).steps_are_gene_chunks:
         genes = attr.reshape(len(ids), -1)
     else:
         genes = attr.sum(axis=1)
@@ -217,7 +221,7 @@ def accumulate(acc, attr, ids, column, index, layout) -> None:
         acc["step_sum"][:, j] += np.where(valid[rows], steps[rows], 0.0).sum(axis=0)
         acc["step_count"][:, j] += valid[rows].sum(axis=0)
     acc["gene_abs"] += np.abs(genes).sum(axis=0)
-    if layout != "profile":
+    if Layout.of(layout).is_time_series:
         obs_rows = index.steps[ids]
         columns = np.broadcast_to(column[:, None], obs_rows.shape)
         np.add.at(acc["row_sum"], (obs_rows[valid], columns[valid]), steps[valid])
@@ -320,7 +324,7 @@ def forecaster_jobs(model, index, lengths, target):
     """
     prep = model.preprocessor
     n_outputs = int(model.config["n_outputs"])
-    if model.layout == "var-series":
+    if Layout.of(model.layout).one_feature:
         if target is not None:
             raise InputError(
                 "a var-series forecaster forecasts every gene from its own values: leave out "
@@ -357,7 +361,7 @@ def explained_step_times(index, jobs: Jobs) -> tuple[np.ndarray, str]:
     note saying so.
     """
     positions = np.arange(index.max_steps, dtype=np.float64)
-    if index.layout == "profile":
+    if index.layout_kind.steps_are_gene_chunks:
         return positions, "profile: steps are chunks of genes in the model's order"
     if len(jobs.ids) == 0:
         return positions, "no sequence explained"

@@ -26,7 +26,7 @@ from .metrics import classification_metrics
 from .networks import build_module
 from .networks.classifier import new_architecture, predict_proba
 from .preprocessing import SCALE_CHOICES, Encoded
-from .sequences import Labels, SequenceIndex, pool_units
+from .sequences import Labels, Layout, SequenceIndex, pool_units
 from .training import (  # noqa: F401 (schedule_for: tl)
     FAILED_FIT_TOLERANCE,
     TrainConfig,
@@ -69,7 +69,7 @@ def shape_series(layout: str, level: str, n_channels: int, max_steps: int) -> bo
     elsewhere (gene-expression profiles, var-series of genes, many-gene time courses) both stay
     off."""
     return (
-        layout != "profile"
+        Layout.of(layout).is_time_series
         and level == "unit"
         and n_channels <= SHAPE_MAX_CHANNELS
         and max_steps > SHAPE_MIN_STEPS

@@ -18,7 +18,7 @@ from .baselines import PCAReconstruction, embedding_baseline, pca_reconstruction
 from .metrics import clustering_metrics, reconstruction_metrics
 from .networks import build_module
 from .networks.autoencoder import embed_sequences, masked_mse
-from .sequences import SequenceIndex, broadcast_to_rows, pool_units, scatter_steps
+from .sequences import Layout, SequenceIndex, broadcast_to_rows, pool_units, scatter_steps
 from .training import TrainConfig, dataset_loss, fit, take
 
 log = logging.getLogger("anndata_rnn")
@@ -231,9 +231,9 @@ def reconstruction_results(errors: dict, histories: dict, pca: PCAReconstruction
 
 def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
     """Where ``embed`` writes for ``layout`` (attribute, key): checked free before training."""
-    rows, mats = ("var", "varm") if layout == "var-series" else ("obs", "obsm")
+    rows, mats = Layout.of(layout).unit_axis, Layout.of(layout).unit_matrices
     out = [(mats, f"X_{key}")]
-    if layout == "obs-series":
+    if Layout.of(layout).steps_are_observations:
         out.append((mats, f"X_{key}_series"))
     return [*out, (rows, f"{key}_cluster"), (rows, f"{key}_split"), ("uns", key)]
 
@@ -242,7 +242,7 @@ def write_embedding(target, index: SequenceIndex, latent, step_latent, key) -> l
     """Write the latents through the index: per unit, and per step in obs-series (returns the
     keys written)."""
     unit_latent = broadcast_to_rows(index, pool_units(index, latent)).astype(np.float32)
-    if index.layout != "obs-series":
+    if not index.layout_kind.steps_are_observations:
         return [index.write_matrix(target, f"X_{key}", unit_latent)]
     per_step = scatter_steps(index, step_latent).astype(np.float32)
     return [

@@ -52,13 +52,21 @@ from .preprocessing import (
     network_inputs,
     teacher_forcing,
 )
-from .sequences import SequenceIndex, broadcast_to_rows, pool_units, scatter_steps
+from .sequences import (
+    TIME_SERIES_LAYOUTS,
+    Layout,
+    SequenceIndex,
+    broadcast_to_rows,
+    pool_units,
+    scatter_steps,
+)
 from .training import dataset_loss, fit
 
 log = logging.getLogger("anndata_rnn")
 
 LOSSES = ("mse", "huber")
-FORECAST_LAYOUTS = ("obs-series", "var-series")
+#: forecasting needs time: the time-series layouts
+FORECAST_LAYOUTS = TIME_SERIES_LAYOUTS
 
 
 @dataclasses.dataclass
@@ -79,9 +87,9 @@ class Forecasts:
     def uns_entries(self) -> dict:
         out = {"future": self._long(self.future, self.future_times)}
         k = self.holdout_times.shape[1]
-        if k and self.layout == "obs-series":
+        if k and Layout.of(self.layout).steps_are_observations:
             out["holdout"] = self._long(self.holdout["rnn"], self.holdout_times)
-        if k and self.layout == "var-series":
+        if k and Layout.of(self.layout).one_feature:
             series = self.index.sequence_series
             names = list(dict.fromkeys(series))
             first = np.array([np.flatnonzero(series == name)[0] for name in names])
@@ -167,7 +175,7 @@ def predict_all(
             holdout["linear_ar"] = units(
                 ar_forecast(ar, x_fit, context_enc.lengths, h_gaps[:, 1:], prep, lags)[1]
             )
-    features = prep.features if index.layout == "obs-series" else np.asarray(["value"])
+    features = prep.features if index.layout_kind.steps_are_observations else np.asarray(["value"])
     return Forecasts(
         layout=index.layout,
         features=np.asarray(features, dtype=object),
@@ -186,7 +194,7 @@ def evaluate(index, full: Encoded, prep, results: Forecasts, ids, k: int):
     """Metrics of every model on the chosen sequences: held-out rollout or one step ahead."""
     f = full.n_features
     truth = prep.inverse_values(full.values[ids, :, :f].astype(np.float64))
-    if index.layout == "var-series":
+    if index.layout_kind.one_feature:
         gene_of = np.broadcast_to(index.unit[ids][:, None, None], truth.shape)
     else:
         gene_of = np.broadcast_to(np.arange(f)[None, None, :], truth.shape)
@@ -270,7 +278,7 @@ def check_settings(layout, bidirectional, loss, ar_lags, holdout_steps, time_key
             "forecast needs time_key (the obs column of numeric time points): the time gaps "
             "between steps are an input of the forecaster"
         )
-    if layout == "var-series" and use_rep is not None:
+    if Layout.of(layout).one_feature and use_rep is not None:
         raise InputError("use_rep needs layout obs-series (var-series reads genes)")
 
 
@@ -530,7 +538,7 @@ def write_forecasts(
     per_step[:, 1:] = rnn[:, :-1]  # the forecast of step t was made at step t - 1
     per_step[~index.mask] = np.nan
     written = []
-    if index.layout == "obs-series":
+    if index.layout_kind.steps_are_observations:
         rows = scatter_steps(index, per_step)
         if source.use_rep is not None:
             written.append(index.write_matrix(target, f"{key}_forecast", rows.astype(np.float32)))

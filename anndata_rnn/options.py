@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
-from .sequences import LAYOUTS
+from .sequences import LAYOUTS, OBS_SERIES
 
 #: the tasks whose options this table declares
 TASKS = ("classify", "forecast", "embed")
@@ -118,7 +118,7 @@ STREAM_CHOICES = {"auto": "auto", "always": True, "never": False}
 OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------------------------- sequences --
     Option(
-        "layout", "sequences", str, "obs-series",
+        "layout", "sequences", str, OBS_SERIES.name,
         "obs-series: observations of a series over time; var-series: each gene's profile "
         "over time; profile: each observation read across its genes.",
         choices=LAYOUTS,

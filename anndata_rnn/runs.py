@@ -27,7 +27,7 @@ from .errors import InputError, listed
 from .io import uns_safe, versions
 from .model import Model, check_gene_overlap
 from .preprocessing import FIT_BUDGET_BYTES, Encoded, FeatureSource, Preprocessor, encode
-from .sequences import SequenceIndex, SequenceSpec, bool_column, broadcast_to_rows
+from .sequences import Layout, SequenceIndex, SequenceSpec, bool_column, broadcast_to_rows
 from .splits import log_split, make_split, random_subset, split_from_column
 from .streaming import (
     DEFAULT_CHUNK_ROWS,
@@ -217,7 +217,11 @@ class TrainingRun:
         }
         log_split(self.index.layout, split)
         layout, target = self.index.layout, self.target
-        if layout == "profile" and order_key is not None and order_key not in target.var.columns:
+        if (
+            Layout.of(layout).steps_are_gene_chunks
+            and order_key is not None
+            and order_key not in target.var.columns
+        ):
             raise InputError(f"var has no column {order_key!r} (order_key)")
         index = self.index if fit_index is None else fit_index
         fit_ids = self.ids["train"]
@@ -238,16 +242,18 @@ class TrainingRun:
             n_top_genes=n_top_genes,
             gene_subset=(
                 bool_column(target.var, gene_subset, "var")
-                if (gene_subset is not None and layout != "var-series")
+                if (gene_subset is not None and not Layout.of(layout).one_feature)
                 else None
             ),
             gene_order=(
-                target.var[order_key].to_numpy() if (layout == "profile" and order_key) else None
+                target.var[order_key].to_numpy()
+                if (Layout.of(layout).steps_are_gene_chunks and order_key)
+                else None
             ),
-            chunk_size=self.spec.chunk_size if layout == "profile" else None,
+            chunk_size=self.spec.chunk_size if Layout.of(layout).steps_are_gene_chunks else None,
         )
         self.prep = prep
-        if layout == "profile":  # the steps follow the number of selected genes
+        if Layout.of(layout).steps_are_gene_chunks:  # the steps follow the number of selected genes
             self.index = index = self.index.with_width(len(prep.features))
         if stream:  # encoded batch by batch while training and predicting
             self.encoded = LazyEncoded(index, self.source, prep, chunk_rows=chunk_rows)
@@ -262,7 +268,7 @@ class TrainingRun:
         preprocessing fit: a seeded subset of the training sequences when the rows × genes the
         file declares would take more (a file can claim 10⁵ × 10⁵ in a few MB)."""
         n_features = len(self.source.feature_names)
-        if index.layout == "var-series":  # every sequence reads every row: the whole matrix
+        if index.layout_kind.one_feature:  # every sequence reads every row: the whole matrix
             needed = self.source.n_rows * n_features * 4
             if needed > FIT_BUDGET_BYTES * 8:
                 raise InputError(
@@ -427,7 +433,7 @@ def start_training(
     distributed.init(torch_device)  # under torchrun: join the process group
     source = FeatureSource(target, layer=spec.layer, use_rep=spec.use_rep)
     var_mask = None
-    if spec.layout == "var-series" and gene_subset is not None:
+    if Layout.of(spec.layout).one_feature and gene_subset is not None:
         var_mask = bool_column(target.var, gene_subset, "var")
     index = spec.index(target, var_mask=var_mask)
     for note in index.notes:
@@ -527,7 +533,7 @@ def open_model(
         target, layer=spec.layer, use_rep=spec.use_rep, gene_symbols=gene_symbols
     )
     overlap = check_gene_overlap(model.preprocessor, source, min_gene_overlap)
-    n_features = len(model.features) if model.layout == "profile" else None
+    n_features = len(model.features) if Layout.of(model.layout).steps_are_gene_chunks else None
     index = spec.index(target, n_features=n_features)
     for note in index.notes:
         log.info(note)

@@ -133,11 +133,11 @@ def sequence_chunks(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     n = len(sequence_ids)
-    if index.layout == "var-series":
+    if index.layout_kind.one_feature:
         if n:
             yield sequence_ids
         return
-    if index.layout == "profile":
+    if index.layout_kind.steps_are_gene_chunks:
         size = max(batch_size, chunk_rows // batch_size * batch_size)
         for start in range(0, n, size):
             yield sequence_ids[start : start + size]
@@ -182,7 +182,7 @@ def should_stream(index: SequenceIndex, n_features: int, stream: str | bool) -> 
     :data:`STREAM_ABOVE_BYTES`. Other layouts always encode in memory."""
     if stream not in (True, False, "auto"):
         raise InputError(f"stream must be True, False or 'auto', got {stream!r}")
-    if index.layout != "profile":
+    if index.layout_kind.is_time_series:
         if stream is True:
             log.info("streamed training is for the profile layout; %s encodes in memory",
                      index.layout)  # fmt: skip
@@ -337,7 +337,7 @@ def stream_apply(
         return _stream_ranges(
             index, source, prep, run, batch_size, chunk_rows, progress, sequence_ids
         )
-    if index.layout == "var-series" and len(sequence_ids):
+    if index.layout_kind.one_feature and len(sequence_ids):
         log.info(
             "var-series: reading the whole matrix (%d obs × %d vars) at once; each sequence "
             "(a gene) needs every observation",

@@ -91,3 +91,19 @@ def test_tasks_are_thin():
     lengths = {p.name: len(p.read_text().splitlines()) for p in (PACKAGE / "tl").glob("*.py")}
     assert sum(lengths.values()) <= 2000, lengths
     assert max(lengths.values()) <= 400, lengths
+
+
+def test_layout_names_appear_only_in_sequences():
+    """Code asks a ``sequences.Layout`` what a layout means instead of comparing its name: no
+    layout name is a literal outside sequences.py (docstrings mention them in prose only)."""
+    from anndata_rnn.sequences import LAYOUTS
+
+    found = []
+    for path, parts in _modules():
+        if parts == ("sequences",):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if node.value in LAYOUTS:
+                    found.append(f"{'/'.join(parts)}.py:{node.lineno} {node.value!r}")
+    assert not found, found

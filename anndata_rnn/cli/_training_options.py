@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from ..options import MAX_TOP_GENES, STREAM_CHOICES, Option, options_of
+from ..sequences import Layout
 
 
 def click_option(option: Option, task: str):
@@ -144,7 +145,7 @@ def output_key(ctx, param, value):
 
 def reads_lazily(kw: dict) -> bool:
     """Whether the command leaves X in the file: profile data, unless ``--stream never``."""
-    return kw["layout"] == "profile" and kw["stream"] != "never"
+    return Layout.of(kw["layout"]).steps_are_gene_chunks and kw["stream"] != "never"
 
 
 _CALLBACKS = {"n_top_genes": _top_genes, "key_added": output_key}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import InputError
+from ..sequences import Layout
 from ._common import (
     amp_option,
     common_options,
@@ -49,7 +50,7 @@ def forecast(input, output, model_out, metrics_table, **kw):
     """
     from .. import tl
 
-    if kw["layout"] == "profile":
+    if Layout.of(kw["layout"]).steps_are_gene_chunks:
         raise InputError("--layout profile is not a time course: use obs-series or var-series")
     train_and_write(
         input,

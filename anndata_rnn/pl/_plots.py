@@ -19,6 +19,7 @@ from anndata import AnnData
 
 from ..errors import InputError
 from ..metrics import SUMMARY_METRICS
+from ..sequences import OBS_SERIES, Layout
 
 #: metrics that are counts, not scores (left out of the bar charts)
 COUNT_METRICS = {"n", "n_values", "n_genes_pearson", "n_labelled", "n_clusters", "n_units"}
@@ -125,8 +126,8 @@ def _finish(obj, show: bool | None, save):
 
 def _unit_axis(adata: AnnData, key: str) -> str:
     """``"var"`` when the run's units are genes (var-series), else ``"obs"``."""
-    layout = _text(_run(adata, key).get("layout", ""))
-    return "var" if layout == "var-series" else "obs"
+    layout = Layout.get(_text(_run(adata, key).get("layout", "")))
+    return layout.unit_axis if layout is not None else "obs"
 
 
 # ---------------------------------------------------------------------------------- history --
@@ -510,7 +511,7 @@ def forecast(
     if _text(record.get("task", "")) != "forecast":
         raise InputError(f"uns[{key!r}] is not a forecast run (task {record.get('task')!r})")
     params = record.get("params", {})
-    layout = _text(params.get("layout", record.get("layout", "obs-series")))
+    layout = _text(params.get("layout", record.get("layout", OBS_SERIES.name)))
     values, names = _matrix(adata, record)
     units = _text(record.get("preprocessing", {}).get("units", "input"))
     if units != "input":
@@ -527,7 +528,7 @@ def forecast(
     split_column = f"{key}_split"
     series_key = params.get("series_key")
     all_series = list(pd.unique(adata.obs[_text(series_key)].astype(str))) if series_key else [None]
-    if layout == "var-series":
+    if Layout.of(layout).one_feature:
         if series is None:
             subset = [_text(s) for s in np.atleast_1d(params.get("series_subset", []))]
             series = (subset or all_series)[:n_series]
@@ -670,7 +671,11 @@ def forecast(
 
 def _holdout(adata: AnnData, record: dict, key: str, layout: str):
     """A function (series, gene, position) -> (times, values) of the held-out rollout, or None."""
-    if layout == "var-series" and f"{key}_forecast" in adata.varm and "holdout_columns" in record:
+    if (
+        Layout.of(layout).one_feature
+        and f"{key}_forecast" in adata.varm
+        and "holdout_columns" in record
+    ):
         matrix = np.asarray(adata.varm[f"{key}_forecast"], dtype=float)
         columns = record["holdout_columns"]
         col_series = np.asarray([_text(s) for s in columns["series"]])
@@ -685,7 +690,7 @@ def _holdout(adata: AnnData, record: dict, key: str, layout: str):
 
         return var_series
     held = record.get("holdout")
-    if layout != "var-series" and isinstance(held, dict) and "values" in held:
+    if not Layout.of(layout).one_feature and isinstance(held, dict) and "values" in held:
         unit = np.asarray([_text(s) for s in held["unit"]])
         times = np.asarray(held["time"], dtype=float)
         table = np.asarray(held["values"], dtype=float)
@@ -710,7 +715,7 @@ def _future(future, layout: str, series, gene, j):
     units = np.asarray([_text(u) for u in future["unit"]])
     seqs = np.asarray([_text(s) for s in future["series"]])
     times = np.asarray(future["time"], dtype=float)
-    if layout == "var-series":
+    if Layout.of(layout).one_feature:
         keep = (units == str(gene)) & (seqs == str(series))
         column = 0
     else:

@@ -25,6 +25,7 @@ from ..preprocessing import Preprocessor
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
     Labels,
+    Layout,
     SequenceIndex,
     SequenceSpec,
     as_float32,
@@ -186,7 +187,9 @@ def classify(
         strata = None
     options = {
         "prep": lambda: Preprocessor(
-            layout=layout, scale=scaling, use_time=time_key is not None and layout != "profile"
+            layout=layout,
+            scale=scaling,
+            use_time=time_key is not None and Layout.of(layout).is_time_series,
         ),
         "prepare": {
             "normalize": normalize,
@@ -317,7 +320,7 @@ def _train(run, labels: Labels, split: np.ndarray, options: dict) -> ClassifierF
 
 
 def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
-    rows, mats = ("var", "varm") if layout == "var-series" else ("obs", "obsm")
+    rows, mats = Layout.of(layout).unit_axis, Layout.of(layout).unit_matrices
     return [
         (rows, f"{key}_pred"),
         (rows, f"{key}_conf"),

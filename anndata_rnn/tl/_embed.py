@@ -30,6 +30,7 @@ from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
 from ..sequences import (
+    Layout,
     SequenceSpec,
     pool_units,
     read_labels,
@@ -212,7 +213,9 @@ def embed(
         split_key=split_key, val_fraction=val_fraction, test_fraction=test_fraction
     )
     prep = Preprocessor(
-        layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
+        layout=layout,
+        scale=scale,
+        use_time=time_key is not None and Layout.of(layout).is_time_series,
     )
     streamed = should_stream(run.index, len(run.source.feature_names), stream)
     enc = run.prepare(
@@ -262,7 +265,7 @@ def embed(
     # PCA of the flattened sequences (training units) is the baseline and the start
     fitted = fit_embedding(
         config, values, lengths, ids, run.train_config, device=run.device, seed=seed,
-        quiet=quiet, steps=layout == "obs-series",
+        quiet=quiet, steps=Layout.of(layout).steps_are_observations,
     )  # fmt: skip
     module, history, latent, step_latent = fitted.module, fitted.history, *fitted.latents
     written = [*write_embedding(target, index, latent, step_latent, key), run.write_split()]
@@ -286,7 +289,9 @@ def embed(
         metrics["rnn"].update(rnn_metrics)
         cluster_info = {
             "method": cluster,
-            "level": "series" if (level == "unit" and layout == "obs-series") else level,
+            "level": "series"
+            if (level == "unit" and Layout.of(layout).steps_are_observations)
+            else level,
             "n_clusters": n_found,
             "resolution": float(resolution),
         }
@@ -342,7 +347,7 @@ def apply_embedding(opened: OpenedModel, key: str, batch_size: int) -> dict:
     training ``eval_label`` present in the data, ARI and NMI are reported.
     """
     model, index, target = opened.model, opened.index, opened.target
-    steps = model.layout == "obs-series"
+    steps = Layout.of(model.layout).steps_are_observations
     enc = opened.stream(
         lambda x, n: embed_sequences(model.module, x, n, opened.device, batch_size, steps=steps),
         batch_size,

@@ -39,7 +39,7 @@ from ..model import Model
 from ..networks.classifier import predict_proba
 from ..preprocessing import encode
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
-from ..sequences import check_output_key
+from ..sequences import Layout, check_output_key
 
 log = logging.getLogger("anndata_rnn")
 
@@ -158,13 +158,13 @@ def explain(
             " where no expression has no fixed value): use baseline 'mean'"
         )
     key = key_added
-    gene_level = model.layout != "var-series"
+    gene_level = not Layout.of(model.layout).one_feature
 
     def check_targets(target, model):
         targets = []
         if gene_level:
             targets += [("var", f"{key}_importance"), ("varm", f"{key}_importance")]
-        if model.layout != "profile":
+        if Layout.of(model.layout).is_time_series:
             targets.append(("obsm", f"{key}_step_importance"))
         check_keys_free(target, targets, overwrite)
         _check_uns(target, key, model, overwrite)
@@ -200,7 +200,9 @@ def explain(
         jobs = subsample(jobs, max_per_class, seed)
 
     n_channels = values.shape[-1]
-    n_expression = n_channels - 1 if (prep.use_time and model.layout != "profile") else n_channels
+    n_expression = (
+        n_channels - 1 if (prep.use_time and Layout.of(model.layout).is_time_series) else n_channels
+    )
     base = baseline_values(values, lengths, prep, baseline, n_expression, model.layout)
     result = attribute(
         output,
@@ -244,7 +246,7 @@ def explain(
         uns_extra["feature_importance"] = feature_importance
         uns_extra["feature_overall_importance"] = feature_overall
         written.append(f"uns/{key}/feature_importance")
-    if model.layout != "profile":
+    if Layout.of(model.layout).is_time_series:
         with np.errstate(invalid="ignore", divide="ignore"):
             rows = result["row_sum"] / result["row_count"]
         out.obsm[f"{key}_step_importance"] = rows

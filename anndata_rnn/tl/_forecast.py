@@ -30,7 +30,7 @@ from ..networks import architecture
 from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor, encode
 from ..runs import OpenedModel, check_keys_free, start_training, task_api
-from ..sequences import SequenceSpec
+from ..sequences import Layout, SequenceSpec
 from ..training import TrainConfig
 
 log = logging.getLogger("anndata_rnn")
@@ -323,7 +323,7 @@ def forecast(
             "normalized": prep.normalize,
             "n_features": train_enc.n_features,
             "features": np.asarray(prep.features, dtype=object)
-            if layout == "obs-series"
+            if Layout.of(layout).steps_are_observations
             else np.asarray(["value"], dtype=object),
             "n_imputed": full_enc.imputed,
             "units": "log1p(normalize_total)" if prep.normalize else "input",
@@ -347,8 +347,8 @@ def evaluation_title(evaluation: dict) -> str:
 
 def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
     """The keys a forecaster writes (checked before anything is computed)."""
-    rows, mats = ("var", "varm") if layout == "var-series" else ("obs", "obsm")
-    forecast_matrix = ("varm" if layout == "var-series" else "obsm", f"{key}_forecast")
+    rows, mats = Layout.of(layout).unit_axis, Layout.of(layout).unit_matrices
+    forecast_matrix = (mats, f"{key}_forecast")
     return [
         (rows, f"{key}_split"),
         ("layers", f"{key}_forecast"),
