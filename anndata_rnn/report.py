@@ -31,11 +31,9 @@ import pandas as pd
 from anndata import AnnData
 
 from .errors import InputError, listed
+from .metrics import MIN_TEST_PER_CLASS, MIN_TEST_UNITS
 from .sequences import Layout
 
-#: below these sizes the test metrics are flagged as uncertain
-MIN_TEST_UNITS = 10
-MIN_TEST_PER_CLASS = 2
 #: the order of the sections: what a reader looks at first comes first
 ORDER = ("title", "summary", "metrics", "plots", "data", "parameters", "warnings", "versions")
 

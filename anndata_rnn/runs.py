@@ -25,6 +25,7 @@ from anndata import AnnData
 from . import distributed
 from .errors import InputError, listed
 from .io import uns_safe, versions
+from .metrics import MIN_TEST_PER_CLASS, MIN_TEST_UNITS
 from .model import Model, check_gene_overlap
 from .preprocessing import FIT_BUDGET_BYTES, Encoded, FeatureSource, Preprocessor, encode
 from .sequences import Layout, SequenceIndex, SequenceSpec, bool_column, broadcast_to_rows
@@ -321,24 +322,29 @@ class TrainingRun:
             )
 
     def test_cautions(self, labels=None) -> list[str]:
-        """Why the test metrics of a plain run cannot be trusted (fewer than 10 test units, or
-        fewer than 2 of some class), each with the fix."""
+        """Why the test metrics of a plain run cannot be trusted (fewer than
+        ``MIN_TEST_UNITS`` test units, or fewer than ``MIN_TEST_PER_CLASS`` of some class), each
+        with the fix."""
         units = np.flatnonzero(self.split == "test")
         if labels is not None and labels.level == "unit":
             units = units[labels.codes[units] >= 0]
         cautions = []
-        if 0 < len(units) < 10:
+        if 0 < len(units) < MIN_TEST_UNITS:
             cautions.append(
                 f"only {len(units)} test units: the test metrics are unreliable; use "
                 "cross-validation (--cv 5) to measure on every unit"
             )
         if labels is not None and labels.level == "unit" and len(units):
             counts = np.bincount(labels.codes[units], minlength=len(labels.classes))
-            rare = [str(c) for c, n in zip(labels.classes, counts, strict=True) if n < 2]
+            rare = [
+                str(c)
+                for c, n in zip(labels.classes, counts, strict=True)
+                if n < MIN_TEST_PER_CLASS
+            ]
             if rare:
                 cautions.append(
-                    f"class(es) {listed(rare)} have fewer than 2 test units: their metrics "
-                    "are unreliable; use cross-validation (--cv 5)"
+                    f"class(es) {listed(rare)} have fewer than {MIN_TEST_PER_CLASS} test units: "
+                    "their metrics are unreliable; use cross-validation (--cv 5)"
                 )
         return cautions  # TrainingRun.finish warns, stores them in uns, the CLI prints them
 

@@ -107,3 +107,30 @@ def test_layout_names_appear_only_in_sequences():
                 if node.value in LAYOUTS:
                     found.append(f"{'/'.join(parts)}.py:{node.lineno} {node.value!r}")
     assert not found, found
+
+
+def test_one_training_loop():
+    """One function runs optimizer steps (training._fit_steps, whatever the schedule)."""
+    stepping = [
+        f"{path.name}:{node.name}"
+        for path, _ in _modules()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef)
+        and any(
+            isinstance(call, ast.Call) and getattr(call.func, "id", None) == "_train_step"
+            for call in ast.walk(node)
+        )
+    ]
+    assert stepping == ["training.py:_fit_steps"], stepping
+
+
+def test_small_test_split_thresholds_are_declared_once():
+    declared = [
+        f"{path.name}:{target.id}"
+        for path, _ in _modules()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name) and target.id in ("MIN_TEST_UNITS", "MIN_TEST_PER_CLASS")
+    ]
+    assert sorted(declared) == ["metrics.py:MIN_TEST_PER_CLASS", "metrics.py:MIN_TEST_UNITS"]
