@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 from anndata.abc import CSCDataset, CSRDataset
@@ -647,6 +646,8 @@ class Preprocessor:
                 "counts (the same kind of matrix the model was trained on)"
             )
         tmp = AnnData(np.where(np.isnan(block), np.float32(0), block))  # (no ±inf: refused)
+        import scanpy as sc  # lazy: scanpy loads matplotlib.pyplot
+
         sc.pp.normalize_total(tmp, target_sum=self.target_sum)
         sc.pp.log1p(tmp)
         out = np.asarray(tmp.X, dtype=np.float32)
@@ -718,6 +719,8 @@ class Preprocessor:
 def _highly_variable(block: np.ndarray, n_top_genes: int) -> np.ndarray:
     tmp = AnnData(np.nan_to_num(block, nan=0.0))
     n = min(n_top_genes, block.shape[1])
+    import scanpy as sc  # lazy: scanpy loads matplotlib.pyplot
+
     sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat", inplace=True)
     return tmp.var["highly_variable"].to_numpy(dtype=bool)
 

@@ -37,7 +37,14 @@ from .streaming import (
     Streamed,
     stream_apply,
 )
-from .training import TrainConfig, batch_order, precision, resolve_device, seed_everything
+from .training import (
+    TrainConfig,
+    batch_order,
+    deterministic,
+    precision,
+    resolve_device,
+    seed_everything,
+)
 
 log = logging.getLogger("anndata_rnn")
 
@@ -84,7 +91,9 @@ class TaskResult:
 def task_api(run):
     """The public tool: ``run``'s signature and docstring, scanpy's return value.
 
-    ``tool.run(...)`` returns the :class:`TaskResult` itself (used by the command line).
+    ``tool.run(...)`` returns the :class:`TaskResult` itself (used by the command line). The run
+    has deterministic torch kernels (:func:`~anndata_rnn.training.deterministic`) and, with
+    ``amp=True``, mixed precision; both are undone when it returns.
     """
 
     @functools.wraps(run)
@@ -92,7 +101,7 @@ def task_api(run):
         # mixed precision (amp=True) covers every forward pass of the run, training and inference
         amp = bool(kwargs.get("amp", False))
         device = resolve_device(kwargs.get("device", "auto")) if amp else "cpu"
-        with precision(device, amp):
+        with precision(device, amp), deterministic():
             return run(adata, *args, **kwargs)
 
     @functools.wraps(run)

@@ -165,19 +165,49 @@ def to_device(batch, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch and ask torch for deterministic kernels.
-
-    On the CPU this makes runs bitwise reproducible; on CUDA cuDNN's RNN kernels are deterministic
-    with the workspace setting below, but results may still differ from the CPU's.
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    """Seed python, numpy and torch (the kernels are made deterministic by
+    :func:`deterministic`, around the whole run)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+#: cuBLAS needs this workspace setting for deterministic results on CUDA
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic():
+    """Deterministic torch kernels for the length of a run, the process's settings restored
+    after it (a scanpy user's own torch code keeps its settings).
+
+    On the CPU this makes runs bitwise reproducible; on CUDA cuDNN's RNN kernels are
+    deterministic with the cuBLAS workspace setting, but results may still differ from the
+    CPU's. A ``CUBLAS_WORKSPACE_CONFIG`` the user set is kept.
+    """
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        enabled, warn_only, benchmark, cudnn_deterministic, workspace = saved
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 class _Batches(Dataset):

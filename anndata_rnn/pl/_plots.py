@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -115,13 +114,21 @@ def _is_score(value) -> bool:
 
 def _finish(obj, show: bool | None, save):
     """Save (``save`` = a file path) and show the figure; return ``obj`` unless shown."""
-    fig = obj if isinstance(obj, plt.Figure) else obj.figure
+    fig = obj if isinstance(obj, _pyplot().Figure) else obj.figure
     if save:
         fig.savefig(Path(save), dpi=150, bbox_inches="tight")
     if show:
-        plt.show()
+        _pyplot().show()
         return None
     return obj
+
+
+def _pyplot():
+    """matplotlib.pyplot, imported when a plot is drawn (``import anndata_rnn`` stays free of
+    it: pyplot picks a GUI backend and registers global state)."""
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _unit_axis(adata: AnnData, key: str) -> str:
@@ -158,7 +165,7 @@ def training_history(
     history = _run(adata, key).get("history", {})
     if "train_loss" not in history:
         raise InputError(f"uns[{key!r}] has no training history (was it a predict run?)")
-    ax = ax or plt.figure(figsize=(5, 3.4)).add_subplot()
+    ax = ax or _pyplot().figure(figsize=(5, 3.4)).add_subplot()
     _draw_curves(ax, history, "loss")
     ax.set_title("Training history")
     return _finish(ax, show, save)
@@ -214,7 +221,7 @@ def history(adata: AnnData, *, key: str = "rnn", show: bool | None = None, save=
         }
     )
     panels = ["loss", *names]
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         1, len(panels), figsize=(5.2 * len(panels), 3.4), squeeze=False, layout="constrained"
     )
     for ax, what in zip(axes[0], panels, strict=True):
@@ -282,7 +289,7 @@ def metrics(
         raise InputError(f"uns[{key!r}][{source!r}] has no scalar metrics to draw")
     height = 0.8 / len(models)
     if ax is None:
-        fig = plt.figure(figsize=(6.4, 0.9 + 0.32 * len(metrics) * len(models) + 0.2))
+        fig = _pyplot().figure(figsize=(6.4, 0.9 + 0.32 * len(metrics) * len(models) + 0.2))
         ax = fig.add_subplot()
     values_all = []
     for i, name in enumerate(models):
@@ -373,7 +380,7 @@ def confusion(
         classes = [str(i) for i in range(n)]
     longest = max(len(c) for c in classes)
     size = 1.2 + 0.55 * n + 0.07 * longest
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         1,
         len(models),
         figsize=(size * len(models) + 1.2, size + 0.8),
@@ -563,7 +570,7 @@ def forecast(
         raise InputError(f"genes not in var_names: {', '.join(map(str, missing[:5]))}")
     holdout = _holdout(adata, record, key, layout)
     future = record.get("future")
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         len(genes),
         len(series),
         figsize=(4.6 * len(series), 2.6 * len(genes) + 0.6),
@@ -786,7 +793,7 @@ def importance(
         raise InputError(f"uns[{key!r}] has no importance to draw")
     ncols = min(n_panels, 3)
     nrows = int(np.ceil(n_panels / ncols))
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         nrows,
         ncols,
         figsize=(4.4 * ncols, max(2.8, 0.26 * n_genes + 1.0) * nrows),
@@ -909,7 +916,7 @@ def clusters(
     sizes = table.sum(axis=1)
     shown = table.div(sizes.replace(0, 1), axis=0) if normalize else table
     if ax is None:
-        ax = plt.figure(figsize=(1.6 + 0.45 * len(table), 3.6)).add_subplot()
+        ax = _pyplot().figure(figsize=(1.6 + 0.45 * len(table), 3.6)).add_subplot()
     bottom = np.zeros(len(table))
     x = np.arange(len(table))
     for i, name in enumerate(table.columns):
@@ -993,7 +1000,7 @@ def latent_pca(
     if coords.shape[1] == 1:
         coords = np.column_stack([coords[:, 0], np.zeros(len(coords))])
     if ax is None:
-        ax = plt.figure(figsize=(5.2, 4)).add_subplot()
+        ax = _pyplot().figure(figsize=(5.2, 4)).add_subplot()
     if color is not None:
         values = frame[color].to_numpy()[keep]
         groups = pd.Series(values).astype(str)
