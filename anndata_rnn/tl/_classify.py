@@ -13,26 +13,21 @@ from ..classification import (
     check_training_classes,
     fit_cautions,
     log_cv,
-    test_metrics,
+    output_targets,
     train_classifier,
+    write_results,
 )
 from ..errors import InputError
 from ..metrics import cv_summary
 from ..networks import architecture
-from ..networks.classifier import predict_proba
 from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor
-from ..runs import OpenedModel, check_keys_free, start_training, task_api
+from ..runs import check_keys_free, start_training, task_api
 from ..sequences import (
     Labels,
     Layout,
-    SequenceIndex,
     SequenceSpec,
-    as_float32,
-    broadcast_to_rows,
-    pool_units,
     read_labels,
-    scatter_steps,
 )
 from ..splits import make_folds, test_train_ratio
 from ..streaming import should_stream
@@ -259,7 +254,7 @@ def classify(
         log.warning("no test split (test_fraction=0): no metrics computed")
     cautions += fit_cautions(fitted, prefix="saved model: " if cv else "")
     index, prep = run.index, run.prep
-    written = _write_results(
+    written = write_results(
         target, index, labels.classes, labels.level, fitted.proba, fitted.embedding, key
     )
     written.append(run.write_split())
@@ -317,62 +312,3 @@ def _train(run, labels: Labels, split: np.ndarray, options: dict) -> ClassifierF
         seed=run.seed,
         options=options,
     )
-
-
-def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
-    rows, mats = Layout.of(layout).unit_axis, Layout.of(layout).unit_matrices
-    return [
-        (rows, f"{key}_pred"),
-        (rows, f"{key}_conf"),
-        (rows, f"{key}_split"),
-        (mats, f"{key}_proba"),
-        (mats, f"X_{key}"),
-        ("uns", key),
-    ]
-
-
-def apply_classifier(opened: OpenedModel, key: str, batch_size: int) -> dict:
-    """Predict with a saved classifier; writes the same keys as training (no split)."""
-    model, index, target = opened.model, opened.index, opened.target
-    classes = np.asarray(model.classes, dtype=object)
-    enc = opened.stream(
-        lambda x, n: predict_proba(model.module, x, n, opened.device, batch_size),
-        batch_size,
-        spill={1: "embedding"},  # grows with the data; stays on disk when there is a scratch
-    )
-    proba, embedding = np.asarray(enc.outputs[0]), enc.outputs[1]
-    written = _write_results(
-        target, index, classes, model.config["label_level"], proba, embedding, key
-    )
-    out = {"written": written, "n_imputed": enc.imputed}
-    label_key = opened.spec.get("label_key")
-    if label_key in index.frame(target).columns:
-        try:
-            labels = read_labels(target, index, label_key)
-        except InputError:
-            return out
-        # evaluate on every labelled unit of the new data, in the model's class order
-        labels = labels.recode(classes)
-        out["metrics"] = {"rnn": test_metrics(index, labels, proba, np.arange(index.n_sequences))}
-    return out
-
-
-def _write_results(target, index: SequenceIndex, classes, level, proba, embedding, key):
-    """The inverse of the sequence index: per unit / per step values into obs/var and obsm/varm."""
-    classes = np.asarray(classes, dtype=object)
-    if level == "unit":
-        rows_proba = broadcast_to_rows(index, pool_units(index, proba))
-        rows_embedding = broadcast_to_rows(index, pool_units(index, embedding))
-    else:
-        rows_proba = scatter_steps(index, proba)
-        rows_embedding = scatter_steps(index, embedding)
-    predicted = np.isfinite(rows_proba).all(axis=1)
-    pred = np.full(len(rows_proba), None, dtype=object)
-    pred[predicted] = classes[rows_proba[predicted].argmax(axis=1)]
-    conf = np.where(predicted, np.nan_to_num(rows_proba).max(axis=1), np.nan)
-    return [
-        index.write_column(target, f"{key}_pred", pred, categories=classes),
-        index.write_column(target, f"{key}_conf", conf),
-        index.write_matrix(target, f"{key}_proba", rows_proba.astype(np.float64)),
-        index.write_matrix(target, f"X_{key}", as_float32(rows_embedding)),
-    ]

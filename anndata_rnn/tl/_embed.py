@@ -4,36 +4,32 @@
 from __future__ import annotations
 
 import logging
-import warnings
 
-import numpy as np
 import torch
 from anndata import AnnData
 
 from ..clustering import (
     check_count,
     check_settings,
-    cluster_matrix,
-    clustered_members,
-    clustered_truth,
-    level_name,
-    nearest_centre,
     resolve_level,
-    write_clusters,
 )
-from ..embedding import compare_clusters, fit_embedding, output_targets, write_embedding
+from ..embedding import (
+    cluster_embedding,
+    embed_config,
+    eval_labels,
+    fit_embedding,
+    output_targets,
+    write_embedding,
+)
 from ..errors import InputError
-from ..metrics import clustering_metrics, reconstruction_metrics
 from ..networks import architecture
-from ..networks.autoencoder import embed_sequences
 from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor
-from ..runs import OpenedModel, check_keys_free, start_training, task_api
+from ..runs import check_keys_free, start_training, task_api
 from ..sequences import (
     Layout,
     SequenceSpec,
     pool_units,
-    read_labels,
 )
 from ..streaming import should_stream
 from ..training import TrainConfig
@@ -201,11 +197,7 @@ def embed(
         gene_subset=gene_subset,
     )
     target, key = run.target, run.key
-    labels = None
-    if eval_label is not None:
-        labels = read_labels(target, run.index, eval_label, max_missing_fraction=1.0)
-        for note in labels.notes:
-            log.info(note)
+    labels = eval_labels(target, run.index, eval_label)
     level = resolve_level(layout, cluster_level, labels)
     check_keys_free(target, output_targets(layout, key), overwrite)
     check_count(cluster, n_clusters, run.index.n_units if level == "unit" else run.index.n_obs)
@@ -236,32 +228,10 @@ def embed(
         usable, f"miss more than {100 * max_missing:.0f}% of their values (max_missing)"
     )
     ids = run.ids
-    n_outputs = int(values.shape[-1]) - int(prep.use_time)
-    arch = {
-        **run.architecture,
-        "n_latent": int(n_latent),
-        "n_outputs": n_outputs,
-        "time_channel": prep.use_time,
-        "linear_path": bool(linear_path),
-        "max_steps": int(values.shape[1]),
-    }
-    config = {
-        "task": "embed",
-        "layout": layout,
-        "keys": spec.keys(),
-        "architecture": arch,
-        "n_inputs": int(values.shape[-1]),
-        "train": {
-            **run.train_config.to_dict(),
-            "val_fraction": val_fraction,
-            "test_fraction": test_fraction,
-            "split_key": split_key,
-        },
-        "max_missing": float(max_missing),
-        "seed": seed,
-    }
-    sizes = (len(ids["train"]), len(ids["val"]), len(ids["test"]), n_outputs, n_latent)
-    log.info("embed: %d train, %d val, %d test sequences, %d features, latent %d", *sizes)
+    config = embed_config(
+        run, spec, values, prep, n_latent, linear_path, max_missing,
+        val_fraction, test_fraction, split_key, seed,
+    )  # fmt: skip
     # PCA of the flattened sequences (training units) is the baseline and the start
     fitted = fit_embedding(
         config, values, lengths, ids, run.train_config, device=run.device, seed=seed,
@@ -272,34 +242,14 @@ def embed(
     metrics, notes, scored_on = fitted.metrics, fitted.notes, fitted.record["scored_on"]
     reports, arrays, cluster_info = {}, {}, None
     if cluster is not None:
-        members, steps, rnn_x = clustered_members(index, level, usable, latent, step_latent)
-        truth = None if labels is None else clustered_truth(labels, index, members, steps)
-        k = n_clusters
-        if k is None and cluster == "kmeans" and labels is not None:
-            k = len(labels.classes)
-        codes, centers = cluster_matrix(
-            rnn_x, method=cluster, n_clusters=k, resolution=resolution, seed=seed
-        )
-        n_found = int(codes.max()) + 1
-        written.append(write_clusters(target, index, level, codes, members, n_found, key))
-        classes = None if labels is None else labels.classes
-        rnn_metrics, metrics["baseline"], reports = compare_clusters(
-            index, enc.values, members, steps, rnn_x, codes, truth, classes, n_latent, seed
-        )
-        metrics["rnn"].update(rnn_metrics)
-        cluster_info = {
-            "method": cluster,
-            "level": "series"
-            if (level == "unit" and Layout.of(layout).steps_are_observations)
-            else level,
-            "n_clusters": n_found,
-            "resolution": float(resolution),
-        }
-        if centers is not None:
-            arrays["cluster_centers"] = centers.astype(np.float64)
-        log.info(
-            "%s: %d clusters of %d %s", cluster, n_found, len(codes), level_name(layout, level)
-        )
+        clusters = cluster_embedding(
+            target, index, level, usable, fitted, labels, enc.values, cluster, n_clusters,
+            resolution, n_latent, seed, key,
+        )  # fmt: skip
+        written.append(clusters.written)
+        metrics["rnn"].update(clusters.rnn_metrics)
+        metrics["baseline"], reports = clusters.baseline_metrics, clusters.reports
+        cluster_info, arrays = clusters.info, clusters.arrays
     config["cluster"] = cluster_info or {}
     return run.finish(
         config,
@@ -337,49 +287,3 @@ def embed(
         arrays=arrays,
         title=f"{scored_on} units (reconstruction)" + (" and clustered units" * bool(cluster)),
     )
-
-
-def apply_embedding(opened: OpenedModel, key: str, batch_size: int) -> dict:
-    """Embed new data with a saved autoencoder; k-means models also assign clusters.
-
-    Each unit (or observation, for step-level clusters) goes to the nearest training k-means
-    centre; units missing more than the model's ``max_missing`` get no cluster. With the
-    training ``eval_label`` present in the data, ARI and NMI are reported.
-    """
-    model, index, target = opened.model, opened.index, opened.target
-    steps = Layout.of(model.layout).steps_are_observations
-    enc = opened.stream(
-        lambda x, n: embed_sequences(model.module, x, n, opened.device, batch_size, steps=steps),
-        batch_size,
-    )
-    latent, step_latent, errors = enc.outputs
-    written = write_embedding(target, index, latent, step_latent, key)
-    missing = enc.missing_fraction(model.preprocessor)
-    usable = pool_units(index, missing) <= float(model.config.get("max_missing", 1.0))
-    metrics = {
-        "rnn": reconstruction_metrics(errors, index.sequences_of_units(np.flatnonzero(usable)))
-    }
-    out = {"written": written, "n_imputed": enc.imputed, "metrics": metrics}
-    info = model.config.get("cluster") or {}
-    centers = model.arrays.get("cluster_centers")
-    if info.get("method") != "kmeans" or centers is None:
-        return out
-    level = "step" if info.get("level") == "step" else "unit"
-    members, steps, x = clustered_members(index, level, usable, latent, step_latent)
-    codes = nearest_centre(x, centers)
-    written.append(write_clusters(target, index, level, codes, members, len(centers), key))
-    label_key = opened.spec.get("eval_label")
-    if label_key and label_key in index.frame(target).columns and len(codes):
-        try:
-            labels = read_labels(target, index, label_key, max_missing_fraction=1.0)
-        except InputError:
-            return out
-        if level == "unit" and labels.level == "step":
-            return out
-        truth = clustered_truth(labels, index, members, steps)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rnn_metrics, report = clustering_metrics(x, codes, truth, labels.classes, 0)
-        out["metrics"]["rnn"].update(rnn_metrics)
-        out["cluster_report"] = {"rnn": report}
-    return out

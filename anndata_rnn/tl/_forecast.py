@@ -21,6 +21,7 @@ from ..forecasting import (
     evaluate,
     fit_cautions,
     log_metrics,
+    output_targets,
     parse_future,
     predict_all,
     train_forecaster,
@@ -29,7 +30,7 @@ from ..forecasting import (
 from ..networks import architecture
 from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor, encode
-from ..runs import OpenedModel, check_keys_free, start_training, task_api
+from ..runs import check_keys_free, start_training, task_api
 from ..sequences import Layout, SequenceSpec
 from ..training import TrainConfig
 
@@ -343,54 +344,3 @@ def evaluation_title(evaluation: dict) -> str:
         return "test split"
     units = "test" if evaluation.get("units") == "test" else "all"
     return f"{units} sequences ({evaluation['n_sequences']}), {evaluation['kind']}"
-
-
-def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
-    """The keys a forecaster writes (checked before anything is computed)."""
-    rows, mats = Layout.of(layout).unit_axis, Layout.of(layout).unit_matrices
-    forecast_matrix = (mats, f"{key}_forecast")
-    return [
-        (rows, f"{key}_split"),
-        ("layers", f"{key}_forecast"),
-        forecast_matrix,
-        (mats, f"X_{key}"),
-        ("uns", key),
-    ]
-
-
-def apply_forecaster(opened: OpenedModel, key: str, batch_size: int) -> dict:
-    """Forecast with a saved forecaster; writes the same keys as training (no split).
-
-    The held-out steps (``holdout_steps`` of the training run) are forecast again by rollout
-    and scored for the RNN and persistence on every sequence of the new data (all of them are
-    unseen); the linear AR baseline is not stored in the model file.
-    """
-    model, index, source = opened.model, opened.index, opened.source
-    config, prep = model.config, model.preprocessor
-    holdout_steps = int(config.get("holdout_steps", 0))
-    future_times = config.get("future_times") or None
-    index.check_holdout(holdout_steps)
-    index.check_future_after(future_times)
-    full_enc = encode(index, source, prep)
-    context_enc = encode(index.truncate(holdout_steps), source, prep) if holdout_steps else full_enc
-    results = predict_all(
-        model.module,
-        prep,
-        index,
-        full_enc,
-        context_enc,
-        config,
-        future_times,
-        opened.device,
-        batch_size=batch_size,
-    )
-    written = write_forecasts(opened.target, index, prep, source, results, key)
-    out = {"written": written, "n_imputed": full_enc.imputed, **results.uns_entries()}
-    metrics, evaluation = evaluate(
-        index, full_enc, prep, results, np.arange(index.n_sequences), holdout_steps
-    )
-    metrics.pop("linear_ar", None)
-    evaluation["units"] = "all"
-    out["metrics"] = metrics
-    out["evaluation"] = evaluation
-    return out
