@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
+from .networks.encoder import CELLS
 from .sequences import LAYOUTS, OBS_SERIES
 
 #: the tasks whose options this table declares
@@ -179,7 +180,7 @@ OPTIONS: tuple[Option, ...] = (
         task_help={"embed": "Sizes of the stacked encoder layers, comma separated."},
         to_cli=_comma_joined,
     ),
-    Option("cell", "architecture", str, "lstm", "", choices=("lstm", "gru")),
+    Option("cell", "architecture", str, "lstm", "", choices=tuple(CELLS)),
     Option(
         # a forecaster must be causal: its command line has no --bidirectional
         "bidirectional", "architecture", bool, False, "Bidirectional recurrent layers.",
