@@ -37,7 +37,14 @@ import torch
 from anndata import AnnData
 from sklearn.linear_model import RidgeCV
 
-from .baselines import AR_RANKS, GeneRidgeAR, ar_forecast, fit_linear_ar
+from .baselines import (
+    AR_RANKS,
+    GeneRidgeAR,
+    ar_forecast,
+    ar_parameters,
+    fit_linear_ar,
+    resolve_ar_form,
+)
 from .errors import InputError
 from .metrics import regression_metrics
 from .networks import build_module, masked_mean
@@ -66,6 +73,8 @@ from .training import dataset_loss, fit
 log = logging.getLogger("anndata_rnn")
 
 LOSSES = ("mse", "huber")
+#: how the title of a run names the form of the linear AR
+AR_FORM_TEXT = {"dense": "dense", "per_gene": "per-gene"}
 #: forecasting needs time: the time-series layouts
 FORECAST_LAYOUTS = TIME_SERIES_LAYOUTS
 
@@ -628,3 +637,99 @@ def apply_forecaster(opened, key: str, batch_size: int) -> dict:
     out["metrics"] = metrics
     out["evaluation"] = evaluation
     return out
+
+
+def forecast_config(
+    run, spec, train_enc, ar_form, linear_path, residual, horizon, future_times, holdout_steps,
+    loss, ar_lags, val_fraction, test_fraction, split_key, seed,
+) -> dict:  # fmt: skip
+    """The model config of a ``forecast`` run (``run``: its :class:`~anndata_rnn.runs.
+    TrainingRun`; the AR form is resolved for the number of features of ``train_enc``)."""
+    n_inputs, n_outputs = int(train_enc.values.shape[-1]), int(train_enc.n_features)
+    form = resolve_ar_form(ar_form, n_outputs)
+    arch = {**run.architecture, "linear_path": bool(linear_path), "ar_form": form}
+    return {
+        "task": "forecast",
+        "layout": spec.layout,
+        "keys": spec.keys(),
+        "architecture": arch,
+        "n_inputs": n_inputs,
+        "n_outputs": n_outputs,
+        "residual": bool(residual),
+        "horizon": int(horizon),
+        "future_times": [float(t) for t in future_times] if future_times is not None else [],
+        "holdout_steps": int(holdout_steps),
+        "loss": loss,
+        "ar_lags": int(ar_lags),
+        "train": {
+            **run.train_config.to_dict(),
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "split_key": split_key,
+        },
+        "seed": seed,
+    }
+
+
+def fit_ar_baseline(train_enc, prep, ids, ar_lags, holdout_steps, arch: dict):
+    """The linear AR baseline on the training steps, its rank chosen (per-gene form; recorded
+    in ``arch``, the model config's architecture): ``(ar, rank_rollout, rank, n_parameters,
+    description)``."""
+    form = arch["ar_form"]
+    n_inputs, n_outputs = int(train_enc.values.shape[-1]), int(train_enc.n_features)
+    ar = fit_linear_ar(train_enc, prep, ids["train"], ar_lags, form)
+    ar, rank_rollout = choose_ar_rank(train_enc, prep, ids, ar_lags, holdout_steps, ar)
+    rank = int(getattr(ar, "rank_", 0))
+    if form == "per_gene":
+        arch["ar_rank"] = rank
+    n_ar = ar_parameters(form, ar_lags, n_inputs, n_outputs, rank)
+    log.info("linear AR: %s, %d parameters (%d features)", form, n_ar, n_outputs)
+    ar_description = (
+        f"{AR_FORM_TEXT[form]} ridge regression (alpha {ar.alpha_:g}, {n_ar} parameters) of the "
+        f"change to the next step on the last {ar_lags} steps"
+        + (" and their time gaps" if prep.use_time else "")
+        + (f", plus their scores on {rank} principal axes" if rank else "")
+    )
+    return ar, rank_rollout, rank, n_ar, ar_description
+
+
+def train_with_ablation(config, train_enc, prep, ids, ar, train_config, *, device, seed, quiet):
+    """Train the forecaster ``config`` describes and its AR path alone, the same way from the
+    same start: ``((module, history), (alone_module, alone_history))``."""
+    arch = config["architecture"]
+    trained = {}
+    alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
+    for name, model_config in (("rnn", config), ("linear_path", alone)):
+        description = f"forecast ({config['layout']})" if name == "rnn" else "linear path alone"
+        trained[name] = train_forecaster(
+            model_config,
+            train_enc,
+            prep,
+            ids,
+            ar,
+            train_config,
+            device=device,
+            seed=seed,
+            quiet=quiet,
+            description=description,
+        )
+    return trained["rnn"], trained["linear_path"]
+
+
+def score_forecasts(index, full_enc, prep, results, ids, holdout_steps, ar_description):
+    """``(metrics, evaluation)`` of the test units (of every unit when only steps are held
+    out), logged; empty without either."""
+    eval_ids = ids["test"]
+    if holdout_steps and not len(eval_ids):
+        eval_ids = np.arange(index.n_sequences)
+    metrics, evaluation = {}, {}
+    if len(eval_ids):
+        metrics, evaluation = evaluate(index, full_enc, prep, results, eval_ids, holdout_steps)
+        metrics["linear_ar"]["model"] = ar_description
+        metrics["linear_path"]["model"] = "the AR path alone, trained the same way"
+        metrics["persistence"]["model"] = "the last observed value"
+        evaluation["units"] = "test" if len(ids["test"]) else "all"
+        log_metrics(metrics, evaluation)
+    else:
+        log.warning("no test split and no held-out steps: no metrics computed")
+    return metrics, evaluation

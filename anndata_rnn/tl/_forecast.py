@@ -13,18 +13,18 @@ import logging
 import numpy as np
 from anndata import AnnData
 
-from ..baselines import ar_parameters, fit_linear_ar, resolve_ar_form
 from ..errors import InputError
 from ..forecasting import (
+    AR_FORM_TEXT,
     check_settings,
-    choose_ar_rank,
-    evaluate,
+    fit_ar_baseline,
     fit_cautions,
-    log_metrics,
+    forecast_config,
     output_targets,
     parse_future,
     predict_all,
-    train_forecaster,
+    score_forecasts,
+    train_with_ablation,
     write_forecasts,
 )
 from ..networks import architecture
@@ -40,7 +40,6 @@ log = logging.getLogger("anndata_rnn")
 DEFAULT = DEFAULTS["forecast"]
 
 AR_FORM_CHOICES = ("auto", "dense", "per_gene")
-AR_FORM_TEXT = {"dense": "dense", "per_gene": "per-gene"}
 
 
 @task_api
@@ -206,61 +205,19 @@ def forecast(
         fit_index=train_index,
     )
     ids = run.ids
-    n_inputs, n_outputs = int(train_enc.values.shape[-1]), int(train_enc.n_features)
-    form = resolve_ar_form(ar_form, n_outputs)
-    arch = {**run.architecture, "linear_path": bool(linear_path), "ar_form": form}
-    config = {
-        "task": "forecast",
-        "layout": layout,
-        "keys": spec.keys(),
-        "architecture": arch,
-        "n_inputs": n_inputs,
-        "n_outputs": n_outputs,
-        "residual": bool(residual),
-        "horizon": int(horizon),
-        "future_times": [float(t) for t in future_times] if future_times is not None else [],
-        "holdout_steps": int(holdout_steps),
-        "loss": loss,
-        "ar_lags": int(ar_lags),
-        "train": {
-            **run.train_config.to_dict(),
-            "val_fraction": val_fraction,
-            "test_fraction": test_fraction,
-            "split_key": split_key,
-        },
-        "seed": seed,
-    }
+    config = forecast_config(
+        run, spec, train_enc, ar_form, linear_path, residual, horizon, future_times,
+        holdout_steps, loss, ar_lags, val_fraction, test_fraction, split_key, seed,
+    )  # fmt: skip
+    arch, form = config["architecture"], config["architecture"]["ar_form"]
     # the linear AR baseline, fitted on the same training steps; the AR path starts from it
-    ar = fit_linear_ar(train_enc, prep, ids["train"], ar_lags, form)
-    ar, rank_rollout = choose_ar_rank(train_enc, prep, ids, ar_lags, holdout_steps, ar)
-    rank = int(getattr(ar, "rank_", 0))
-    if form == "per_gene":
-        arch["ar_rank"] = rank
-    n_ar = ar_parameters(form, ar_lags, n_inputs, n_outputs, rank)
-    log.info("linear AR: %s, %d parameters (%d features)", form, n_ar, n_outputs)
-    ar_description = (
-        f"{AR_FORM_TEXT[form]} ridge regression (alpha {ar.alpha_:g}, {n_ar} parameters) of the "
-        f"change to the next step on the last {ar_lags} steps"
-        + (" and their time gaps" if prep.use_time else "")
-        + (f", plus their scores on {rank} principal axes" if rank else "")
+    ar, rank_rollout, rank, n_ar, ar_description = fit_ar_baseline(
+        train_enc, prep, ids, ar_lags, holdout_steps, arch
     )
-    trained = {}
-    alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
-    for name, model_config in (("rnn", config), ("linear_path", alone)):
-        description = f"forecast ({layout})" if name == "rnn" else "linear path alone"
-        trained[name] = train_forecaster(
-            model_config,
-            train_enc,
-            prep,
-            ids,
-            ar,
-            run.train_config,
-            device=run.device,
-            seed=seed,
-            quiet=quiet,
-            description=description,
-        )
-    (module, history), (alone_module, alone_history) = trained["rnn"], trained["linear_path"]
+    (module, history), (alone_module, alone_history) = train_with_ablation(
+        config, train_enc, prep, ids, ar, run.train_config, device=run.device, seed=seed,
+        quiet=quiet,
+    )  # fmt: skip
     full_enc = train_enc if train_index is index else encode(index, run.source, prep)
     context_enc = train_enc  # every sequence without its held-out steps (all of it when K = 0)
     results = predict_all(
@@ -284,19 +241,9 @@ def forecast(
         log.info(caution)
     cautions += failed
 
-    eval_ids = ids["test"]
-    if holdout_steps and not len(eval_ids):
-        eval_ids = np.arange(index.n_sequences)
-    metrics, evaluation = {}, {}
-    if len(eval_ids):
-        metrics, evaluation = evaluate(index, full_enc, prep, results, eval_ids, holdout_steps)
-        metrics["linear_ar"]["model"] = ar_description
-        metrics["linear_path"]["model"] = "the AR path alone, trained the same way"
-        metrics["persistence"]["model"] = "the last observed value"
-        evaluation["units"] = "test" if len(ids["test"]) else "all"
-        log_metrics(metrics, evaluation)
-    else:
-        log.warning("no test split and no held-out steps: no metrics computed")
+    metrics, evaluation = score_forecasts(
+        index, full_enc, prep, results, ids, holdout_steps, ar_description
+    )
 
     written = [*write_forecasts(target, index, prep, run.source, results, key), run.write_split()]
     return run.finish(
