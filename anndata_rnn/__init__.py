@@ -13,7 +13,7 @@ from .model import Model  # noqa: E402
 try:
     __version__ = version("anndata-rnn")
 except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.2.0"
+    __version__ = "0.3.0"
 
 __all__ = [
     "Model",

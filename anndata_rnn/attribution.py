@@ -13,6 +13,7 @@ import logging
 import warnings
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from . import timing
 from .errors import InputError, listed
 from .preprocessing import encode, future_gaps, network_inputs
-from .sequences import read_labels
+from .sequences import Layout, read_labels
 from .streaming import sub_index
 
 log = logging.getLogger("anndata_rnn")
@@ -101,7 +102,9 @@ def baseline_values(values, lengths, prep, baseline, n_expression, layout) -> to
         fill = torch.zeros(n_expression)
     else:  # no expression, in standardized units
         fill = torch.as_tensor(-prep.mean / prep.std, dtype=torch.float32)
-    if layout == "profile":  # steps are chunks of the model's genes, zero-padded at the end
+    if Layout.of(
+        layout
+    ).steps_are_gene_chunks:  # steps are chunks of the model's genes, zero-padded at the end
         n_chunks, size = values.shape[1], values.shape[2]
         flat = torch.zeros(n_chunks * size)
         flat[: len(fill)] = fill
@@ -157,7 +160,9 @@ def attribute(
 
     layout = index.layout
     n_seq_steps = values.shape[1]
-    n_genes = n_seq_steps * values.shape[2] if layout == "profile" else n_expression
+    n_genes = (
+        n_seq_steps * values.shape[2] if Layout.of(layout).steps_are_gene_chunks else n_expression
+    )
     acc = {
         "gene_sum": np.zeros((n_genes, n_columns)),
         "gene_abs": np.zeros(n_genes),
@@ -208,7 +213,7 @@ def attribute(
 
 def accumulate(acc, attr, ids, column, index, layout) -> None:
     valid = index.mask[ids]
-    if layout == "profile":
+    if Layout.of(layout).steps_are_gene_chunks:
         genes = attr.reshape(len(ids), -1)
     else:
         genes = attr.sum(axis=1)
@@ -219,7 +224,7 @@ def accumulate(acc, attr, ids, column, index, layout) -> None:
         acc["step_sum"][:, j] += np.where(valid[rows], steps[rows], 0.0).sum(axis=0)
         acc["step_count"][:, j] += valid[rows].sum(axis=0)
     acc["gene_abs"] += np.abs(genes).sum(axis=0)
-    if layout != "profile":
+    if Layout.of(layout).is_time_series:
         obs_rows = index.steps[ids]
         columns = np.broadcast_to(column[:, None], obs_rows.shape)
         np.add.at(acc["row_sum"], (obs_rows[valid], columns[valid]), steps[valid])
@@ -322,7 +327,7 @@ def forecaster_jobs(model, index, lengths, target):
     """
     prep = model.preprocessor
     n_outputs = int(model.config["n_outputs"])
-    if model.layout == "var-series":
+    if Layout.of(model.layout).one_feature:
         if target is not None:
             raise InputError(
                 "a var-series forecaster forecasts every gene from its own values: leave out "
@@ -359,7 +364,7 @@ def explained_step_times(index, jobs: Jobs) -> tuple[np.ndarray, str]:
     note saying so.
     """
     positions = np.arange(index.max_steps, dtype=np.float64)
-    if index.layout == "profile":
+    if index.layout_kind.steps_are_gene_chunks:
         return positions, "profile: steps are chunks of genes in the model's order"
     if len(jobs.ids) == 0:
         return positions, "no sequence explained"
@@ -380,3 +385,92 @@ def _quiet_nan_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
+
+
+def check_settings(model, method, baseline, n_steps, batch_size, max_per_class) -> None:
+    """Refuse settings ``explain`` cannot use with ``model`` (before anything is read)."""
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if baseline not in BASELINES:
+        raise InputError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+    if method == "input_x_gradient" and baseline != "mean":
+        raise InputError("method input_x_gradient works against the mean baseline only")
+    if not isinstance(n_steps, int | np.integer) or n_steps < 1:
+        raise InputError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if max_per_class is not None and max_per_class < 1:
+        raise InputError(f"max_per_class must be >= 1, got {max_per_class}")
+    if model.task not in ("classify", "forecast"):
+        raise InputError(
+            f"explain works on classifiers and forecasters, not on {model.task!r} models"
+        )
+    if baseline == "zero" and model.preprocessor.scale == "sequence":
+        raise InputError(
+            "baseline 'zero' needs a model with scale='feature' (this one z-scores each sequence,"
+            " where no expression has no fixed value): use baseline 'mean'"
+        )
+
+
+def write_importances(out, result: dict, prep, source, n_columns: int, key: str, layout):
+    """The importances of :func:`attribute`'s ``result`` per gene (var, varm; uns for an obsm
+    representation) and per observation (obsm, time-series layouts): ``(written, uns entries,
+    step importance)``."""
+    gene_level = not Layout.of(layout).one_feature
+    written = []
+    n_done = result["count"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = result["gene_sum"] / n_done[None, :]
+        overall = result["gene_abs"] / max(int(n_done.sum()), 1)
+        step_importance = result["step_sum"] / result["step_count"]
+    n_model_features = len(prep.features)
+    feature_importance = per_class[:n_model_features] if gene_level else None
+    feature_overall = overall[:n_model_features] if gene_level else None
+    uns_extra = {}
+    if gene_level and prep.source_kind != "rep":
+        # for each var row, the position of its gene among the model's features (-1 if absent)
+        var_rows = pd.Index(prep.features).get_indexer(source.feature_names)
+        present = var_rows >= 0
+        varm = np.full((out.n_vars, n_columns), np.nan)
+        varm[present] = feature_importance[var_rows[present]]
+        var_overall = np.full(out.n_vars, np.nan)
+        var_overall[present] = feature_overall[var_rows[present]]
+        out.varm[f"{key}_importance"] = varm
+        out.var[f"{key}_importance"] = var_overall
+        written += [f"varm/{key}_importance", f"var/{key}_importance"]
+    elif gene_level:  # obsm representation: the features are not genes
+        uns_extra["features"] = np.asarray(prep.features, dtype=object)
+        uns_extra["feature_importance"] = feature_importance
+        uns_extra["feature_overall_importance"] = feature_overall
+        written.append(f"uns/{key}/feature_importance")
+    if Layout.of(layout).is_time_series:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rows = result["row_sum"] / result["row_count"]
+        out.obsm[f"{key}_step_importance"] = rows
+        written.append(f"obsm/{key}_step_importance")
+    return written, uns_extra, step_importance
+
+
+def log_completeness(result: dict, method: str, n_steps: int) -> dict:
+    """:func:`completeness_report`, logged; a warning when integrated gradients did not
+    converge (with the ``n_steps`` to try)."""
+    completeness = completeness_report(result, method)
+    if completeness:
+        log.info(
+            "completeness: mean |sum of attributions - (f(x) - f(baseline))| = %.3g, "
+            "%.2g%% of mean |f(x) - f(baseline)| = %.3g; %.0f%% of the sequences within 5%%",
+            completeness["mean_abs_delta"],
+            100 * completeness["relative_delta"],
+            completeness["mean_abs_difference"],
+            100 * completeness["fraction_within_5_percent"],
+        )
+        if completeness["relative_delta"] > 0.05:
+            log.warning(
+                "integrated gradients did not fully converge (mean |delta| is %.2g of mean "
+                "|f(x) - f(baseline)|; %.0f%% of the sequences within 5%%): raise n_steps "
+                "(e.g. to %d) for exact attributions",
+                completeness["relative_delta"],
+                100 * completeness["fraction_within_5_percent"],
+                4 * n_steps,
+            )
+    return completeness

@@ -28,13 +28,15 @@ from .networks.classifier import new_architecture, predict_proba
 from .preprocessing import SCALE_CHOICES, Encoded
 from .sequences import (
     Labels,
+    Layout,
     SequenceIndex,
     as_float32,
     broadcast_to_rows,
     pool_units,
+    read_labels,
     scatter_steps,
 )
-from .splits import Folds, test_train_ratio
+from .splits import Folds, test_train_ratio, tested_in
 from .training import (  # noqa: F401 (schedule_for: tl)
     FAILED_FIT_TOLERANCE,
     TrainConfig,
@@ -77,7 +79,7 @@ def shape_series(layout: str, level: str, n_channels: int, max_steps: int) -> bo
     elsewhere (gene-expression profiles, var-series of genes, many-gene time courses) both stay
     off."""
     return (
-        layout != "profile"
+        Layout.of(layout).is_time_series
         and level == "unit"
         and n_channels <= SHAPE_MAX_CHANNELS
         and max_steps > SHAPE_MIN_STEPS
@@ -673,6 +675,66 @@ def cv_record(
     }
 
 
+def fit_options(
+    *, prep, prepare: dict, linear_path: bool, class_weights: bool, quiet: bool, split: tuple
+) -> dict:
+    """What every fit of one ``classify`` run shares: the preprocessing to fit (``prep()``), how
+    to encode (``prepare``), the model's switches, and the split settings recorded in the config
+    (``split``: val_fraction, test_fraction, split_key, group_key; a group key only when given)."""
+    val_fraction, test_fraction, split_key, group_key = split
+    train = {"val_fraction": val_fraction, "test_fraction": test_fraction, "split_key": split_key}
+    if group_key:
+        train["group_key"] = group_key
+    return {
+        "prep": prep,
+        "prepare": prepare,
+        "linear_path": linear_path,
+        "class_weights": class_weights,
+        "quiet": quiet,
+        "train": train,
+    }
+
+
+def cross_validate(run, folds: Folds, train, *, group_key=None):
+    """Train and test on every fold: ``train(split)`` fits one fold (its test units are then
+    ``run.ids["test"]``). Returns the record of :func:`cv_record`, every fold's failed-fit
+    cautions (``cv fold k: ...``) and the out-of-fold probabilities (NaN where no fold tested)."""
+    fold_metrics, fold_starts, cautions, oof = [], {}, [], None
+    for k, split in enumerate(folds):
+        log.info("cross-validation fold %d of %d", k + 1, len(folds))
+        fitted = train(split)
+        fold_metrics.append(fitted.metrics)
+        fold_starts[str(k)] = fitted.starts
+        cautions += fit_cautions(fitted, prefix=f"cv fold {k + 1}: ")
+        tested = run.ids["test"]
+        oof = np.full_like(fitted.proba, np.nan) if oof is None else oof
+        oof[tested] = fitted.proba[tested]
+    record = cv_record(folds, fold_metrics, fold_starts, seed=run.seed, group_key=group_key)
+    log_cv(record)
+    return record, cautions, oof
+
+
+def cv_config(record: dict) -> dict:
+    """What the saved model's config says of the cross-validation behind its metrics."""
+    return {k: record[k] for k in ("k", "scheme", "seed", "metrics_of")}
+
+
+def write_folds(run, folds: Folds) -> str:
+    """``{key}_fold`` in obs (var): the fold (1..K) whose test part held each unit; returns its
+    path."""
+    fold_of = np.array([str(f) if f else None for f in tested_in(folds)], dtype=object)
+    names = [str(k) for k in range(1, len(folds) + 1)]
+    rows = broadcast_to_rows(run.index, fold_of)
+    return run.index.write_column(run.target, f"{run.key}_fold", rows, categories=names)
+
+
+def out_of_fold(fitted: ClassifierFit, oof: np.ndarray) -> ClassifierFit:
+    """The final model's fit with the out-of-fold probabilities of every tested sequence."""
+    seen = ~np.isnan(oof).any(axis=tuple(range(1, oof.ndim)))
+    fitted.proba[seen] = oof[seen]
+    return fitted
+
+
 def log_cv(record: dict) -> None:
     """Log the paired cross-validation differences with their 95 % intervals."""
     for pair, differences in record["difference"].items():
@@ -685,6 +747,47 @@ def log_cv(record: dict) -> None:
                 d["ci95_low"],
                 d["ci95_high"],
             )
+
+
+def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
+    rows, mats = Layout.of(layout).unit_axis, Layout.of(layout).unit_matrices
+    return [
+        (rows, f"{key}_pred"),
+        (rows, f"{key}_conf"),
+        (rows, f"{key}_split"),
+        (mats, f"{key}_proba"),
+        (mats, f"X_{key}"),
+        ("uns", key),
+    ]
+
+
+def apply_classifier(opened, key: str, batch_size: int) -> dict:
+    """Predict with a saved classifier; writes the same keys as training (no split).
+
+    ``opened``: the :class:`~anndata_rnn.runs.OpenedModel` of ``predict`` (model, index, data).
+    """
+    model, index, target = opened.model, opened.index, opened.target
+    classes = np.asarray(model.classes, dtype=object)
+    enc = opened.stream(
+        lambda x, n: predict_proba(model.module, x, n, opened.device, batch_size),
+        batch_size,
+        spill={1: "embedding"},  # grows with the data; stays on disk when there is a scratch
+    )
+    proba, embedding = np.asarray(enc.outputs[0]), enc.outputs[1]
+    written = write_results(
+        target, index, classes, model.config["label_level"], proba, embedding, key
+    )
+    out = {"written": written, "n_imputed": enc.imputed}
+    label_key = opened.spec.get("label_key")
+    if label_key in index.frame(target).columns:
+        try:
+            labels = read_labels(target, index, label_key)
+        except InputError:
+            return out
+        # evaluate on every labelled unit of the new data, in the model's class order
+        labels = labels.recode(classes)
+        out["metrics"] = {"rnn": test_metrics(index, labels, proba, np.arange(index.n_sequences))}
+    return out
 
 
 def write_results(target, index: SequenceIndex, classes, level, proba, embedding, key):

@@ -10,7 +10,7 @@ from sklearn.cluster import KMeans
 
 from .errors import InputError
 from .metrics import silhouette
-from .sequences import Labels, SequenceIndex, broadcast_to_rows, pool_units
+from .sequences import Labels, Layout, SequenceIndex, broadcast_to_rows, pool_units
 
 log = logging.getLogger("anndata_rnn")
 
@@ -121,7 +121,7 @@ def resolve_level(layout: str, cluster_level: str, labels: Labels | None) -> str
     """``"unit"`` (series / gene / observation) or ``"step"`` (obs-series observations)."""
     if cluster_level not in CLUSTER_LEVELS:
         raise InputError(f"cluster_level must be one of {', '.join(CLUSTER_LEVELS)}")
-    if layout != "obs-series":
+    if not Layout.of(layout).steps_are_observations:
         if cluster_level == "step":
             raise InputError("cluster_level='step' applies to layout obs-series only")
         return "unit"
@@ -139,7 +139,7 @@ def level_name(layout: str, level: str) -> str:
     """What is clustered, in words (for the log)."""
     if level == "step":
         return "observations"
-    return {"obs-series": "series", "var-series": "genes", "profile": "observations"}[layout]
+    return Layout.of(layout).units_name
 
 
 def clustered_members(index: SequenceIndex, level: str, usable, latent, step_latent):

@@ -10,15 +10,32 @@ on the same held-out units with the same per-sequence error.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .baselines import PCAReconstruction, embedding_baseline, pca_reconstruction
+from .clustering import (
+    cluster_matrix,
+    clustered_members,
+    clustered_truth,
+    level_name,
+    nearest_centre,
+    write_clusters,
+)
+from .errors import InputError
 from .metrics import clustering_metrics, reconstruction_metrics
 from .networks import build_module
 from .networks.autoencoder import embed_sequences, masked_mse
-from .sequences import SequenceIndex
+from .sequences import (
+    Layout,
+    SequenceIndex,
+    broadcast_to_rows,
+    pool_units,
+    read_labels,
+    scatter_steps,
+)
 from .training import TrainConfig, dataset_loss, fit, take
 
 log = logging.getLogger("anndata_rnn")
@@ -59,6 +76,8 @@ def fit_embedding(
     every sequence and score all three (:func:`reconstruction_results`)."""
     arch = config["architecture"]
     n_latent = int(arch["n_latent"])
+    sizes = (len(ids["train"]), len(ids["val"]), len(ids["test"]), arch["n_outputs"], n_latent)
+    log.info("embed: %d train, %d val, %d test sequences, %d features, latent %d", *sizes)
     pca = pca_reconstruction(values, lengths, ids["train"], arch["n_outputs"], n_latent, seed)
     trained = train_autoencoders(
         config, values, lengths, ids, pca, train_config, device=device, seed=seed, quiet=quiet,
@@ -227,3 +246,163 @@ def reconstruction_results(errors: dict, histories: dict, pca: PCAReconstruction
         "warm_start": starts,
     }
     return metrics, record, notes
+
+
+def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
+    """Where ``embed`` writes for ``layout`` (attribute, key): checked free before training."""
+    rows, mats = Layout.of(layout).unit_axis, Layout.of(layout).unit_matrices
+    out = [(mats, f"X_{key}")]
+    if Layout.of(layout).steps_are_observations:
+        out.append((mats, f"X_{key}_series"))
+    return [*out, (rows, f"{key}_cluster"), (rows, f"{key}_split"), ("uns", key)]
+
+
+def write_embedding(target, index: SequenceIndex, latent, step_latent, key) -> list[str]:
+    """Write the latents through the index: per unit, and per step in obs-series (returns the
+    keys written)."""
+    unit_latent = broadcast_to_rows(index, pool_units(index, latent)).astype(np.float32)
+    if not index.layout_kind.steps_are_observations:
+        return [index.write_matrix(target, f"X_{key}", unit_latent)]
+    per_step = scatter_steps(index, step_latent).astype(np.float32)
+    return [
+        index.write_matrix(target, f"X_{key}", per_step),
+        index.write_matrix(target, f"X_{key}_series", unit_latent),
+    ]
+
+
+def eval_labels(target, index: SequenceIndex, eval_label: str | None):
+    """The known groups of ``eval_label`` (:class:`~anndata_rnn.sequences.Labels`; None
+    without one), their notes logged."""
+    if eval_label is None:
+        return None
+    labels = read_labels(target, index, eval_label, max_missing_fraction=1.0)
+    for note in labels.notes:
+        log.info(note)
+    return labels
+
+
+def embed_config(
+    run, spec, values, prep, n_latent, linear_path, max_missing, val_fraction, test_fraction,
+    split_key, seed,
+) -> dict:  # fmt: skip
+    """The model config of an ``embed`` run (``run``: its :class:`~anndata_rnn.runs.
+    TrainingRun`; ``values``: the encoded sequences, for their shape)."""
+    n_outputs = int(values.shape[-1]) - int(prep.use_time)
+    arch = {
+        **run.architecture,
+        "n_latent": int(n_latent),
+        "n_outputs": n_outputs,
+        "time_channel": prep.use_time,
+        "linear_path": bool(linear_path),
+        "max_steps": int(values.shape[1]),
+    }
+    return {
+        "task": "embed",
+        "layout": spec.layout,
+        "keys": spec.keys(),
+        "architecture": arch,
+        "n_inputs": int(values.shape[-1]),
+        "train": {
+            **run.train_config.to_dict(),
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "split_key": split_key,
+        },
+        "max_missing": float(max_missing),
+        "seed": seed,
+    }
+
+
+@dataclass
+class Clusters:
+    """What :func:`cluster_embedding` found and wrote."""
+
+    written: str  # the cluster column
+    rnn_metrics: dict
+    baseline_metrics: dict  # PCA + k-means on the same units
+    reports: dict
+    info: dict  # config["cluster"]: method, level, n_clusters, resolution
+    arrays: dict  # the k-means centres (a model applies them to new data)
+
+
+def cluster_embedding(
+    target, index: SequenceIndex, level, usable, fitted: FittedEmbedding, labels, values,
+    method, n_clusters, resolution, n_latent, seed, key,
+) -> Clusters:  # fmt: skip
+    """Cluster the embedding at ``level`` (units or steps), write the clusters, and compare
+    them with PCA + k-means on the same units (and with ``labels``' groups when given)."""
+    latent, step_latent = fitted.latents
+    members, steps, rnn_x = clustered_members(index, level, usable, latent, step_latent)
+    truth = None if labels is None else clustered_truth(labels, index, members, steps)
+    k = n_clusters
+    if k is None and method == "kmeans" and labels is not None:
+        k = len(labels.classes)
+    codes, centers = cluster_matrix(
+        rnn_x, method=method, n_clusters=k, resolution=resolution, seed=seed
+    )
+    n_found = int(codes.max()) + 1
+    written = write_clusters(target, index, level, codes, members, n_found, key)
+    classes = None if labels is None else labels.classes
+    rnn_metrics, baseline_metrics, reports = compare_clusters(
+        index, values, members, steps, rnn_x, codes, truth, classes, n_latent, seed
+    )
+    kind = index.layout_kind
+    info = {
+        "method": method,
+        "level": "series" if (level == "unit" and kind.steps_are_observations) else level,
+        "n_clusters": n_found,
+        "resolution": float(resolution),
+    }
+    arrays = {} if centers is None else {"cluster_centers": centers.astype(np.float64)}
+    log.info(
+        "%s: %d clusters of %d %s", method, n_found, len(codes), level_name(index.layout, level)
+    )
+    return Clusters(written, rnn_metrics, baseline_metrics, reports, info, arrays)
+
+
+def apply_embedding(opened, key: str, batch_size: int) -> dict:
+    """Embed new data with a saved autoencoder; k-means models also assign clusters.
+
+    Each unit (or observation, for step-level clusters) goes to the nearest training k-means
+    centre; units missing more than the model's ``max_missing`` get no cluster. With the
+    training ``eval_label`` present in the data, ARI and NMI are reported.
+
+    ``opened``: the :class:`~anndata_rnn.runs.OpenedModel` of ``predict`` (model, index, data).
+    """
+    model, index, target = opened.model, opened.index, opened.target
+    steps = Layout.of(model.layout).steps_are_observations
+    enc = opened.stream(
+        lambda x, n: embed_sequences(model.module, x, n, opened.device, batch_size, steps=steps),
+        batch_size,
+    )
+    latent, step_latent, errors = enc.outputs
+    written = write_embedding(target, index, latent, step_latent, key)
+    missing = enc.missing_fraction(model.preprocessor)
+    usable = pool_units(index, missing) <= float(model.config.get("max_missing", 1.0))
+    metrics = {
+        "rnn": reconstruction_metrics(errors, index.sequences_of_units(np.flatnonzero(usable)))
+    }
+    out = {"written": written, "n_imputed": enc.imputed, "metrics": metrics}
+    info = model.config.get("cluster") or {}
+    centers = model.arrays.get("cluster_centers")
+    if info.get("method") != "kmeans" or centers is None:
+        return out
+    level = "step" if info.get("level") == "step" else "unit"
+    members, steps, x = clustered_members(index, level, usable, latent, step_latent)
+    codes = nearest_centre(x, centers)
+    written.append(write_clusters(target, index, level, codes, members, len(centers), key))
+    label_key = opened.spec.get("eval_label")
+    if label_key and label_key in index.frame(target).columns and len(codes):
+        try:
+            labels = read_labels(target, index, label_key, max_missing_fraction=1.0)
+        except InputError:
+            return out
+        if level == "unit" and labels.level == "step":
+            return out
+        truth = clustered_truth(labels, index, members, steps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rnn_metrics, report = clustering_metrics(x, codes, truth, labels.classes, 0)
+        out["metrics"]["rnn"].update(rnn_metrics)
+        out["cluster_report"] = {"rnn": report}
+    return out

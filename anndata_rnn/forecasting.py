@@ -37,7 +37,14 @@ import torch
 from anndata import AnnData
 from sklearn.linear_model import RidgeCV
 
-from .baselines import AR_RANKS, GeneRidgeAR, ar_forecast, fit_linear_ar
+from .baselines import (
+    AR_RANKS,
+    GeneRidgeAR,
+    ar_forecast,
+    ar_parameters,
+    fit_linear_ar,
+    resolve_ar_form,
+)
 from .errors import InputError
 from .metrics import regression_metrics
 from .networks import build_module, masked_mean
@@ -46,19 +53,30 @@ from .preprocessing import (
     Encoded,
     FeatureSource,
     Preprocessor,
+    encode,
     future_gaps,
     gap_channel,
     holdout_gaps,
     network_inputs,
     teacher_forcing,
 )
-from .sequences import SequenceIndex, broadcast_to_rows, pool_units, scatter_steps
+from .sequences import (
+    TIME_SERIES_LAYOUTS,
+    Layout,
+    SequenceIndex,
+    broadcast_to_rows,
+    pool_units,
+    scatter_steps,
+)
 from .training import dataset_loss, fit
 
 log = logging.getLogger("anndata_rnn")
 
 LOSSES = ("mse", "huber")
-FORECAST_LAYOUTS = ("obs-series", "var-series")
+#: how the title of a run names the form of the linear AR
+AR_FORM_TEXT = {"dense": "dense", "per_gene": "per-gene"}
+#: forecasting needs time: the time-series layouts
+FORECAST_LAYOUTS = TIME_SERIES_LAYOUTS
 
 
 @dataclasses.dataclass
@@ -79,9 +97,9 @@ class Forecasts:
     def uns_entries(self) -> dict:
         out = {"future": self._long(self.future, self.future_times)}
         k = self.holdout_times.shape[1]
-        if k and self.layout == "obs-series":
+        if k and Layout.of(self.layout).steps_are_observations:
             out["holdout"] = self._long(self.holdout["rnn"], self.holdout_times)
-        if k and self.layout == "var-series":
+        if k and Layout.of(self.layout).one_feature:
             series = self.index.sequence_series
             names = list(dict.fromkeys(series))
             first = np.array([np.flatnonzero(series == name)[0] for name in names])
@@ -167,7 +185,7 @@ def predict_all(
             holdout["linear_ar"] = units(
                 ar_forecast(ar, x_fit, context_enc.lengths, h_gaps[:, 1:], prep, lags)[1]
             )
-    features = prep.features if index.layout == "obs-series" else np.asarray(["value"])
+    features = prep.features if index.layout_kind.steps_are_observations else np.asarray(["value"])
     return Forecasts(
         layout=index.layout,
         features=np.asarray(features, dtype=object),
@@ -186,7 +204,7 @@ def evaluate(index, full: Encoded, prep, results: Forecasts, ids, k: int):
     """Metrics of every model on the chosen sequences: held-out rollout or one step ahead."""
     f = full.n_features
     truth = prep.inverse_values(full.values[ids, :, :f].astype(np.float64))
-    if index.layout == "var-series":
+    if index.layout_kind.one_feature:
         gene_of = np.broadcast_to(index.unit[ids][:, None, None], truth.shape)
     else:
         gene_of = np.broadcast_to(np.arange(f)[None, None, :], truth.shape)
@@ -270,7 +288,7 @@ def check_settings(layout, bidirectional, loss, ar_lags, holdout_steps, time_key
             "forecast needs time_key (the obs column of numeric time points): the time gaps "
             "between steps are an input of the forecaster"
         )
-    if layout == "var-series" and use_rep is not None:
+    if Layout.of(layout).one_feature and use_rep is not None:
         raise InputError("use_rep needs layout obs-series (var-series reads genes)")
 
 
@@ -530,7 +548,7 @@ def write_forecasts(
     per_step[:, 1:] = rnn[:, :-1]  # the forecast of step t was made at step t - 1
     per_step[~index.mask] = np.nan
     written = []
-    if index.layout == "obs-series":
+    if index.layout_kind.steps_are_observations:
         rows = scatter_steps(index, per_step)
         if source.use_rep is not None:
             written.append(index.write_matrix(target, f"{key}_forecast", rows.astype(np.float32)))
@@ -565,3 +583,153 @@ def write_forecasts(
         written.append(index.write_matrix(target, f"{key}_forecast", per_var))
     embedding = broadcast_to_rows(index, pool_units(index, results.final_hidden))
     return [*written, index.write_matrix(target, f"X_{key}", embedding.astype(np.float32))]
+
+
+def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
+    """The keys a forecaster writes (checked before anything is computed)."""
+    rows, mats = Layout.of(layout).unit_axis, Layout.of(layout).unit_matrices
+    forecast_matrix = (mats, f"{key}_forecast")
+    return [
+        (rows, f"{key}_split"),
+        ("layers", f"{key}_forecast"),
+        forecast_matrix,
+        (mats, f"X_{key}"),
+        ("uns", key),
+    ]
+
+
+def apply_forecaster(opened, key: str, batch_size: int) -> dict:
+    """Forecast with a saved forecaster; writes the same keys as training (no split).
+
+    The held-out steps (``holdout_steps`` of the training run) are forecast again by rollout
+    and scored for the RNN and persistence on every sequence of the new data (all of them are
+    unseen); the linear AR baseline is not stored in the model file.
+
+
+    ``opened``: the :class:`~anndata_rnn.runs.OpenedModel` of ``predict`` (model, index, data).
+    """
+    model, index, source = opened.model, opened.index, opened.source
+    config, prep = model.config, model.preprocessor
+    holdout_steps = int(config.get("holdout_steps", 0))
+    future_times = config.get("future_times") or None
+    index.check_holdout(holdout_steps)
+    index.check_future_after(future_times)
+    full_enc = encode(index, source, prep)
+    context_enc = encode(index.truncate(holdout_steps), source, prep) if holdout_steps else full_enc
+    results = predict_all(
+        model.module,
+        prep,
+        index,
+        full_enc,
+        context_enc,
+        config,
+        future_times,
+        opened.device,
+        batch_size=batch_size,
+    )
+    written = write_forecasts(opened.target, index, prep, source, results, key)
+    out = {"written": written, "n_imputed": full_enc.imputed, **results.uns_entries()}
+    metrics, evaluation = evaluate(
+        index, full_enc, prep, results, np.arange(index.n_sequences), holdout_steps
+    )
+    metrics.pop("linear_ar", None)
+    evaluation["units"] = "all"
+    out["metrics"] = metrics
+    out["evaluation"] = evaluation
+    return out
+
+
+def forecast_config(
+    run, spec, train_enc, ar_form, linear_path, residual, horizon, future_times, holdout_steps,
+    loss, ar_lags, val_fraction, test_fraction, split_key, seed,
+) -> dict:  # fmt: skip
+    """The model config of a ``forecast`` run (``run``: its :class:`~anndata_rnn.runs.
+    TrainingRun`; the AR form is resolved for the number of features of ``train_enc``)."""
+    n_inputs, n_outputs = int(train_enc.values.shape[-1]), int(train_enc.n_features)
+    form = resolve_ar_form(ar_form, n_outputs)
+    arch = {**run.architecture, "linear_path": bool(linear_path), "ar_form": form}
+    return {
+        "task": "forecast",
+        "layout": spec.layout,
+        "keys": spec.keys(),
+        "architecture": arch,
+        "n_inputs": n_inputs,
+        "n_outputs": n_outputs,
+        "residual": bool(residual),
+        "horizon": int(horizon),
+        "future_times": [float(t) for t in future_times] if future_times is not None else [],
+        "holdout_steps": int(holdout_steps),
+        "loss": loss,
+        "ar_lags": int(ar_lags),
+        "train": {
+            **run.train_config.to_dict(),
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "split_key": split_key,
+        },
+        "seed": seed,
+    }
+
+
+def fit_ar_baseline(train_enc, prep, ids, ar_lags, holdout_steps, arch: dict):
+    """The linear AR baseline on the training steps, its rank chosen (per-gene form; recorded
+    in ``arch``, the model config's architecture): ``(ar, rank_rollout, rank, n_parameters,
+    description)``."""
+    form = arch["ar_form"]
+    n_inputs, n_outputs = int(train_enc.values.shape[-1]), int(train_enc.n_features)
+    ar = fit_linear_ar(train_enc, prep, ids["train"], ar_lags, form)
+    ar, rank_rollout = choose_ar_rank(train_enc, prep, ids, ar_lags, holdout_steps, ar)
+    rank = int(getattr(ar, "rank_", 0))
+    if form == "per_gene":
+        arch["ar_rank"] = rank
+    n_ar = ar_parameters(form, ar_lags, n_inputs, n_outputs, rank)
+    log.info("linear AR: %s, %d parameters (%d features)", form, n_ar, n_outputs)
+    ar_description = (
+        f"{AR_FORM_TEXT[form]} ridge regression (alpha {ar.alpha_:g}, {n_ar} parameters) of the "
+        f"change to the next step on the last {ar_lags} steps"
+        + (" and their time gaps" if prep.use_time else "")
+        + (f", plus their scores on {rank} principal axes" if rank else "")
+    )
+    return ar, rank_rollout, rank, n_ar, ar_description
+
+
+def train_with_ablation(config, train_enc, prep, ids, ar, train_config, *, device, seed, quiet):
+    """Train the forecaster ``config`` describes and its AR path alone, the same way from the
+    same start: ``((module, history), (alone_module, alone_history))``."""
+    arch = config["architecture"]
+    trained = {}
+    alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
+    for name, model_config in (("rnn", config), ("linear_path", alone)):
+        description = f"forecast ({config['layout']})" if name == "rnn" else "linear path alone"
+        trained[name] = train_forecaster(
+            model_config,
+            train_enc,
+            prep,
+            ids,
+            ar,
+            train_config,
+            device=device,
+            seed=seed,
+            quiet=quiet,
+            description=description,
+        )
+    return trained["rnn"], trained["linear_path"]
+
+
+def score_forecasts(index, full_enc, prep, results, ids, holdout_steps, ar_description):
+    """``(metrics, evaluation)`` of the test units (of every unit when only steps are held
+    out), logged; empty without either."""
+    eval_ids = ids["test"]
+    if holdout_steps and not len(eval_ids):
+        eval_ids = np.arange(index.n_sequences)
+    metrics, evaluation = {}, {}
+    if len(eval_ids):
+        metrics, evaluation = evaluate(index, full_enc, prep, results, eval_ids, holdout_steps)
+        metrics["linear_ar"]["model"] = ar_description
+        metrics["linear_path"]["model"] = "the AR path alone, trained the same way"
+        metrics["persistence"]["model"] = "the last observed value"
+        evaluation["units"] = "test" if len(ids["test"]) else "all"
+        log_metrics(metrics, evaluation)
+    else:
+        log.warning("no test split and no held-out steps: no metrics computed")
+    return metrics, evaluation

@@ -59,6 +59,10 @@ def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
 
 
 SILHOUETTE_SAMPLE = 5000
+#: test metrics resting on fewer units than this, or on fewer than MIN_TEST_PER_CLASS units of
+#: some class, are unreliable (a caution of the run and a warning of the report)
+MIN_TEST_UNITS = 10
+MIN_TEST_PER_CLASS = 2
 
 SUMMARY_METRICS = (
     "accuracy",

@@ -33,7 +33,7 @@ from .h5check import check_self_contained
 from .io import atomic_path
 from .networks import CELLS, TASK_MODULES, build_module
 from .preprocessing import IMPUTATION_CHOICES, SCALE_CHOICES, FeatureSource, Preprocessor
-from .sequences import LAYOUTS, check_output_key
+from .sequences import LAYOUTS, Layout, check_output_key
 
 FORMAT_NAME = "anndata-rnn-model"
 FORMAT_VERSION = 1
@@ -179,7 +179,7 @@ class Model:
         _check_config(config, where)
         features = _read_strings(f, "features/names", where)
         # var-series: every gene is one sequence of a single feature, so one mean/std
-        n_stats = 1 if config.get("layout") == "var-series" else len(features)
+        n_stats = 1 if Layout.of(config["layout"]).one_feature else len(features)
         mean = _read_float(f, "preprocessing/mean", where, (n_stats,))
         std = _read_float(f, "preprocessing/std", where, (n_stats,))
         if not (
@@ -439,7 +439,7 @@ def _plain(value):
 
 def check_gene_overlap(prep: Preprocessor, source: FeatureSource, min_gene_overlap: float) -> dict:
     """Match the data's features to the model's; error below ``min_gene_overlap``, warn on gaps."""
-    if prep.layout == "var-series":
+    if Layout.of(prep.layout).one_feature:
         return {"n_model_features": 1, "n_missing": 0, "overlap": 1.0}
     if prep.source_kind == "rep":
         if len(source.feature_names) != len(prep.features):

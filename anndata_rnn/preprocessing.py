@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 from anndata.abc import CSCDataset, CSRDataset
 
 from . import timing
 from .errors import InputError
-from .sequences import SequenceIndex, assemble
+from .sequences import Layout, SequenceIndex, assemble
 
 log = logging.getLogger("anndata_rnn")
 
@@ -384,7 +383,7 @@ def resolve_n_top_genes(
             raise InputError(f"n_top_genes must be an integer, 0 or 'auto', got {n_top_genes!r}")
         steps = -(-n_genes // chunk_size) if chunk_size else 0
         wide = n_genes > PROFILE_MAX_GENES or steps > PROFILE_MAX_STEPS
-        if layout == "profile" and wide and n_genes > PROFILE_TOP_GENES:
+        if Layout.of(layout).steps_are_gene_chunks and wide and n_genes > PROFILE_TOP_GENES:
             reason = (
                 f"{n_genes} genes"
                 + (f" ({steps} steps of {chunk_size})" if chunk_size else "")
@@ -546,7 +545,7 @@ class Preprocessor:
             block = self._log1p(block)
 
         names = source.feature_names
-        if self.layout != "var-series" and source.kind != "rep":
+        if not Layout.of(self.layout).one_feature and source.kind != "rep":
             if gene_subset is None:
                 n_top_genes, reason = resolve_n_top_genes(
                     n_top_genes, self.layout, len(names), chunk_size
@@ -591,7 +590,7 @@ class Preprocessor:
                     f"one column per gene name: {fix}"
                 )
 
-        if self.layout == "profile":
+        if Layout.of(self.layout).steps_are_gene_chunks:
             # a profile step mixes genes, so genes are standardized per row before chunking
             self._fit_statistics(block[:, None, :], np.zeros((len(block), 1)))
         else:
@@ -616,7 +615,11 @@ class Preprocessor:
                 mean[columns] = np.nanmean(part, axis=0)
                 std[columns] = np.nanstd(part, axis=0)
         empty = ~np.isfinite(mean)
-        if empty.any() and self.layout != "var-series" and len(self.features) == len(mean):
+        if (
+            empty.any()
+            and not Layout.of(self.layout).one_feature
+            and len(self.features) == len(mean)
+        ):
             log.warning(
                 "%d genes have no value in the training rows (e.g. %s): they are filled with 0 "
                 "and carry no information",
@@ -627,7 +630,7 @@ class Preprocessor:
         constant = ~np.isfinite(std) | (std <= 1e-6 * np.maximum(1.0, np.abs(mean)))
         std = np.where(constant, 1.0, std)
         self.mean, self.std = mean.astype(np.float64), std.astype(np.float64)
-        if self.use_time and self.layout != "profile":
+        if self.use_time and Layout.of(self.layout).is_time_series:
             # a sequence's first step has no gap before it: only real gaps enter the statistics
             dt = _time_gaps(times)[:, 1:]
             valid = np.isfinite(times[:, 1:])
@@ -645,6 +648,8 @@ class Preprocessor:
             )
         missing = np.isnan(block)  # (no ±inf: refused)
         tmp = AnnData(np.where(missing, np.float32(0), block))
+        import scanpy as sc  # lazy: scanpy loads matplotlib.pyplot
+
         sc.pp.normalize_total(tmp, target_sum=self.target_sum)
         sc.pp.log1p(tmp)
         out = np.asarray(tmp.X, dtype=np.float32)
@@ -666,7 +671,7 @@ class Preprocessor:
             block = self._normalize(block)
         elif self.log1p:
             block = self._log1p(block)
-        if self.layout == "var-series":
+        if Layout.of(self.layout).one_feature:
             return block
         if not (
             len(data_features) == len(self.features)
@@ -678,14 +683,14 @@ class Preprocessor:
             present = source_cols >= 0
             out[:, present] = block[:, source_cols[present]]
             block = out
-        if self.layout == "profile":
+        if Layout.of(self.layout).steps_are_gene_chunks:
             block = np.where(np.isnan(block), self.mean.astype(np.float32), block)
             block = (block - self.mean.astype(np.float32)) / self.std.astype(np.float32)
         return block
 
     def transform_sequences(self, values: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Impute, standardize and add the time-gap channel; padding becomes 0."""
-        if self.layout == "profile":  # already imputed and standardized per row
+        if Layout.of(self.layout).steps_are_gene_chunks:  # already imputed and standardized per row
             return _padding_to_zero(values)
         valid = np.isfinite(times)
         values = values.copy()
@@ -699,7 +704,7 @@ class Preprocessor:
         else:
             values = (values - self.mean.astype(np.float32)) / self.std.astype(np.float32)
         values[~valid] = 0.0
-        if self.use_time and self.layout != "profile":
+        if self.use_time and Layout.of(self.layout).is_time_series:
             dt = gap_channel(self, _time_gaps(times))
             # no gap before the first step: the standardized mean (0), not an extreme value
             # that says nothing (on regular sampling a first gap of 0 standardizes to ~ -1/cv)
@@ -726,6 +731,8 @@ def _padding_to_zero(values: np.ndarray) -> np.ndarray:
 def _highly_variable(block: np.ndarray, n_top_genes: int) -> np.ndarray:
     tmp = AnnData(np.nan_to_num(block, nan=0.0))
     n = min(n_top_genes, block.shape[1])
+    import scanpy as sc  # lazy: scanpy loads matplotlib.pyplot
+
     sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat", inplace=True)
     return tmp.var["highly_variable"].to_numpy(dtype=bool)
 
@@ -772,7 +779,7 @@ def imputed_count(encoded) -> int:
 
 def missing_fraction_of(encoded, prep: Preprocessor) -> np.ndarray:
     """Fraction of each sequence's values that were missing before imputation."""
-    n_features = 1 if prep.layout == "var-series" else len(prep.features)
+    n_features = 1 if Layout.of(prep.layout).one_feature else len(prep.features)
     return encoded.n_missing / np.maximum(encoded.lengths * n_features, 1)
 
 
@@ -812,8 +819,8 @@ def encode(
     """
     if sequence_ids is None:
         sequence_ids = np.arange(index.n_sequences)
-    if index.layout != "var-series":  # (var-series: every sequence reads every row anyway)
-        rows = 1 if index.layout == "profile" else max(1, int(index.steps.shape[1]))
+    if not index.layout_kind.one_feature:  # (var-series: every sequence reads every row anyway)
+        rows = 1 if index.layout_kind.steps_are_gene_chunks else max(1, int(index.steps.shape[1]))
         row_bytes = 4 * len(source.feature_names) * rows
         chunk = max(1, min(chunk, READ_BUDGET_BYTES // row_bytes))
     parts, observed, missing = [], [], []
@@ -831,8 +838,8 @@ def encode(
         if prep.imputation == "causal":
             raw = causal_fill(raw, ~np.isnan(raw), prep.mean)
         parts.append(prep.transform_sequences(raw, index.times[ids]))
-    n_inputs = len(prep.mean) + int(prep.use_time and prep.layout != "profile")
-    width = index.chunk_size if index.layout == "profile" else n_inputs
+    n_inputs = len(prep.mean) + int(prep.use_time and Layout.of(prep.layout).is_time_series)
+    width = index.chunk_size if index.layout_kind.steps_are_gene_chunks else n_inputs
     return Encoded(
         values=np.concatenate(parts)
         if parts

@@ -31,16 +31,20 @@ import pandas as pd
 from anndata import AnnData
 
 from .errors import InputError, listed
+from .metrics import MIN_TEST_PER_CLASS, MIN_TEST_UNITS
+from .sequences import Layout
 
-#: metrics that are counts, shown in the table but not as scores
-_UNITS = {"obs-series": "series", "var-series": "gene", "profile": "observation"}
-#: below these sizes the test metrics are flagged as uncertain
-MIN_TEST_UNITS = 10
-MIN_TEST_PER_CLASS = 2
 #: the order of the sections: what a reader looks at first comes first
 ORDER = (
     "title", "summary", "metrics", "plots", "data", "parameters", "warnings", "timings", "versions",
 )  # fmt: skip
+
+
+def _unit_name(layout) -> str:
+    """What one unit of the run is called ("unit" when the record does not say its layout)."""
+    known = Layout.get(layout)
+    return known.unit_name if known is not None else "unit"
+
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
@@ -165,7 +169,12 @@ def split_sizes(adata: AnnData, key: str = "rnn") -> pd.DataFrame:
         data["label"] = frame[label].astype(str).where(frame[label].notna(), None).to_numpy()
     series_key = params.get("series_key")
     level = _text(record.get("level", "unit"))
-    if frame is adata.obs and layout == "obs-series" and series_key and level != "step":
+    if (
+        frame is adata.obs
+        and Layout.of(layout).steps_are_observations
+        and series_key
+        and level != "step"
+    ):
         data["unit"] = adata.obs[_text(series_key)].astype(str).to_numpy()
         data = data.drop_duplicates("unit")
     order = [s for s in ("train", "val", "test", "unused") if s in set(data["split"])]
@@ -197,7 +206,7 @@ def small_split_warnings(adata: AnnData, key: str = "rnn") -> list[str]:
     out = []
     task = _text(record.get("task", ""))
     layout = _text(record.get("params", {}).get("layout", record.get("layout", "")))
-    unit = _UNITS.get(layout, "unit")
+    unit = _unit_name(layout)
     sizes = split_sizes(adata, key)
     if task in ("classify", "forecast", "embed") and "test" in sizes.index:
         n_test = int(sizes.loc["test", "units"])
@@ -352,7 +361,7 @@ def render_report(
     body.append(_table(["field", "value"], rows, numeric_from=99))
     sizes = split_sizes(adata, key)
     if not sizes.empty:
-        unit = _UNITS.get(layout, "unit")
+        unit = _unit_name(layout)
         body.append(f"<p>Split sizes (units: {_e(unit)}; column <code>{_e(key)}_split</code>):</p>")
         body.append(
             _table(

@@ -25,9 +25,10 @@ from anndata import AnnData
 from . import distributed, threads, timing
 from .errors import InputError, listed
 from .io import uns_safe, versions
+from .metrics import MIN_TEST_PER_CLASS, MIN_TEST_UNITS
 from .model import Model, check_gene_overlap
 from .preprocessing import FIT_BUDGET_BYTES, Encoded, FeatureSource, Preprocessor, encode
-from .sequences import SequenceIndex, SequenceSpec, bool_column, broadcast_to_rows
+from .sequences import Layout, SequenceIndex, SequenceSpec, bool_column, broadcast_to_rows
 from .splits import log_split, make_split, random_subset, split_from_column
 from .streaming import (
     DEFAULT_CHUNK_ROWS,
@@ -36,7 +37,14 @@ from .streaming import (
     Streamed,
     stream_apply,
 )
-from .training import TrainConfig, batch_order, precision, resolve_device, seed_everything
+from .training import (
+    TrainConfig,
+    batch_order,
+    deterministic,
+    precision,
+    resolve_device,
+    seed_everything,
+)
 
 log = logging.getLogger("anndata_rnn")
 
@@ -83,7 +91,9 @@ class TaskResult:
 def task_api(run):
     """The public tool: ``run``'s signature and docstring, scanpy's return value.
 
-    ``tool.run(...)`` returns the :class:`TaskResult` itself (used by the command line).
+    ``tool.run(...)`` returns the :class:`TaskResult` itself (used by the command line). The run
+    has deterministic torch kernels (:func:`~anndata_rnn.training.deterministic`) and, with
+    ``amp=True``, mixed precision; both are undone when it returns.
     """
 
     @functools.wraps(run)
@@ -91,7 +101,7 @@ def task_api(run):
         # mixed precision (amp=True) covers every forward pass of the run, training and inference
         amp = bool(kwargs.get("amp", False))
         device = resolve_device(kwargs.get("device", "auto")) if amp else "cpu"
-        with timing.recording(), precision(device, amp):
+        with timing.recording(), precision(device, amp), deterministic():
             result = run(adata, *args, **kwargs)
             timing.store(result.adata, result.key, result.record)  # uns[key]["timings"]
             store_threads(result)
@@ -233,7 +243,11 @@ class TrainingRun:
         }
         log_split(self.index.layout, split)
         layout, target = self.index.layout, self.target
-        if layout == "profile" and order_key is not None and order_key not in target.var.columns:
+        if (
+            Layout.of(layout).steps_are_gene_chunks
+            and order_key is not None
+            and order_key not in target.var.columns
+        ):
             raise InputError(f"var has no column {order_key!r} (order_key)")
         index = self.index if fit_index is None else fit_index
         fit_ids = self.ids["train"]
@@ -254,16 +268,18 @@ class TrainingRun:
             n_top_genes=n_top_genes,
             gene_subset=(
                 bool_column(target.var, gene_subset, "var")
-                if (gene_subset is not None and layout != "var-series")
+                if (gene_subset is not None and not Layout.of(layout).one_feature)
                 else None
             ),
             gene_order=(
-                target.var[order_key].to_numpy() if (layout == "profile" and order_key) else None
+                target.var[order_key].to_numpy()
+                if (Layout.of(layout).steps_are_gene_chunks and order_key)
+                else None
             ),
-            chunk_size=self.spec.chunk_size if layout == "profile" else None,
+            chunk_size=self.spec.chunk_size if Layout.of(layout).steps_are_gene_chunks else None,
         )
         self.prep = prep
-        if layout == "profile":  # the steps follow the number of selected genes
+        if Layout.of(layout).steps_are_gene_chunks:  # the steps follow the number of selected genes
             self.index = index = self.index.with_width(len(prep.features))
         if stream:  # encoded batch by batch while training and predicting
             self.encoded = LazyEncoded(index, self.source, prep, chunk_rows=chunk_rows)
@@ -278,7 +294,7 @@ class TrainingRun:
         preprocessing fit: a seeded subset of the training sequences when the rows × genes the
         file declares would take more (a file can claim 10⁵ × 10⁵ in a few MB)."""
         n_features = len(self.source.feature_names)
-        if index.layout == "var-series":  # every sequence reads every row: the whole matrix
+        if index.layout_kind.one_feature:  # every sequence reads every row: the whole matrix
             needed = self.source.n_rows * n_features * 4
             if needed > FIT_BUDGET_BYTES * 8:
                 raise InputError(
@@ -331,24 +347,29 @@ class TrainingRun:
             )
 
     def test_cautions(self, labels=None) -> list[str]:
-        """Why the test metrics of a plain run cannot be trusted (fewer than 10 test units, or
-        fewer than 2 of some class), each with the fix."""
+        """Why the test metrics of a plain run cannot be trusted (fewer than
+        ``MIN_TEST_UNITS`` test units, or fewer than ``MIN_TEST_PER_CLASS`` of some class), each
+        with the fix."""
         units = np.flatnonzero(self.split == "test")
         if labels is not None and labels.level == "unit":
             units = units[labels.codes[units] >= 0]
         cautions = []
-        if 0 < len(units) < 10:
+        if 0 < len(units) < MIN_TEST_UNITS:
             cautions.append(
                 f"only {len(units)} test units: the test metrics are unreliable; use "
                 "cross-validation (--cv 5) to measure on every unit"
             )
         if labels is not None and labels.level == "unit" and len(units):
             counts = np.bincount(labels.codes[units], minlength=len(labels.classes))
-            rare = [str(c) for c, n in zip(labels.classes, counts, strict=True) if n < 2]
+            rare = [
+                str(c)
+                for c, n in zip(labels.classes, counts, strict=True)
+                if n < MIN_TEST_PER_CLASS
+            ]
             if rare:
                 cautions.append(
-                    f"class(es) {listed(rare)} have fewer than 2 test units: their metrics "
-                    "are unreliable; use cross-validation (--cv 5)"
+                    f"class(es) {listed(rare)} have fewer than {MIN_TEST_PER_CLASS} test units: "
+                    "their metrics are unreliable; use cross-validation (--cv 5)"
                 )
         return cautions  # TrainingRun.finish warns, stores them in uns, the CLI prints them
 
@@ -443,7 +464,7 @@ def start_training(
     distributed.init(torch_device)  # under torchrun: join the process group
     source = FeatureSource(target, layer=spec.layer, use_rep=spec.use_rep)
     var_mask = None
-    if spec.layout == "var-series" and gene_subset is not None:
+    if Layout.of(spec.layout).one_feature and gene_subset is not None:
         var_mask = bool_column(target.var, gene_subset, "var")
     index = spec.index(target, var_mask=var_mask)
     threads.log_choice()  # the command line's thread choice, once the input is read
@@ -545,7 +566,7 @@ def open_model(
         target, layer=spec.layer, use_rep=spec.use_rep, gene_symbols=gene_symbols
     )
     overlap = check_gene_overlap(model.preprocessor, source, min_gene_overlap)
-    n_features = len(model.features) if model.layout == "profile" else None
+    n_features = len(model.features) if Layout.of(model.layout).steps_are_gene_chunks else None
     index = spec.index(target, n_features=n_features)
     threads.log_choice()
     for note in index.notes:

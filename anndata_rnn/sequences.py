@@ -39,6 +39,77 @@ from .errors import InputError, listed
 LAYOUTS = ("obs-series", "var-series", "profile")
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What a layout means for the rest of the package, derived once from its name.
+
+    Every module asks a ``Layout`` (``Layout.of(name)``) instead of comparing layout names;
+    adding a layout means adding one here and teaching :func:`build_index` to build it.
+
+    Attributes
+    ----------
+    name
+        The name stored in model files and records (one of :data:`LAYOUTS`).
+    unit_axis
+        ``"obs"`` or ``"var"``: the axis whose rows are the units (what is split, labelled and
+        gets one output row); unit-level columns go to ``unit_axis``, matrices to
+        ``unit_axis + "m"``.
+    unit_name, units_name
+        What one unit is called in messages and reports ("gene" / "genes").
+    is_time_series
+        Steps are time points (a time gap input, forecasting); profile steps are gene chunks.
+    steps_are_observations
+        Each step is one observation (obs-series): per-step outputs go to obs rows.
+    one_feature
+        A sequence has one feature (var-series: a gene's values); its statistics are one
+        number, its sequences read every observation row.
+    """
+
+    name: str
+    unit_axis: str
+    unit_name: str
+    units_name: str
+    is_time_series: bool
+    steps_are_observations: bool
+    one_feature: bool
+
+    @property
+    def unit_matrices(self) -> str:
+        """``"obsm"`` or ``"varm"``: where unit-level matrices go."""
+        return self.unit_axis + "m"
+
+    @property
+    def steps_are_gene_chunks(self) -> bool:
+        """Each step is a chunk of a cell's genes (profile)."""
+        return not self.is_time_series
+
+    @staticmethod
+    def of(name) -> Layout:
+        """The layout called ``name`` (an input error for an unknown name)."""
+        if isinstance(name, Layout):
+            return name
+        if not isinstance(name, str) or name not in _BY_NAME:
+            raise InputError(f"unknown layout {name!r}: use one of {', '.join(LAYOUTS)}")
+        return _BY_NAME[name]
+
+    @staticmethod
+    def get(name) -> Layout | None:
+        """The layout called ``name``, or None (a record read back from a file that does not
+        say, e.g. for plots that fall back to obs)."""
+        return _BY_NAME.get(name) if isinstance(name, str) else None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+OBS_SERIES = Layout("obs-series", "obs", "series", "series", True, True, False)
+VAR_SERIES = Layout("var-series", "var", "gene", "genes", True, False, True)
+PROFILE = Layout("profile", "obs", "observation", "observations", False, False, False)
+_BY_NAME = {layout.name: layout for layout in (OBS_SERIES, VAR_SERIES, PROFILE)}
+#: the layouts that are time courses (forecast takes only these)
+TIME_SERIES_LAYOUTS = tuple(name for name in LAYOUTS if _BY_NAME[name].is_time_series)
+
+
 #: an output key (``key_added``): a name, never an HDF5 path ("/X", ".", "a/b" would write into
 #: or over other elements of the output file)
 KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -60,9 +131,7 @@ def check_output_key(key, what: str = "key_added") -> str:
 
 
 def check_layout(layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise InputError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
-    return layout
+    return Layout.of(layout).name
 
 
 def _column(frame: pd.DataFrame, key: str, where: str, other: pd.DataFrame | None = None):
@@ -181,9 +250,14 @@ class SequenceIndex:
         return np.flatnonzero(np.isin(self.unit, units))
 
     @property
+    def layout_kind(self) -> Layout:
+        """The :class:`Layout` of :attr:`layout` (its name)."""
+        return Layout.of(self.layout)
+
+    @property
     def where(self) -> str:
         """The axis whose rows are the units: ``"var"`` for var-series, else ``"obs"``."""
-        return "var" if self.layout == "var-series" else "obs"
+        return self.layout_kind.unit_axis
 
     def frame(self, adata: AnnData) -> pd.DataFrame:
         """``adata.var`` or ``adata.obs``: where unit-level columns live."""

@@ -10,7 +10,7 @@ from anndata import AnnData
 from sklearn.model_selection import train_test_split
 
 from .errors import InputError, listed
-from .sequences import SequenceIndex
+from .sequences import Layout, SequenceIndex
 
 log = logging.getLogger("anndata_rnn")
 
@@ -61,14 +61,16 @@ def groups_from_column(adata: AnnData, index: SequenceIndex, group_key: str) -> 
             "unit needs a group (fill them, e.g. with their own names)"
         )
     codes = pd.factorize(column.astype(str))[0]
+    log.info("group_key %r: the units of each of its %d groups stay together", group_key,
+             len(np.unique(codes)))  # fmt: skip
     return _per_unit(index, codes, group_key, "groups", "a series belongs to one group")
 
 
 def _per_unit(index: SequenceIndex, values: np.ndarray, key: str, what: str, rule: str):
     """Values of the layout's frame (obs or var) as one value per unit."""
-    if index.layout == "var-series":
+    if index.layout_kind.one_feature:
         return values[index.unit_rows]
-    if index.layout == "profile":
+    if index.layout_kind.steps_are_gene_chunks:
         return values
     out = np.empty(index.n_units, dtype=values.dtype)
     for s in range(index.n_sequences):
@@ -144,7 +146,7 @@ def _cut_groups(pool, fraction, rng_seed, groups, strata):
 
 def log_split(layout: str, split: np.ndarray) -> None:
     """Log the number of units in each part of the split."""
-    unit = {"obs-series": "series", "var-series": "gene", "profile": "observation"}[layout]
+    unit = Layout.of(layout).unit_name
     log.info(
         "split by %s: %d train, %d val, %d test",
         unit,

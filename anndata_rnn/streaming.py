@@ -36,6 +36,7 @@ from anndata.io import read_elem, sparse_dataset, write_elem
 from . import distributed
 from .errors import InputError
 from .io import check_h5ad, unreadable
+from .options import DEFAULT_CHUNK_ROWS
 from .preprocessing import (
     READ_BUDGET_BYTES,
     FeatureSource,
@@ -48,8 +49,6 @@ from .sequences import SequenceIndex
 
 log = logging.getLogger("anndata_rnn")
 
-#: obs rows read and densified per chunk: 8192 rows × 2,000 genes is 64 MB of float32
-DEFAULT_CHUNK_ROWS = 8192
 #: streamed training: the encoded sequences would take more than this many bytes in memory
 STREAM_ABOVE_BYTES = 1 << 30
 #: streamed training: the preprocessing and the logistic baseline are fitted on at most this many
@@ -134,11 +133,11 @@ def sequence_chunks(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     n = len(sequence_ids)
-    if index.layout == "var-series":
+    if index.layout_kind.one_feature:
         if n:
             yield sequence_ids
         return
-    if index.layout == "profile":
+    if index.layout_kind.steps_are_gene_chunks:
         size = max(batch_size, chunk_rows // batch_size * batch_size)
         for start in range(0, n, size):
             yield sequence_ids[start : start + size]
@@ -183,7 +182,7 @@ def should_stream(index: SequenceIndex, n_features: int, stream: str | bool) -> 
     :data:`STREAM_ABOVE_BYTES`. Other layouts always encode in memory."""
     if stream not in (True, False, "auto"):
         raise InputError(f"stream must be True, False or 'auto', got {stream!r}")
-    if index.layout != "profile":
+    if index.layout_kind.is_time_series:
         if stream is True:
             log.info("streamed training is for the profile layout; %s encodes in memory",
                      index.layout)  # fmt: skip
@@ -338,7 +337,7 @@ def stream_apply(
         return _stream_ranges(
             index, source, prep, run, batch_size, chunk_rows, progress, sequence_ids
         )
-    if index.layout == "var-series" and len(sequence_ids):
+    if index.layout_kind.one_feature and len(sequence_ids):
         log.info(
             "var-series: reading the whole matrix (%d obs × %d vars) at once; each sequence "
             "(a gene) needs every observation",

@@ -165,33 +165,64 @@ def to_device(batch, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch and ask torch for deterministic kernels.
-
-    On the CPU this makes runs bitwise reproducible; on CUDA cuDNN's RNN kernels are deterministic
-    with the workspace setting below, but results may still differ from the CPU's.
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    """Seed python, numpy and torch (the kernels are made deterministic by
+    :func:`deterministic`, around the whole run)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    deterministic_algorithms()
+
+
+#: cuBLAS needs this workspace setting for deterministic results on CUDA
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic():
+    """Deterministic torch kernels for the length of a run, the process's settings restored
+    after it (a scanpy user's own torch code keeps its settings).
+
+    On the CPU this makes runs bitwise reproducible; on CUDA cuDNN's RNN kernels are
+    deterministic with the cuBLAS workspace setting, but results may still differ from the
+    CPU's. A ``CUBLAS_WORKSPACE_CONFIG`` the user set is kept.
+    """
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    set_deterministic_algorithms(True, warn_only=True)
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        enabled, warn_only, benchmark, cudnn_deterministic, workspace = saved
+        set_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
-def deterministic_algorithms() -> None:
-    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without its import of
+def set_deterministic_algorithms(enabled: bool, *, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms(enabled, warn_only=...)`` without its import of
     ``torch._inductor`` (which pulls in dynamo: seconds of every run's start, measured 3-11 s
-    on the shared 2-core machine, for a compiler flag this package never uses). The flag is
-    still set when the inductor is already imported, and the public call is the fallback."""
+    on the shared 2-core machine, for a compiler flag this package never uses). The public call
+    is the fallback, and is used once the inductor is imported (it sets the inductor's flag
+    too)."""
     import sys
 
     setter = getattr(torch._C, "_set_deterministic_algorithms", None)
     if setter is None or "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
         return
-    setter(True, warn_only=True)
+    setter(enabled, warn_only=warn_only)
 
 
 class _Batches(Dataset):
@@ -360,8 +391,7 @@ def fit(
         net = _DistributedModule(module, device)
         quiet = quiet or not distributed.is_main()
     start_loss = dataset_loss(module, loss_fn, train, config.batch_size, device, seed)
-    run_schedule = _fit_epochs if config.schedule == "epochs" else _fit_steps
-    history = run_schedule(
+    history = _fit_steps(
         net, loss_fn, train, val, config, device, seed, quiet, description, val_metric,
         initial_candidate,
     )  # fmt: skip
@@ -440,102 +470,30 @@ def dataset_loss(module, loss_fn, train, batch_size=256, device="cpu", seed=0) -
     return evaluate_loss(module, loss_fn, loader, device)[0]
 
 
-def _fit_epochs(
-    module,
-    loss_fn,
-    train,
-    val,
-    config,
-    device,
-    seed,
-    quiet,
-    description,
-    val_metric,
-    initial_candidate=False,
-):
-    """The original schedule: ``max_epochs`` passes, patience counted in epochs."""
-    optimizer = torch.optim.Adam(
-        _param_groups(module, config.lr), lr=config.lr, weight_decay=config.weight_decay
-    )
-    scaler = _grad_scaler(device)
-    train_loader = make_loader(train, config.batch_size, shuffle=True, seed=seed, device=device)
-    has_val = val is not None and n_items(val) > 0
-    val_loader = (
-        make_loader(val, config.batch_size, shuffle=False, seed=seed, device=device)
-        if has_val
-        else None
-    )
-
-    history = {"train_loss": [], "val_loss": []}
-    best_loss, best_state, best_epoch, waited = math.inf, None, 0, 0
-    if has_val and initial_candidate:
-        best_loss = distributed.mean(evaluate_loss(module, loss_fn, val_loader, device)[0])
-        best_state = copy.deepcopy(module.state_dict())
-        history["initial_val_loss"] = best_loss
-    bar = tqdm(
-        range(1, config.max_epochs + 1), desc=description, disable=quiet, leave=False, unit="epoch"
-    )
-    steps = 0
-    for epoch in bar:
-        module.train()
-        total, count = 0.0, 0
-        for batch in train_loader:
-            batch = to_device(batch, device)
-            loss = _train_step(
-                module, loss_fn, batch, optimizer, scaler, f"epoch {epoch}", n_items(train)
-            )
-            steps += 1
-            total += loss * len(batch[0])
-            count += len(batch[0])
-        train_loss = total / max(count, 1)
-        history["train_loss"].append(train_loss)
-        if has_val:
-            val_loss, metric = evaluate_loss(module, loss_fn, val_loader, device, val_metric)
-            val_loss = distributed.mean(val_loss)
-            history["val_loss"].append(val_loss)
-            postfix = {"train": f"{train_loss:.4f}", "val": f"{val_loss:.4f}"}
-            if metric is not None:
-                history.setdefault(f"val_{val_metric[0]}", []).append(metric)
-                postfix[val_metric[0]] = f"{metric:.3f}"
-            bar.set_postfix(postfix)
-            if val_loss < best_loss - 1e-6:
-                best_loss, best_epoch, waited = val_loss, epoch, 0
-                best_state = copy.deepcopy(module.state_dict())
-            else:
-                waited += 1
-                if waited >= config.patience:
-                    break
-        else:
-            bar.set_postfix(train=f"{train_loss:.4f}")
-            best_epoch = epoch
-    bar.close()
-    if best_state is not None:
-        module.load_state_dict(best_state)
-    if has_val:
-        history["best_val_loss"] = best_loss
-    steps_per_epoch = max(len(train_loader), 1)
-    history["best_epoch"] = best_epoch
-    history["epochs_run"] = len(history["train_loss"])
-    history["stopped_early"] = len(history["train_loss"]) < config.max_epochs
-    history["steps_run"] = steps
-    history["best_step"] = best_epoch * steps_per_epoch
-    history["batch_size"] = config.batch_size
-    history["eval_every"] = steps_per_epoch
-    log.info(
-        "%s: %d epochs, best epoch %d%s",
-        description,
-        history["epochs_run"],
-        best_epoch,
-        f" (validation loss {best_loss:.4f})" if has_val else "",
-    )
-    return history
-
-
 def schedule_for(n_train: int, config: TrainConfig) -> dict:
     """The step schedule ``config`` gives a training set of ``n_train`` samples (see
     :class:`TrainConfig`): ``batch_size``, ``steps_per_epoch``, ``budget``, ``max_steps`` (the
     bounded maximum: ``ceiling`` × the budget when the ``min_steps`` floor sets the budget, else
-    the budget: ``max_epochs`` stays a maximum), ``eval_every``, ``patience_steps``."""
+    the budget: ``max_epochs`` stays a maximum), ``eval_every``, ``patience_steps``,
+    ``lr_patience``, ``min_steps`` and ``val_batch_size``.
+
+    ``schedule="epochs"`` is the same loop without the floors: batches of ``batch_size``,
+    ``max_epochs`` passes, validation after each, early stopping after ``patience`` passes
+    without improvement, no learning-rate schedule."""
+    if config.schedule == "epochs":
+        batch = max(1, config.batch_size)
+        per_epoch = math.ceil(n_train / batch)
+        return {
+            "batch_size": batch,
+            "steps_per_epoch": per_epoch,
+            "budget": config.max_epochs * per_epoch,
+            "max_steps": config.max_epochs * per_epoch,
+            "eval_every": max(per_epoch, 1),
+            "patience_steps": config.patience * per_epoch,
+            "lr_patience": 0,
+            "min_steps": 0,
+            "val_batch_size": batch,
+        }
     batch = min(config.batch_size, max(config.min_batch, math.ceil(n_train / 4)))
     batch = max(1, min(batch, n_train))
     per_epoch = math.ceil(n_train / batch)
@@ -545,6 +503,8 @@ def schedule_for(n_train: int, config: TrainConfig) -> dict:
         "budget": max(config.max_epochs * per_epoch, config.min_steps),
         "eval_every": config.eval_every or max(per_epoch, 10),
         "patience_steps": max(config.patience * per_epoch, config.min_steps // 2),
+        "min_steps": config.min_steps,
+        "val_batch_size": 256,
     }
     # the ceiling extends the step floor only: when max_epochs governs, it is the maximum
     floor_governs = config.min_steps > config.max_epochs * per_epoch
@@ -569,7 +529,9 @@ def _fit_steps(
     val_metric,
     initial_candidate,
 ):
-    """Training counted in optimizer steps (see :class:`TrainConfig`)."""
+    """The training loop, counted in optimizer steps (see :class:`TrainConfig` and
+    :func:`schedule_for`; ``schedule="epochs"`` evaluates after every pass)."""
+    epochs = config.schedule == "epochs"
     plan = schedule_for(n_items(train), config)
     optimizer = torch.optim.Adam(
         _param_groups(module, config.lr), lr=config.lr, weight_decay=config.weight_decay
@@ -585,9 +547,18 @@ def _fit_steps(
     scaler = _grad_scaler(device)
     train_loader = make_loader(train, plan["batch_size"], shuffle=True, seed=seed, device=device)
     has_val = val is not None and n_items(val) > 0
-    val_loader = make_loader(val, 256, shuffle=False, seed=seed, device=device) if has_val else None
+    val_loader = (
+        make_loader(val, plan["val_batch_size"], shuffle=False, seed=seed, device=device)
+        if has_val
+        else None
+    )
 
-    history = {"train_loss": [], "val_loss": [], "lr": []}
+    # (the epoch schedule's history keeps its original keys: no learning rate, no max_steps)
+    history = (
+        {"train_loss": [], "val_loss": []}
+        if epochs
+        else {"train_loss": [], "val_loss": [], "lr": []}
+    )
     best_loss, best_state, best_step = math.inf, None, 0
     if has_val and initial_candidate:
         best_loss = distributed.mean(evaluate_loss(module, loss_fn, val_loader, device)[0])
@@ -595,6 +566,7 @@ def _fit_steps(
         history["initial_val_loss"] = best_loss
     # beyond the budget only while early stopping (on the validation loss) has not fired
     limit = plan["max_steps"] if has_val else plan["budget"]
+    per_epoch = plan["steps_per_epoch"]
     bar = tqdm(total=limit, desc=description, disable=quiet, leave=False, unit="step")
     step, total, count = 0, 0.0, 0
     batches = iter(train_loader)
@@ -607,9 +579,8 @@ def _fit_steps(
             batches = iter(train_loader)
             batch = next(batches)
         batch = to_device(batch, device)
-        loss = _train_step(
-            module, loss_fn, batch, optimizer, scaler, f"step {step + 1}", n_items(train)
-        )
+        where = f"epoch {step // per_epoch + 1}" if epochs else f"step {step + 1}"
+        loss = _train_step(module, loss_fn, batch, optimizer, scaler, where, n_items(train))
         step += 1
         bar.update(1)
         total += loss * len(batch[0])
@@ -619,7 +590,8 @@ def _fit_steps(
         train_loss = total / max(count, 1)
         total, count = 0.0, 0
         history["train_loss"].append(train_loss)
-        history["lr"].append(optimizer.param_groups[0]["lr"])
+        if not epochs:
+            history["lr"].append(optimizer.param_groups[0]["lr"])
         postfix = {"train": f"{train_loss:.4f}"}
         monitored = train_loss
         if has_val:
@@ -639,7 +611,7 @@ def _fit_steps(
         bar.set_postfix(postfix)
         if scheduler is not None:
             scheduler.step(monitored)
-        if has_val and step >= config.min_steps and step - best_step >= plan["patience_steps"]:
+        if has_val and step >= plan["min_steps"] and step - best_step >= plan["patience_steps"]:
             stopped = True
             break
     bar.close()
@@ -647,7 +619,8 @@ def _fit_steps(
         module.load_state_dict(best_state)
     if has_val:
         history["best_val_loss"] = best_loss
-    per_epoch = plan["steps_per_epoch"]
+    if epochs:
+        return _epoch_history(history, best_step, step, per_epoch, config, description, has_val)
     history["best_step"] = best_step
     history["steps_run"] = step
     history["best_epoch"] = math.ceil(best_step / per_epoch)
@@ -664,6 +637,26 @@ def _fit_steps(
         per_epoch,
         best_step,
         f" (validation loss {best_loss:.4f})" if has_val else "",
+    )
+    return history
+
+
+def _epoch_history(history, best_step, step, per_epoch, config, description, has_val) -> dict:
+    """The history of the epoch schedule, in its original keys and order."""
+    best_epoch = best_step // max(per_epoch, 1)
+    history["best_epoch"] = best_epoch
+    history["epochs_run"] = len(history["train_loss"])
+    history["stopped_early"] = len(history["train_loss"]) < config.max_epochs
+    history["steps_run"] = step
+    history["best_step"] = best_epoch * max(per_epoch, 1)
+    history["batch_size"] = config.batch_size
+    history["eval_every"] = max(per_epoch, 1)
+    log.info(
+        "%s: %d epochs, best epoch %d%s",
+        description,
+        history["epochs_run"],
+        best_epoch,
+        f" (validation loss {history['best_val_loss']:.4f})" if has_val else "",
     )
     return history
 

@@ -775,3 +775,110 @@ def test_hostile_key_check_for_the_real_server(tmp_path):
     (args,) = run_rendered(command, tmp_path)
     assert not list(tmp_path.rglob("PWNED"))
     assert args[args.index("--key-added") + 1] == key
+
+
+# ------------------------------------------------------------------ the options table --
+def _galaxy_default(param):
+    """A Galaxy parameter's default in command-line form (None: the option is left out)."""
+    kind = param.get("type")
+    if kind == "boolean":
+        return param.get("checked", "false") == "true"
+    if kind == "select":
+        options = param.findall("option")
+        chosen = [o.get("value") for o in options if o.get("selected") == "true"]
+        return chosen[0] if chosen else options[0].get("value")
+    value = param.get("value")
+    if value in (None, "") and param.get("optional") == "true":
+        return None
+    if kind == "integer":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    return value
+
+
+#: Galaxy parameters whose default is the table's in another form, with the reason
+GALAXY_DEFAULT_FORMS = {
+    # the table's None means "1, or the number of --future-times"; Galaxy asks for steps or
+    # times, and its steps branch starts at 1
+    ("forecast", "--horizon"): (1, None),
+    # Galaxy leaves --n-top-genes out when empty: the command line's auto
+    ("classify", "--n-top-genes"): (None, "auto"),
+    ("forecast", "--n-top-genes"): (None, "auto"),
+    ("embed", "--n-top-genes"): (None, "auto"),
+}
+
+
+def test_galaxy_parameters_match_the_options_table():
+    """Every Galaxy parameter that sets a training option has the default of
+    :mod:`anndata_rnn.options` for its mode and bounds within the table's; every other integer
+    parameter carries the bounds of the click option it sets (the command line would refuse
+    anything else after the job was queued)."""
+    import click
+    from galaxy.util import xml_macros
+
+    from anndata_rnn.cli import main
+    from anndata_rnn.options import TASKS, options_of
+
+    mode = xml_macros.load(str(TOOL_XML)).getroot().find("inputs/conditional[@name='mode']")
+    parents = {child: parent for parent in mode.iter() for child in parent}
+
+    def chosen_by_default(param) -> bool:
+        """Whether Galaxy sets the parameter when the user changes nothing (it is not in a
+        branch of an inner conditional that must be picked first)."""
+        node = parents[param]
+        while parents.get(node) is not None and parents[node] is not mode:
+            if node.tag == "when":
+                conditional = parents[node]
+                if node.get("value") != _galaxy_default(conditional.find("param")):
+                    return False
+            node = parents[node]
+        return True
+
+    checked, wrong = 0, []
+    for when in mode.findall("when"):
+        task = when.get("value")
+        table = {}
+        if task in TASKS:
+            table = {
+                o.cli_flag.split("/")[0]: o for o in options_of(task) if o.on_command_line(task)
+            }
+        click_params = {opt: p for p in main.commands[task].params for opt in p.opts}
+        for param in when.iter("param"):
+            argument, kind = param.get("argument"), param.get("type")
+            if argument is None:
+                continue
+            bounds = (param.get("min"), param.get("max"))
+            option = table.get(argument)
+            if option is None:
+                click_param = click_params[argument]
+                if kind == "integer" and isinstance(click_param.type, click.IntRange):
+                    ranged = click_param.type
+                    if bounds != (str(ranged.min), str(ranged.max)):
+                        wrong.append((task, argument, bounds, (ranged.min, ranged.max)))
+                    checked += 1
+                continue
+            default = option.cli_default_for(task)
+            galaxy = _galaxy_default(param)
+            if (task, argument) in GALAXY_DEFAULT_FORMS:
+                assert (galaxy, default) == GALAXY_DEFAULT_FORMS[task, argument]
+            elif galaxy != default and chosen_by_default(param):
+                wrong.append((task, argument, "default", galaxy, default))
+            if kind == "select" and option.choices_for(task) is not None:
+                values = {o.get("value") for o in param.findall("option")}
+                if not values <= set(option.choices_for(task)):
+                    wrong.append((task, argument, "choices", values))
+            if kind == "integer" and option.click_range:
+                # an integer's range is exactly the command line's
+                if bounds != (str(option.low), str(option.high)):
+                    wrong.append((task, argument, "bounds", bounds, (option.low, option.high)))
+            elif kind in ("integer", "float"):
+                # Galaxy may narrow a range (its min and max are inclusive)
+                low, high = (None if b is None else float(b) for b in bounds)
+                if option.low is not None and (low is None or low < option.low):
+                    wrong.append((task, argument, "min", low, option.low))
+                if option.high is not None and (high is None or high > option.high):
+                    wrong.append((task, argument, "max", high, option.high))
+            checked += 1
+    assert not wrong, wrong
+    assert checked >= 80, checked

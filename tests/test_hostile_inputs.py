@@ -423,34 +423,3 @@ def test_out_of_memory_names_the_options_to_change(trained, tmp_path, monkeypatc
         TRAIN_OUT, tmp_path / "m.h5",
     )  # fmt: skip
     assert "report it" not in line
-
-
-def test_galaxy_integer_parameters_have_the_command_lines_bounds():
-    """Every integer parameter of the Galaxy tool carries the bounds of the click option it
-    sets (the command line would refuse anything else after the job was queued)."""
-    import xml.etree.ElementTree as ET
-
-    import click
-
-    from anndata_rnn.cli import main
-
-    root = Path(__file__).parent.parent
-    click_bounds: dict[str, set] = {}
-    for command in main.commands.values():
-        for param in command.params:
-            if isinstance(param.type, click.IntRange):
-                for opt in param.opts:
-                    click_bounds.setdefault(opt, set()).add((param.type.min, param.type.max))
-    checked = 0
-    for name in ("macros.xml", "galaxy_tool.xml"):
-        for param in ET.parse(root / name).getroot().iter("param"):
-            argument = param.get("argument")
-            if param.get("type") != "integer" or argument not in click_bounds:
-                continue
-            bounds = click_bounds[argument]
-            assert len(bounds) == 1, (argument, bounds)  # one declaration of each option's range
-            low, high = next(iter(bounds))
-            galaxy = (param.get("min"), param.get("max"))
-            assert galaxy == (str(low), str(high)), (name, argument, galaxy, (low, high))
-            checked += 1
-    assert checked >= 15

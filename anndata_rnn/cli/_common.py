@@ -43,7 +43,7 @@ OS_HINTS = {
 def common_options(func):
     """``--quiet``, ``--debug``, ``--threads``, ``--overwrite`` and error handling."""
 
-    @click.option("--quiet", is_flag=True, help="No progress bar or log; only the results.")
+    @_table_option("quiet")
     @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
     @click.option(
         "--threads",
@@ -51,9 +51,7 @@ def common_options(func):
         default=None,
         help="CPU threads for torch (Galaxy passes GALAXY_SLOTS). Default: torch's choice.",
     )
-    @click.option(
-        "--overwrite", is_flag=True, help="Replace output keys that already exist in the AnnData."
-    )
+    @_table_option("overwrite")
     @functools.wraps(func)
     def wrapper(*args, quiet, debug, threads, **kwargs):
         from .. import threads as thread_policy
@@ -261,30 +259,22 @@ def apply_model_arguments(func):
 
 def device_options(func):
     """``--seed`` and ``--device`` for commands that train or apply a network."""
-    func = click.option(
-        "--device",
-        type=click.Choice(["auto", "cpu", "cuda"]),
-        default="auto",
-        show_default=True,
-        help="auto = CUDA when available, else CPU.",
-    )(func)
-    func = click.option(
-        "--seed",
-        type=click.IntRange(0, 2**32 - 1),
-        default=0,
-        show_default=True,
-        help="Seed (runs are reproducible).",
-    )(func)
-    return func
+    return _table_option("seed")(_table_option("device")(func))
 
 
 def amp_option(func):
     """``--amp``: mixed precision on a CUDA GPU (commands that run a network many times)."""
-    return click.option(
-        "--amp",
-        is_flag=True,
-        help="Mixed precision on a CUDA GPU (bf16 where supported, else fp16); ignored on CPU.",
-    )(func)
+    return _table_option("amp")(func)
+
+
+def _table_option(name: str):
+    """The click option of a run option of :data:`anndata_rnn.options.OPTIONS` (the same for
+    every command: no task has a default of its own)."""
+    from ..options import BY_NAME
+    from ._training_options import click_option
+
+    option = BY_NAME[name]
+    return click_option(option, next(iter(option.tasks)))
 
 
 #: glibc mallopt parameter and the value set by :func:`bound_heap_growth`

@@ -8,6 +8,7 @@ import click
 
 from ..errors import InputError
 from ..io import write_h5ad
+from ..sequences import VAR_SERIES
 from ._common import Outputs, common_options, device_options, print_metrics, write_metrics_table
 
 
@@ -77,7 +78,7 @@ def demo(out_dir, epochs, seed, device, overwrite, quiet):
         result = tl.classify.run(
             adata,
             label_key="cell_cycle_800",
-            layout="var-series",
+            layout=VAR_SERIES.name,
             series_key="series",
             time_key="time",
             series_subset=["cdc15"],

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import write_table
+from ..sequences import Layout
 from ..streaming import open_lazy, write_new_elements
 from ._common import (
     Outputs,
@@ -142,7 +143,7 @@ def explain(
         table_tmp = outputs.add(table)
         with timing.phase("reading"):
             model = Model.load(model_path)
-        if table_tmp and model.layout == "var-series":
+        if table_tmp and Layout.of(model.layout).one_feature:
             raise InputError(
                 "--table lists genes by importance, but a var-series model's genes are its "
                 "sequences (it attributes time points): leave out --table and read "

@@ -12,13 +12,13 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from ..errors import InputError
 from ..metrics import SUMMARY_METRICS
+from ..sequences import OBS_SERIES, Layout
 
 #: metrics that are counts, not scores (left out of the bar charts)
 COUNT_METRICS = {"n", "n_values", "n_genes_pearson", "n_labelled", "n_clusters", "n_units"}
@@ -114,19 +114,27 @@ def _is_score(value) -> bool:
 
 def _finish(obj, show: bool | None, save):
     """Save (``save`` = a file path) and show the figure; return ``obj`` unless shown."""
-    fig = obj if isinstance(obj, plt.Figure) else obj.figure
+    fig = obj if isinstance(obj, _pyplot().Figure) else obj.figure
     if save:
         fig.savefig(Path(save), dpi=150, bbox_inches="tight")
     if show:
-        plt.show()
+        _pyplot().show()
         return None
     return obj
 
 
+def _pyplot():
+    """matplotlib.pyplot, imported when a plot is drawn (``import anndata_rnn`` stays free of
+    it: pyplot picks a GUI backend and registers global state)."""
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _unit_axis(adata: AnnData, key: str) -> str:
     """``"var"`` when the run's units are genes (var-series), else ``"obs"``."""
-    layout = _text(_run(adata, key).get("layout", ""))
-    return "var" if layout == "var-series" else "obs"
+    layout = Layout.get(_text(_run(adata, key).get("layout", "")))
+    return layout.unit_axis if layout is not None else "obs"
 
 
 # ---------------------------------------------------------------------------------- history --
@@ -157,7 +165,7 @@ def training_history(
     history = _run(adata, key).get("history", {})
     if "train_loss" not in history:
         raise InputError(f"uns[{key!r}] has no training history (was it a predict run?)")
-    ax = ax or plt.figure(figsize=(5, 3.4)).add_subplot()
+    ax = ax or _pyplot().figure(figsize=(5, 3.4)).add_subplot()
     _draw_curves(ax, history, "loss")
     ax.set_title("Training history")
     return _finish(ax, show, save)
@@ -213,7 +221,7 @@ def history(adata: AnnData, *, key: str = "rnn", show: bool | None = None, save=
         }
     )
     panels = ["loss", *names]
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         1, len(panels), figsize=(5.2 * len(panels), 3.4), squeeze=False, layout="constrained"
     )
     for ax, what in zip(axes[0], panels, strict=True):
@@ -281,7 +289,7 @@ def metrics(
         raise InputError(f"uns[{key!r}][{source!r}] has no scalar metrics to draw")
     height = 0.8 / len(models)
     if ax is None:
-        fig = plt.figure(figsize=(6.4, 0.9 + 0.32 * len(metrics) * len(models) + 0.2))
+        fig = _pyplot().figure(figsize=(6.4, 0.9 + 0.32 * len(metrics) * len(models) + 0.2))
         ax = fig.add_subplot()
     values_all = []
     for i, name in enumerate(models):
@@ -372,7 +380,7 @@ def confusion(
         classes = [str(i) for i in range(n)]
     longest = max(len(c) for c in classes)
     size = 1.2 + 0.55 * n + 0.07 * longest
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         1,
         len(models),
         figsize=(size * len(models) + 1.2, size + 0.8),
@@ -510,7 +518,7 @@ def forecast(
     if _text(record.get("task", "")) != "forecast":
         raise InputError(f"uns[{key!r}] is not a forecast run (task {record.get('task')!r})")
     params = record.get("params", {})
-    layout = _text(params.get("layout", record.get("layout", "obs-series")))
+    layout = _text(params.get("layout", record.get("layout", OBS_SERIES.name)))
     values, names = _matrix(adata, record)
     units = _text(record.get("preprocessing", {}).get("units", "input"))
     if units != "input":
@@ -527,7 +535,7 @@ def forecast(
     split_column = f"{key}_split"
     series_key = params.get("series_key")
     all_series = list(pd.unique(adata.obs[_text(series_key)].astype(str))) if series_key else [None]
-    if layout == "var-series":
+    if Layout.of(layout).one_feature:
         if series is None:
             subset = [_text(s) for s in np.atleast_1d(params.get("series_subset", []))]
             series = (subset or all_series)[:n_series]
@@ -562,7 +570,7 @@ def forecast(
         raise InputError(f"genes not in var_names: {', '.join(map(str, missing[:5]))}")
     holdout = _holdout(adata, record, key, layout)
     future = record.get("future")
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         len(genes),
         len(series),
         figsize=(4.6 * len(series), 2.6 * len(genes) + 0.6),
@@ -670,7 +678,11 @@ def forecast(
 
 def _holdout(adata: AnnData, record: dict, key: str, layout: str):
     """A function (series, gene, position) -> (times, values) of the held-out rollout, or None."""
-    if layout == "var-series" and f"{key}_forecast" in adata.varm and "holdout_columns" in record:
+    if (
+        Layout.of(layout).one_feature
+        and f"{key}_forecast" in adata.varm
+        and "holdout_columns" in record
+    ):
         matrix = np.asarray(adata.varm[f"{key}_forecast"], dtype=float)
         columns = record["holdout_columns"]
         col_series = np.asarray([_text(s) for s in columns["series"]])
@@ -685,7 +697,7 @@ def _holdout(adata: AnnData, record: dict, key: str, layout: str):
 
         return var_series
     held = record.get("holdout")
-    if layout != "var-series" and isinstance(held, dict) and "values" in held:
+    if not Layout.of(layout).one_feature and isinstance(held, dict) and "values" in held:
         unit = np.asarray([_text(s) for s in held["unit"]])
         times = np.asarray(held["time"], dtype=float)
         table = np.asarray(held["values"], dtype=float)
@@ -710,7 +722,7 @@ def _future(future, layout: str, series, gene, j):
     units = np.asarray([_text(u) for u in future["unit"]])
     seqs = np.asarray([_text(s) for s in future["series"]])
     times = np.asarray(future["time"], dtype=float)
-    if layout == "var-series":
+    if Layout.of(layout).one_feature:
         keep = (units == str(gene)) & (seqs == str(series))
         column = 0
     else:
@@ -781,7 +793,7 @@ def importance(
         raise InputError(f"uns[{key!r}] has no importance to draw")
     ncols = min(n_panels, 3)
     nrows = int(np.ceil(n_panels / ncols))
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         nrows,
         ncols,
         figsize=(4.4 * ncols, max(2.8, 0.26 * n_genes + 1.0) * nrows),
@@ -904,7 +916,7 @@ def clusters(
     sizes = table.sum(axis=1)
     shown = table.div(sizes.replace(0, 1), axis=0) if normalize else table
     if ax is None:
-        ax = plt.figure(figsize=(1.6 + 0.45 * len(table), 3.6)).add_subplot()
+        ax = _pyplot().figure(figsize=(1.6 + 0.45 * len(table), 3.6)).add_subplot()
     bottom = np.zeros(len(table))
     x = np.arange(len(table))
     for i, name in enumerate(table.columns):
@@ -988,7 +1000,7 @@ def latent_pca(
     if coords.shape[1] == 1:
         coords = np.column_stack([coords[:, 0], np.zeros(len(coords))])
     if ax is None:
-        ax = plt.figure(figsize=(5.2, 4)).add_subplot()
+        ax = _pyplot().figure(figsize=(5.2, 4)).add_subplot()
     if color is not None:
         values = frame[color].to_numpy()[keep]
         groups = pd.Series(values).astype(str)

@@ -12,71 +12,74 @@ from ..classification import (
     ClassifierFit,
     check_training_classes,
     fit_cautions,
-    log_cv,
-    test_metrics,
+    output_targets,
     train_classifier,
     write_results,
 )
 from ..errors import InputError
 from ..networks import architecture
-from ..networks.classifier import predict_proba
+from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor
-from ..runs import OpenedModel, check_keys_free, start_training, task_api
+from ..runs import check_keys_free, start_training, task_api
 from ..sequences import (
     Labels,
+    Layout,
     SequenceSpec,
-    broadcast_to_rows,
     read_labels,
 )
-from ..splits import groups_from_column, make_folds, tested_in
-from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
+from ..splits import groups_from_column, make_folds
+from ..streaming import should_stream
 
 log = logging.getLogger("anndata_rnn")
 
+#: the defaults of classify (:mod:`anndata_rnn.options`: the command line has the same)
+DEFAULT = DEFAULTS["classify"]
+
 
 @task_api
+@doc_params(**DOCS)
 def classify(
     adata: AnnData,
     *,
     label_key: str,
-    layout: str = "obs-series",
-    series_key: str | None = None,
-    time_key: str | None = None,
-    series_subset: list[str] | None = None,
-    order_key: str | None = None,
-    chunk_size: int = 32,
-    layer: str | None = None,
-    use_rep: str | None = None,
-    normalize: str = "auto",
-    n_top_genes: int | str | None = "auto",
-    gene_subset: str | None = None,
-    scale: str = "auto",
-    conv: str | tuple[int, ...] | None = "auto",
-    linear_path: bool = True,
-    stream: bool | str = "auto",
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    hidden=(128, 64),
-    cell: str = "lstm",
-    bidirectional: bool = False,
-    dropout: float = 0.2,
-    max_epochs: int = 100,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    patience: int = 10,
-    min_steps: int | None = None,
-    class_weights: bool = False,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    split_key: str | None = None,
-    group_key: str | None = None,
-    cv: int | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    amp: bool = False,
-    key_added: str = "rnn",
-    overwrite: bool = False,
-    quiet: bool = False,
-    copy: bool = False,
+    layout: str = DEFAULT.layout,
+    series_key: str | None = DEFAULT.series_key,
+    time_key: str | None = DEFAULT.time_key,
+    series_subset: list[str] | None = DEFAULT.series_subset,
+    order_key: str | None = DEFAULT.order_key,
+    chunk_size: int = DEFAULT.chunk_size,
+    layer: str | None = DEFAULT.layer,
+    use_rep: str | None = DEFAULT.use_rep,
+    normalize: str = DEFAULT.normalize,
+    n_top_genes: int | str | None = DEFAULT.n_top_genes,
+    gene_subset: str | None = DEFAULT.gene_subset,
+    scale: str = DEFAULT.scale,
+    conv: str | tuple[int, ...] | None = DEFAULT.conv,
+    linear_path: bool = DEFAULT.linear_path,
+    stream: bool | str = DEFAULT.stream,
+    chunk_rows: int = DEFAULT.chunk_rows,
+    hidden=DEFAULT.hidden,
+    cell: str = DEFAULT.cell,
+    bidirectional: bool = DEFAULT.bidirectional,
+    dropout: float = DEFAULT.dropout,
+    max_epochs: int = DEFAULT.max_epochs,
+    batch_size: int = DEFAULT.batch_size,
+    lr: float = DEFAULT.lr,
+    patience: int = DEFAULT.patience,
+    min_steps: int | None = DEFAULT.min_steps,
+    class_weights: bool = DEFAULT.class_weights,
+    val_fraction: float = DEFAULT.val_fraction,
+    test_fraction: float = DEFAULT.test_fraction,
+    split_key: str | None = DEFAULT.split_key,
+    group_key: str | None = DEFAULT.group_key,
+    cv: int | None = DEFAULT.cv,
+    seed: int = DEFAULT.seed,
+    device: str = DEFAULT.device,
+    amp: bool = DEFAULT.amp,
+    key_added: str = DEFAULT.key_added,
+    overwrite: bool = DEFAULT.overwrite,
+    quiet: bool = DEFAULT.quiet,
+    copy: bool = DEFAULT.copy,
 ):
     """Train an LSTM/GRU classifier on sequences built from ``adata`` and write its results.
 
@@ -88,24 +91,9 @@ def classify(
         Column with the classes: in ``obs`` (obs-series, profile) or ``var`` (var-series). In
         obs-series, a label constant within every series is predicted per series; otherwise
         per step (observation).
-    layout
-        ``"obs-series"``, ``"var-series"`` or ``"profile"`` (see :mod:`anndata_rnn.sequences`).
-    series_key, time_key
-        obs columns naming the series and the numeric time of each observation.
-    series_subset
-        Only these series (var-series: e.g. ``["cdc15"]``).
-    order_key, chunk_size
-        profile: var column giving the gene order, and genes per step.
-    layer, use_rep
-        Read features from ``layers[layer]`` or ``obsm[use_rep]`` instead of X.
-    normalize
-        ``"auto"`` applies normalize_total + log1p when the matrix looks like raw counts;
-        ``"always"`` / ``"never"`` force it.
-    n_top_genes, gene_subset
-        Gene selection: highly variable genes (fitted on training rows) or a boolean var column.
-        ``"auto"`` selects 2,000 in a wide profile (more than 4,000 genes or 128 steps); 0 or
-        None keeps every gene. In var-series ``gene_subset`` selects which genes become
-        sequences.
+    {doc_sequences}
+    {doc_profile}
+    {doc_reading}
     scale
         ``"feature"`` standardizes each feature with training statistics; ``"sequence"``
         z-scores each sequence on its own (shape only); ``"auto"``: see ``conv``.
@@ -157,20 +145,7 @@ def classify(
         fold tested each unit; the saved model is then trained on every labelled unit
         (``val_fraction`` kept for early stopping; its config records ``cv`` and that its
         metrics are the fold models' means).
-    seed, device
-        Seed for python/numpy/torch and the split; ``"auto"`` uses CUDA when available.
-    amp
-        Mixed precision on a CUDA GPU (bfloat16 where the GPU supports it, else float16 with a
-        gradient scaler), for training and inference; ignored on the CPU (logged). Results
-        differ from float32 ones within the tolerance stated in the README ("GPU").
-    key_added
-        Prefix of every output key.
-    overwrite
-        Replace existing output keys instead of refusing.
-    quiet
-        No progress bar.
-    copy
-        Work on a copy and return it.
+    {doc_run}
 
     Returns
     -------
@@ -212,11 +187,13 @@ def classify(
     else:  # obs-series step labels: one sequence per unit, usable when any step is labelled
         usable = (labels.sequence_targets(run.index, np.arange(run.index.n_sequences)) >= 0).any(1)
         strata = None
-    options = {
-        "prep": lambda: Preprocessor(
-            layout=layout, scale=scaling, use_time=time_key is not None and layout != "profile"
+    options = fitting.fit_options(
+        prep=lambda: Preprocessor(
+            layout=layout,
+            scale=scaling,
+            use_time=time_key is not None and Layout.of(layout).is_time_series,
         ),
-        "prepare": {
+        prepare={
             "normalize": normalize,
             "n_top_genes": n_top_genes,
             "gene_subset": gene_subset,
@@ -224,63 +201,33 @@ def classify(
             "stream": should_stream(run.index, len(run.source.feature_names), stream),
             "chunk_rows": chunk_rows,
         },
-        "linear_path": linear_path,
-        "class_weights": class_weights,
-        "quiet": quiet,
-        "train": {
-            "val_fraction": val_fraction,
-            "test_fraction": test_fraction,
-            "split_key": split_key,
-        },
-    }
+        linear_path=linear_path,
+        class_weights=class_weights,
+        quiet=quiet,
+        split=(val_fraction, test_fraction, split_key, group_key),
+    )
     cv_record, cautions, written = None, [], []
     if (cv or group_key) and split_key is not None:
         raise InputError(
             "a split column (split_key) fixes the split: give cv or group_key, or split_key, not both"
         )
     groups = groups_from_column(target, run.index, group_key) if group_key else None
-    if group_key:
-        options["train"]["group_key"] = group_key
-        log.info("group_key %r: the units of each of its %d groups stay together", group_key,
-                 len(np.unique(groups)))  # fmt: skip
     if cv:
         folds = make_folds(
-            run.index.n_units,
-            k=cv,
-            usable=usable,
-            strata=strata,
-            val_fraction=val_fraction,
-            seed=seed,
-            groups=groups,
+            run.index.n_units, k=cv, usable=usable, strata=strata, val_fraction=val_fraction,
+            seed=seed, groups=groups,
+        )  # fmt: skip
+        cv_record, cautions, oof = fitting.cross_validate(
+            run, folds, lambda split: _train(run, labels, split, options), group_key=group_key
         )
-        fold_metrics, fold_starts, oof = [], {}, None
-        for k, split in enumerate(folds):
-            log.info("cross-validation fold %d of %d", k + 1, cv)
-            fitted = _train(run, labels, split, options)
-            fold_metrics.append(fitted.metrics)
-            fold_starts[str(k)] = fitted.starts
-            cautions += fit_cautions(fitted, prefix=f"cv fold {k + 1}: ")
-            tested = run.ids["test"]
-            oof = np.full_like(fitted.proba, np.nan) if oof is None else oof
-            oof[tested] = fitted.proba[tested]
-        cv_record = fitting.cv_record(
-            folds, fold_metrics, fold_starts, seed=seed, group_key=group_key
-        )
-        log_cv(cv_record)
-        fold_of = np.array([str(f) if f else None for f in tested_in(folds)], dtype=object)
-        names = [str(k) for k in range(1, cv + 1)]  # the fold that tested each unit
-        fold_rows = broadcast_to_rows(run.index, fold_of)
-        written.append(run.index.write_column(target, f"{key}_fold", fold_rows, categories=names))
+        written.append(fitting.write_folds(run, folds))
         split = run.choose_split(
             split_key=None, val_fraction=val_fraction, test_fraction=0.0, usable=usable,
             strata=strata, groups=groups,
         )  # fmt: skip
-        cv_config = {k: cv_record[k] for k in ("k", "scheme", "seed", "metrics_of")}
-        options["train"] |= {"test_fraction": 0.0, "cv": cv_config}
-        fitted = _train(run, labels, split, options)
+        options["train"] |= {"test_fraction": 0.0, "cv": fitting.cv_config(cv_record)}
+        fitted = fitting.out_of_fold(_train(run, labels, split, options), oof)
         metrics = cv_record["mean"]
-        seen = ~np.isnan(oof).any(axis=tuple(range(1, oof.ndim)))
-        fitted.proba[seen] = oof[seen]  # out-of-fold predictions for every tested sequence
     else:
         split = run.choose_split(
             split_key=split_key,
@@ -357,41 +304,3 @@ def _train(run, labels: Labels, split: np.ndarray, options: dict) -> ClassifierF
         seed=run.seed,
         options=options,
     )
-
-
-def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
-    rows, mats = ("var", "varm") if layout == "var-series" else ("obs", "obsm")
-    return [
-        (rows, f"{key}_pred"),
-        (rows, f"{key}_conf"),
-        (rows, f"{key}_split"),
-        (mats, f"{key}_proba"),
-        (mats, f"X_{key}"),
-        ("uns", key),
-    ]
-
-
-def apply_classifier(opened: OpenedModel, key: str, batch_size: int) -> dict:
-    """Predict with a saved classifier; writes the same keys as training (no split)."""
-    model, index, target = opened.model, opened.index, opened.target
-    classes = np.asarray(model.classes, dtype=object)
-    enc = opened.stream(
-        lambda x, n: predict_proba(model.module, x, n, opened.device, batch_size),
-        batch_size,
-        spill={1: "embedding"},  # grows with the data; stays on disk when there is a scratch
-    )
-    proba, embedding = np.asarray(enc.outputs[0]), enc.outputs[1]
-    written = write_results(
-        target, index, classes, model.config["label_level"], proba, embedding, key
-    )
-    out = {"written": written, "n_imputed": enc.imputed}
-    label_key = opened.spec.get("label_key")
-    if label_key in index.frame(target).columns:
-        try:
-            labels = read_labels(target, index, label_key)
-        except InputError:
-            return out
-        # evaluate on every labelled unit of the new data, in the model's class order
-        labels = labels.recode(classes)
-        out["metrics"] = {"rnn": test_metrics(index, labels, proba, np.arange(index.n_sequences))}
-    return out

@@ -4,88 +4,87 @@
 from __future__ import annotations
 
 import logging
-import warnings
 
-import numpy as np
 import torch
 from anndata import AnnData
 
 from ..clustering import (
     check_count,
     check_settings,
-    cluster_matrix,
-    clustered_members,
-    clustered_truth,
-    level_name,
-    nearest_centre,
     resolve_level,
-    write_clusters,
 )
-from ..embedding import compare_clusters, fit_embedding
+from ..embedding import (
+    cluster_embedding,
+    embed_config,
+    eval_labels,
+    fit_embedding,
+    output_targets,
+    write_embedding,
+)
 from ..errors import InputError
-from ..metrics import clustering_metrics, reconstruction_metrics
 from ..networks import architecture
-from ..networks.autoencoder import embed_sequences
+from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor
-from ..runs import OpenedModel, check_keys_free, start_training, task_api
+from ..runs import check_keys_free, start_training, task_api
 from ..sequences import (
-    SequenceIndex,
+    Layout,
     SequenceSpec,
-    broadcast_to_rows,
     pool_units,
-    read_labels,
-    scatter_steps,
 )
-from ..streaming import DEFAULT_CHUNK_ROWS, should_stream
+from ..streaming import should_stream
 from ..training import TrainConfig
 
 log = logging.getLogger("anndata_rnn")
 
+#: the defaults of embed (:mod:`anndata_rnn.options`: the command line has the same)
+DEFAULT = DEFAULTS["embed"]
+
 
 @task_api
+@doc_params(**DOCS)
 def embed(
     adata: AnnData,
     *,
-    layout: str = "obs-series",
-    series_key: str | None = None,
-    time_key: str | None = None,
-    series_subset: list[str] | None = None,
-    order_key: str | None = None,
-    chunk_size: int = 32,
-    layer: str | None = None,
-    use_rep: str | None = None,
-    normalize: str = "auto",
-    n_top_genes: int | None = None,
-    gene_subset: str | None = None,
-    scale: str = "feature",
-    max_missing: float = 0.5,
-    n_latent: int = 16,
-    linear_path: bool = True,
-    hidden=(64,),
-    cell: str = "lstm",
-    bidirectional: bool = False,
-    dropout: float = 0.0,
-    max_epochs: int = 100,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    patience: int = 10,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    split_key: str | None = None,
-    cluster: str | None = None,
-    n_clusters: int | None = None,
-    resolution: float = 1.0,
-    cluster_level: str = "auto",
-    eval_label: str | None = None,
-    stream: bool | str = "auto",
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    seed: int = 0,
-    device: str = "auto",
-    amp: bool = False,
-    key_added: str = "rnn",
-    overwrite: bool = False,
-    quiet: bool = False,
-    copy: bool = False,
+    layout: str = DEFAULT.layout,
+    series_key: str | None = DEFAULT.series_key,
+    time_key: str | None = DEFAULT.time_key,
+    series_subset: list[str] | None = DEFAULT.series_subset,
+    order_key: str | None = DEFAULT.order_key,
+    chunk_size: int = DEFAULT.chunk_size,
+    layer: str | None = DEFAULT.layer,
+    use_rep: str | None = DEFAULT.use_rep,
+    normalize: str = DEFAULT.normalize,
+    n_top_genes: int | str | None = DEFAULT.n_top_genes,
+    gene_subset: str | None = DEFAULT.gene_subset,
+    scale: str = DEFAULT.scale,
+    max_missing: float = DEFAULT.max_missing,
+    n_latent: int = DEFAULT.n_latent,
+    linear_path: bool = DEFAULT.linear_path,
+    hidden=DEFAULT.hidden,
+    cell: str = DEFAULT.cell,
+    bidirectional: bool = DEFAULT.bidirectional,
+    dropout: float = DEFAULT.dropout,
+    max_epochs: int = DEFAULT.max_epochs,
+    batch_size: int = DEFAULT.batch_size,
+    lr: float = DEFAULT.lr,
+    patience: int = DEFAULT.patience,
+    val_fraction: float = DEFAULT.val_fraction,
+    test_fraction: float = DEFAULT.test_fraction,
+    split_key: str | None = DEFAULT.split_key,
+    cluster: str | None = DEFAULT.cluster,
+    n_clusters: int | None = DEFAULT.n_clusters,
+    resolution: float = DEFAULT.resolution,
+    cluster_level: str = DEFAULT.cluster_level,
+    eval_label: str | None = DEFAULT.eval_label,
+    stream: bool | str = DEFAULT.stream,
+    chunk_rows: int = DEFAULT.chunk_rows,
+    seed: int = DEFAULT.seed,
+    device: str = DEFAULT.device,
+    amp: bool = DEFAULT.amp,
+    key_added: str = DEFAULT.key_added,
+    overwrite: bool = DEFAULT.overwrite,
+    quiet: bool = DEFAULT.quiet,
+    copy: bool = DEFAULT.copy,
 ):
     """Train an unsupervised RNN autoencoder, write the latent embedding, optionally cluster it.
 
@@ -106,10 +105,9 @@ def embed(
     ----------
     adata
         The AnnData (not modified when ``copy=True``).
-    layout, series_key, time_key, series_subset, order_key, chunk_size, layer, use_rep, \
-normalize, n_top_genes, gene_subset
-        How sequences are built and which matrix is read, as in
-        :func:`anndata_rnn.tl.classify`.
+    {doc_sequences}
+    {doc_profile}
+    {doc_reading}
     scale
         ``"feature"``: standardize each feature with training statistics; ``"sequence"``:
         z-score every sequence on its own, so clusters follow the temporal shape only (usual for
@@ -151,8 +149,7 @@ normalize, n_top_genes, gene_subset
     stream, chunk_rows
         Large profile data, as in :func:`anndata_rnn.tl.classify`; the PCA + k-means baseline
         is then fitted on a seeded random 20,000 cells and applied to every cell.
-    seed, device, amp, key_added, overwrite, quiet, copy
-        As in :func:`anndata_rnn.tl.classify`.
+    {doc_run}
 
     Returns
     -------
@@ -200,11 +197,7 @@ normalize, n_top_genes, gene_subset
         gene_subset=gene_subset,
     )
     target, key = run.target, run.key
-    labels = None
-    if eval_label is not None:
-        labels = read_labels(target, run.index, eval_label, max_missing_fraction=1.0)
-        for note in labels.notes:
-            log.info(note)
+    labels = eval_labels(target, run.index, eval_label)
     level = resolve_level(layout, cluster_level, labels)
     check_keys_free(target, output_targets(layout, key), overwrite)
     check_count(cluster, n_clusters, run.index.n_units if level == "unit" else run.index.n_obs)
@@ -212,7 +205,9 @@ normalize, n_top_genes, gene_subset
         split_key=split_key, val_fraction=val_fraction, test_fraction=test_fraction
     )
     prep = Preprocessor(
-        layout=layout, scale=scale, use_time=time_key is not None and layout != "profile"
+        layout=layout,
+        scale=scale,
+        use_time=time_key is not None and Layout.of(layout).is_time_series,
     )
     streamed = should_stream(run.index, len(run.source.feature_names), stream)
     enc = run.prepare(
@@ -233,68 +228,28 @@ normalize, n_top_genes, gene_subset
         usable, f"miss more than {100 * max_missing:.0f}% of their values (max_missing)"
     )
     ids = run.ids
-    n_outputs = int(values.shape[-1]) - int(prep.use_time)
-    arch = {
-        **run.architecture,
-        "n_latent": int(n_latent),
-        "n_outputs": n_outputs,
-        "time_channel": prep.use_time,
-        "linear_path": bool(linear_path),
-        "max_steps": int(values.shape[1]),
-    }
-    config = {
-        "task": "embed",
-        "layout": layout,
-        "keys": spec.keys(),
-        "architecture": arch,
-        "n_inputs": int(values.shape[-1]),
-        "train": {
-            **run.train_config.to_dict(),
-            "val_fraction": val_fraction,
-            "test_fraction": test_fraction,
-            "split_key": split_key,
-        },
-        "max_missing": float(max_missing),
-        "seed": seed,
-    }
-    sizes = (len(ids["train"]), len(ids["val"]), len(ids["test"]), n_outputs, n_latent)
-    log.info("embed: %d train, %d val, %d test sequences, %d features, latent %d", *sizes)
+    config = embed_config(
+        run, spec, values, prep, n_latent, linear_path, max_missing,
+        val_fraction, test_fraction, split_key, seed,
+    )  # fmt: skip
     # PCA of the flattened sequences (training units) is the baseline and the start
     fitted = fit_embedding(
         config, values, lengths, ids, run.train_config, device=run.device, seed=seed,
-        quiet=quiet, steps=layout == "obs-series",
+        quiet=quiet, steps=Layout.of(layout).steps_are_observations,
     )  # fmt: skip
     module, history, latent, step_latent = fitted.module, fitted.history, *fitted.latents
-    written = [*_write_embedding(target, index, latent, step_latent, key), run.write_split()]
+    written = [*write_embedding(target, index, latent, step_latent, key), run.write_split()]
     metrics, notes, scored_on = fitted.metrics, fitted.notes, fitted.record["scored_on"]
     reports, arrays, cluster_info = {}, {}, None
     if cluster is not None:
-        members, steps, rnn_x = clustered_members(index, level, usable, latent, step_latent)
-        truth = None if labels is None else clustered_truth(labels, index, members, steps)
-        k = n_clusters
-        if k is None and cluster == "kmeans" and labels is not None:
-            k = len(labels.classes)
-        codes, centers = cluster_matrix(
-            rnn_x, method=cluster, n_clusters=k, resolution=resolution, seed=seed
-        )
-        n_found = int(codes.max()) + 1
-        written.append(write_clusters(target, index, level, codes, members, n_found, key))
-        classes = None if labels is None else labels.classes
-        rnn_metrics, metrics["baseline"], reports = compare_clusters(
-            index, enc.values, members, steps, rnn_x, codes, truth, classes, n_latent, seed
-        )
-        metrics["rnn"].update(rnn_metrics)
-        cluster_info = {
-            "method": cluster,
-            "level": "series" if (level == "unit" and layout == "obs-series") else level,
-            "n_clusters": n_found,
-            "resolution": float(resolution),
-        }
-        if centers is not None:
-            arrays["cluster_centers"] = centers.astype(np.float64)
-        log.info(
-            "%s: %d clusters of %d %s", cluster, n_found, len(codes), level_name(layout, level)
-        )
+        clusters = cluster_embedding(
+            target, index, level, usable, fitted, labels, enc.values, cluster, n_clusters,
+            resolution, n_latent, seed, key,
+        )  # fmt: skip
+        written.append(clusters.written)
+        metrics["rnn"].update(clusters.rnn_metrics)
+        metrics["baseline"], reports = clusters.baseline_metrics, clusters.reports
+        cluster_info, arrays = clusters.info, clusters.arrays
     config["cluster"] = cluster_info or {}
     return run.finish(
         config,
@@ -332,68 +287,3 @@ normalize, n_top_genes, gene_subset
         arrays=arrays,
         title=f"{scored_on} units (reconstruction)" + (" and clustered units" * bool(cluster)),
     )
-
-
-def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
-    rows, mats = ("var", "varm") if layout == "var-series" else ("obs", "obsm")
-    out = [(mats, f"X_{key}")]
-    if layout == "obs-series":
-        out.append((mats, f"X_{key}_series"))
-    return [*out, (rows, f"{key}_cluster"), (rows, f"{key}_split"), ("uns", key)]
-
-
-def _write_embedding(target, index: SequenceIndex, latent, step_latent, key) -> list[str]:
-    unit_latent = broadcast_to_rows(index, pool_units(index, latent)).astype(np.float32)
-    if index.layout != "obs-series":
-        return [index.write_matrix(target, f"X_{key}", unit_latent)]
-    per_step = scatter_steps(index, step_latent).astype(np.float32)
-    return [
-        index.write_matrix(target, f"X_{key}", per_step),
-        index.write_matrix(target, f"X_{key}_series", unit_latent),
-    ]
-
-
-def apply_embedding(opened: OpenedModel, key: str, batch_size: int) -> dict:
-    """Embed new data with a saved autoencoder; k-means models also assign clusters.
-
-    Each unit (or observation, for step-level clusters) goes to the nearest training k-means
-    centre; units missing more than the model's ``max_missing`` get no cluster. With the
-    training ``eval_label`` present in the data, ARI and NMI are reported.
-    """
-    model, index, target = opened.model, opened.index, opened.target
-    steps = model.layout == "obs-series"
-    enc = opened.stream(
-        lambda x, n: embed_sequences(model.module, x, n, opened.device, batch_size, steps=steps),
-        batch_size,
-    )
-    latent, step_latent, errors = enc.outputs
-    written = _write_embedding(target, index, latent, step_latent, key)
-    missing = enc.missing_fraction(model.preprocessor)
-    usable = pool_units(index, missing) <= float(model.config.get("max_missing", 1.0))
-    metrics = {
-        "rnn": reconstruction_metrics(errors, index.sequences_of_units(np.flatnonzero(usable)))
-    }
-    out = {"written": written, "n_imputed": enc.imputed, "metrics": metrics}
-    info = model.config.get("cluster") or {}
-    centers = model.arrays.get("cluster_centers")
-    if info.get("method") != "kmeans" or centers is None:
-        return out
-    level = "step" if info.get("level") == "step" else "unit"
-    members, steps, x = clustered_members(index, level, usable, latent, step_latent)
-    codes = nearest_centre(x, centers)
-    written.append(write_clusters(target, index, level, codes, members, len(centers), key))
-    label_key = opened.spec.get("eval_label")
-    if label_key and label_key in index.frame(target).columns and len(codes):
-        try:
-            labels = read_labels(target, index, label_key, max_missing_fraction=1.0)
-        except InputError:
-            return out
-        if level == "unit" and labels.level == "step":
-            return out
-        truth = clustered_truth(labels, index, members, steps)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rnn_metrics, report = clustering_metrics(x, codes, truth, labels.classes, 0)
-        out["metrics"]["rnn"].update(rnn_metrics)
-        out["cluster_report"] = {"rnn": report}
-    return out

@@ -21,17 +21,17 @@ import torch
 from anndata import AnnData
 
 from ..attribution import (
-    BASELINES,
-    METHODS,
     attribute,
     baseline_values,
+    check_settings,
     classifier_jobs,
-    completeness_report,
     explained_only,
     explained_step_times,
     forecaster_inputs,
     forecaster_jobs,
+    log_completeness,
     subsample,
+    write_importances,
 )
 from ..errors import InputError
 from ..io import versions
@@ -39,7 +39,7 @@ from ..model import Model
 from ..networks.classifier import predict_proba
 from ..preprocessing import encode
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
-from ..sequences import check_output_key
+from ..sequences import Layout, check_output_key
 
 log = logging.getLogger("anndata_rnn")
 
@@ -134,37 +134,16 @@ def explain(
     check_output_key(key_added)
     if isinstance(model, str):
         model = Model.load(model)
-    if method not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if baseline not in BASELINES:
-        raise InputError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
-    if method == "input_x_gradient" and baseline != "mean":
-        raise InputError("method input_x_gradient works against the mean baseline only")
-    if not isinstance(n_steps, int | np.integer) or n_steps < 1:
-        raise InputError(f"n_steps must be an integer >= 1, got {n_steps!r}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    if max_per_class is not None and max_per_class < 1:
-        raise InputError(f"max_per_class must be >= 1, got {max_per_class}")
-    if model.task not in ("classify", "forecast"):
-        raise InputError(
-            f"explain works on classifiers and forecasters, not on {model.task!r} models"
-        )
-
+    check_settings(model, method, baseline, n_steps, batch_size, max_per_class)
     prep = model.preprocessor
-    if baseline == "zero" and prep.scale == "sequence":
-        raise InputError(
-            "baseline 'zero' needs a model with scale='feature' (this one z-scores each sequence,"
-            " where no expression has no fixed value): use baseline 'mean'"
-        )
     key = key_added
-    gene_level = model.layout != "var-series"
+    gene_level = not Layout.of(model.layout).one_feature
 
     def check_targets(target, model):
         targets = []
         if gene_level:
             targets += [("var", f"{key}_importance"), ("varm", f"{key}_importance")]
-        if model.layout != "profile":
+        if Layout.of(model.layout).is_time_series:
             targets.append(("obsm", f"{key}_step_importance"))
         check_keys_free(target, targets, overwrite)
         _check_uns(target, key, model, overwrite)
@@ -200,7 +179,9 @@ def explain(
         jobs = subsample(jobs, max_per_class, seed)
 
     n_channels = values.shape[-1]
-    n_expression = n_channels - 1 if (prep.use_time and model.layout != "profile") else n_channels
+    n_expression = (
+        n_channels - 1 if (prep.use_time and Layout.of(model.layout).is_time_series) else n_channels
+    )
     base = baseline_values(values, lengths, prep, baseline, n_expression, model.layout)
     result = attribute(
         output,
@@ -218,57 +199,11 @@ def explain(
         quiet=quiet,
     )
 
-    written = []
+    written, uns_extra, step_importance = write_importances(
+        out, result, prep, source, len(columns), key, model.layout
+    )
     n_done = result["count"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = result["gene_sum"] / n_done[None, :]
-        overall = result["gene_abs"] / max(int(n_done.sum()), 1)
-        step_importance = result["step_sum"] / result["step_count"]
-    n_model_features = len(prep.features)
-    feature_importance = per_class[:n_model_features] if gene_level else None
-    feature_overall = overall[:n_model_features] if gene_level else None
-    uns_extra = {}
-    if gene_level and prep.source_kind != "rep":
-        # for each var row, the position of its gene among the model's features (-1 if absent)
-        var_rows = pd.Index(prep.features).get_indexer(source.feature_names)
-        present = var_rows >= 0
-        varm = np.full((out.n_vars, len(columns)), np.nan)
-        varm[present] = feature_importance[var_rows[present]]
-        var_overall = np.full(out.n_vars, np.nan)
-        var_overall[present] = feature_overall[var_rows[present]]
-        out.varm[f"{key}_importance"] = varm
-        out.var[f"{key}_importance"] = var_overall
-        written += [f"varm/{key}_importance", f"var/{key}_importance"]
-    elif gene_level:  # obsm representation: the features are not genes
-        uns_extra["features"] = np.asarray(prep.features, dtype=object)
-        uns_extra["feature_importance"] = feature_importance
-        uns_extra["feature_overall_importance"] = feature_overall
-        written.append(f"uns/{key}/feature_importance")
-    if model.layout != "profile":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rows = result["row_sum"] / result["row_count"]
-        out.obsm[f"{key}_step_importance"] = rows
-        written.append(f"obsm/{key}_step_importance")
-
-    completeness = completeness_report(result, method)
-    if completeness:
-        log.info(
-            "completeness: mean |sum of attributions - (f(x) - f(baseline))| = %.3g, "
-            "%.2g%% of mean |f(x) - f(baseline)| = %.3g; %.0f%% of the sequences within 5%%",
-            completeness["mean_abs_delta"],
-            100 * completeness["relative_delta"],
-            completeness["mean_abs_difference"],
-            100 * completeness["fraction_within_5_percent"],
-        )
-        if completeness["relative_delta"] > 0.05:
-            log.warning(
-                "integrated gradients did not fully converge (mean |delta| is %.2g of mean "
-                "|f(x) - f(baseline)|; %.0f%% of the sequences within 5%%): raise n_steps "
-                "(e.g. to %d) for exact attributions",
-                completeness["relative_delta"],
-                100 * completeness["fraction_within_5_percent"],
-                4 * n_steps,
-            )
+    completeness = log_completeness(result, method, n_steps)
     step_times, step_note = explained_step_times(index, jobs)
     column_key = "classes" if model.task == "classify" else "targets"
     explain_record = {

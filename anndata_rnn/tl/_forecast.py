@@ -13,71 +13,76 @@ import logging
 import numpy as np
 from anndata import AnnData
 
-from ..baselines import ar_parameters, fit_linear_ar, resolve_ar_form
 from ..errors import InputError
 from ..forecasting import (
+    AR_FORM_TEXT,
     check_settings,
-    choose_ar_rank,
-    evaluate,
+    fit_ar_baseline,
     fit_cautions,
-    log_metrics,
+    forecast_config,
+    output_targets,
     parse_future,
     predict_all,
-    train_forecaster,
+    score_forecasts,
+    train_with_ablation,
     write_forecasts,
 )
 from ..networks import architecture
+from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor, encode
-from ..runs import OpenedModel, check_keys_free, start_training, task_api
-from ..sequences import SequenceSpec
+from ..runs import check_keys_free, start_training, task_api
+from ..sequences import Layout, SequenceSpec
 from ..training import TrainConfig
 
 log = logging.getLogger("anndata_rnn")
 
+#: the defaults of forecast (:mod:`anndata_rnn.options`: the command line has the same)
+DEFAULT = DEFAULTS["forecast"]
+
 AR_FORM_CHOICES = ("auto", "dense", "per_gene")
-AR_FORM_TEXT = {"dense": "dense", "per_gene": "per-gene"}
 
 
 @task_api
+@doc_params(**DOCS)
 def forecast(
     adata: AnnData,
     *,
-    layout: str = "obs-series",
-    series_key: str | None = None,
-    time_key: str | None = None,
-    series_subset: list[str] | None = None,
-    layer: str | None = None,
-    use_rep: str | None = None,
-    normalize: str = "auto",
-    n_top_genes: int | None = None,
-    gene_subset: str | None = None,
-    horizon: int | None = None,
-    future_times=None,
-    holdout_steps: int = 0,
-    loss: str = "mse",
-    residual: bool = True,
-    ar_lags: int = 3,
-    linear_path: bool = True,
-    ar_form: str = "auto",
-    hidden=(128, 64),
-    cell: str = "lstm",
-    bidirectional: bool = False,
-    dropout: float = 0.2,
-    max_epochs: int = 100,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    patience: int = 10,
-    min_steps: int | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    split_key: str | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    amp: bool = False,
-    key_added: str = "rnn",
-    overwrite: bool = False,
-    quiet: bool = False,
-    copy: bool = False,
+    layout: str = DEFAULT.layout,
+    series_key: str | None = DEFAULT.series_key,
+    time_key: str | None = DEFAULT.time_key,
+    series_subset: list[str] | None = DEFAULT.series_subset,
+    layer: str | None = DEFAULT.layer,
+    use_rep: str | None = DEFAULT.use_rep,
+    normalize: str = DEFAULT.normalize,
+    n_top_genes: int | str | None = DEFAULT.n_top_genes,
+    gene_subset: str | None = DEFAULT.gene_subset,
+    horizon: int | None = DEFAULT.horizon,
+    future_times=DEFAULT.future_times,
+    holdout_steps: int = DEFAULT.holdout_steps,
+    loss: str = DEFAULT.loss,
+    residual: bool = DEFAULT.residual,
+    ar_lags: int = DEFAULT.ar_lags,
+    linear_path: bool = DEFAULT.linear_path,
+    ar_form: str = DEFAULT.ar_form,
+    hidden=DEFAULT.hidden,
+    cell: str = DEFAULT.cell,
+    bidirectional: bool = DEFAULT.bidirectional,
+    dropout: float = DEFAULT.dropout,
+    max_epochs: int = DEFAULT.max_epochs,
+    batch_size: int = DEFAULT.batch_size,
+    lr: float = DEFAULT.lr,
+    patience: int = DEFAULT.patience,
+    min_steps: int | None = DEFAULT.min_steps,
+    val_fraction: float = DEFAULT.val_fraction,
+    test_fraction: float = DEFAULT.test_fraction,
+    split_key: str | None = DEFAULT.split_key,
+    seed: int = DEFAULT.seed,
+    device: str = DEFAULT.device,
+    amp: bool = DEFAULT.amp,
+    key_added: str = DEFAULT.key_added,
+    overwrite: bool = DEFAULT.overwrite,
+    quiet: bool = DEFAULT.quiet,
+    copy: bool = DEFAULT.copy,
 ):
     """Train an LSTM/GRU forecaster of time-course expression and write its forecasts.
 
@@ -94,11 +99,7 @@ def forecast(
         an input of the network, so irregular sampling (0, 5, 12, 21 h, ...) is handled.
     series_subset
         Only these series (e.g. ``["cdc15"]``).
-    layer, use_rep
-        Read ``layers[layer]`` or ``obsm[use_rep]`` instead of X.
-    normalize, n_top_genes, gene_subset
-        As in :func:`anndata_rnn.tl.classify` (in var-series ``gene_subset`` selects which genes
-        become sequences).
+    {doc_reading}
     horizon
         Steps to forecast beyond the end of every sequence (autoregressive rollout), written to
         ``uns[key]["future"]``. Default 1 (or ``len(future_times)``); 0 writes no future.
@@ -141,8 +142,7 @@ def forecast(
         Split of the units (series or genes), seeded, or from a train/val/test column. With
         ``holdout_steps`` nothing is fitted on any unit's last K steps (a pure temporal
         holdout): the headline metric is the rollout of the test units' last K steps.
-    seed, device, amp, key_added, overwrite, quiet, copy
-        As in :func:`anndata_rnn.tl.classify`.
+    {doc_run}
 
     Returns
     -------
@@ -205,61 +205,19 @@ def forecast(
         fit_index=train_index,
     )
     ids = run.ids
-    n_inputs, n_outputs = int(train_enc.values.shape[-1]), int(train_enc.n_features)
-    form = resolve_ar_form(ar_form, n_outputs)
-    arch = {**run.architecture, "linear_path": bool(linear_path), "ar_form": form}
-    config = {
-        "task": "forecast",
-        "layout": layout,
-        "keys": spec.keys(),
-        "architecture": arch,
-        "n_inputs": n_inputs,
-        "n_outputs": n_outputs,
-        "residual": bool(residual),
-        "horizon": int(horizon),
-        "future_times": [float(t) for t in future_times] if future_times is not None else [],
-        "holdout_steps": int(holdout_steps),
-        "loss": loss,
-        "ar_lags": int(ar_lags),
-        "train": {
-            **run.train_config.to_dict(),
-            "val_fraction": val_fraction,
-            "test_fraction": test_fraction,
-            "split_key": split_key,
-        },
-        "seed": seed,
-    }
+    config = forecast_config(
+        run, spec, train_enc, ar_form, linear_path, residual, horizon, future_times,
+        holdout_steps, loss, ar_lags, val_fraction, test_fraction, split_key, seed,
+    )  # fmt: skip
+    arch, form = config["architecture"], config["architecture"]["ar_form"]
     # the linear AR baseline, fitted on the same training steps; the AR path starts from it
-    ar = fit_linear_ar(train_enc, prep, ids["train"], ar_lags, form)
-    ar, rank_rollout = choose_ar_rank(train_enc, prep, ids, ar_lags, holdout_steps, ar)
-    rank = int(getattr(ar, "rank_", 0))
-    if form == "per_gene":
-        arch["ar_rank"] = rank
-    n_ar = ar_parameters(form, ar_lags, n_inputs, n_outputs, rank)
-    log.info("linear AR: %s, %d parameters (%d features)", form, n_ar, n_outputs)
-    ar_description = (
-        f"{AR_FORM_TEXT[form]} ridge regression (alpha {ar.alpha_:g}, {n_ar} parameters) of the "
-        f"change to the next step on the last {ar_lags} steps"
-        + (" and their time gaps" if prep.use_time else "")
-        + (f", plus their scores on {rank} principal axes" if rank else "")
+    ar, rank_rollout, rank, n_ar, ar_description = fit_ar_baseline(
+        train_enc, prep, ids, ar_lags, holdout_steps, arch
     )
-    trained = {}
-    alone = {**config, "architecture": {**arch, "linear_path": True, "recurrent": False}}
-    for name, model_config in (("rnn", config), ("linear_path", alone)):
-        description = f"forecast ({layout})" if name == "rnn" else "linear path alone"
-        trained[name] = train_forecaster(
-            model_config,
-            train_enc,
-            prep,
-            ids,
-            ar,
-            run.train_config,
-            device=run.device,
-            seed=seed,
-            quiet=quiet,
-            description=description,
-        )
-    (module, history), (alone_module, alone_history) = trained["rnn"], trained["linear_path"]
+    (module, history), (alone_module, alone_history) = train_with_ablation(
+        config, train_enc, prep, ids, ar, run.train_config, device=run.device, seed=seed,
+        quiet=quiet,
+    )  # fmt: skip
     full_enc = train_enc if train_index is index else encode(index, run.source, prep)
     context_enc = train_enc  # every sequence without its held-out steps (all of it when K = 0)
     results = predict_all(
@@ -283,19 +241,9 @@ def forecast(
         log.info(caution)
     cautions += failed
 
-    eval_ids = ids["test"]
-    if holdout_steps and not len(eval_ids):
-        eval_ids = np.arange(index.n_sequences)
-    metrics, evaluation = {}, {}
-    if len(eval_ids):
-        metrics, evaluation = evaluate(index, full_enc, prep, results, eval_ids, holdout_steps)
-        metrics["linear_ar"]["model"] = ar_description
-        metrics["linear_path"]["model"] = "the AR path alone, trained the same way"
-        metrics["persistence"]["model"] = "the last observed value"
-        evaluation["units"] = "test" if len(ids["test"]) else "all"
-        log_metrics(metrics, evaluation)
-    else:
-        log.warning("no test split and no held-out steps: no metrics computed")
+    metrics, evaluation = score_forecasts(
+        index, full_enc, prep, results, ids, holdout_steps, ar_description
+    )
 
     written = [*write_forecasts(target, index, prep, run.source, results, key), run.write_split()]
     return run.finish(
@@ -323,7 +271,7 @@ def forecast(
             "normalized": prep.normalize,
             "n_features": train_enc.n_features,
             "features": np.asarray(prep.features, dtype=object)
-            if layout == "obs-series"
+            if Layout.of(layout).steps_are_observations
             else np.asarray(["value"], dtype=object),
             "n_imputed": full_enc.imputed,
             "units": "log1p(normalize_total)" if prep.normalize else "input",
@@ -343,54 +291,3 @@ def evaluation_title(evaluation: dict) -> str:
         return "test split"
     units = "test" if evaluation.get("units") == "test" else "all"
     return f"{units} sequences ({evaluation['n_sequences']}), {evaluation['kind']}"
-
-
-def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
-    """The keys a forecaster writes (checked before anything is computed)."""
-    rows, mats = ("var", "varm") if layout == "var-series" else ("obs", "obsm")
-    forecast_matrix = ("varm" if layout == "var-series" else "obsm", f"{key}_forecast")
-    return [
-        (rows, f"{key}_split"),
-        ("layers", f"{key}_forecast"),
-        forecast_matrix,
-        (mats, f"X_{key}"),
-        ("uns", key),
-    ]
-
-
-def apply_forecaster(opened: OpenedModel, key: str, batch_size: int) -> dict:
-    """Forecast with a saved forecaster; writes the same keys as training (no split).
-
-    The held-out steps (``holdout_steps`` of the training run) are forecast again by rollout
-    and scored for the RNN and persistence on every sequence of the new data (all of them are
-    unseen); the linear AR baseline is not stored in the model file.
-    """
-    model, index, source = opened.model, opened.index, opened.source
-    config, prep = model.config, model.preprocessor
-    holdout_steps = int(config.get("holdout_steps", 0))
-    future_times = config.get("future_times") or None
-    index.check_holdout(holdout_steps)
-    index.check_future_after(future_times)
-    full_enc = encode(index, source, prep)
-    context_enc = encode(index.truncate(holdout_steps), source, prep) if holdout_steps else full_enc
-    results = predict_all(
-        model.module,
-        prep,
-        index,
-        full_enc,
-        context_enc,
-        config,
-        future_times,
-        opened.device,
-        batch_size=batch_size,
-    )
-    written = write_forecasts(opened.target, index, prep, source, results, key)
-    out = {"written": written, "n_imputed": full_enc.imputed, **results.uns_entries()}
-    metrics, evaluation = evaluate(
-        index, full_enc, prep, results, np.arange(index.n_sequences), holdout_steps
-    )
-    metrics.pop("linear_ar", None)
-    evaluation["units"] = "all"
-    out["metrics"] = metrics
-    out["evaluation"] = evaluation
-    return out

@@ -8,21 +8,26 @@ import h5py
 import numpy as np
 from anndata import AnnData
 
+from ..classification import apply_classifier
+from ..classification import output_targets as classifier_targets
+from ..embedding import apply_embedding
+from ..embedding import output_targets as embedding_targets
 from ..errors import InputError
+from ..forecasting import apply_forecaster
+from ..forecasting import output_targets as forecaster_targets
 from ..io import versions
 from ..model import Model
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
 from ..sequences import check_output_key
 from ..streaming import DEFAULT_CHUNK_ROWS
-from . import _classify, _embed, _forecast
 
 log = logging.getLogger("anndata_rnn")
 
 #: task -> (function applying a saved model, function listing the keys it writes)
 APPLIERS = {
-    "classify": (_classify.apply_classifier, _classify.output_targets),
-    "forecast": (_forecast.apply_forecaster, _forecast.output_targets),
-    "embed": (_embed.apply_embedding, _embed.output_targets),
+    "classify": (apply_classifier, classifier_targets),
+    "forecast": (apply_forecaster, forecaster_targets),
+    "embed": (apply_embedding, embedding_targets),
 }
 #: what the metrics of a prediction were computed on, per task
 TITLES = {
