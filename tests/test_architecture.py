@@ -169,3 +169,16 @@ def test_no_tl_function_is_long():
                 if n > STILL_LONGER.get(node.name, MAX_TASK_CODE_LINES):
                     too_long[f"{path.name}:{node.name}"] = n
     assert not too_long, too_long
+
+
+def test_the_cli_never_reads_uns():
+    """The commands print what a tool returns (``TaskResult``), never an AnnData's ``uns``
+    (``inspect``, which describes a file, lists its keys)."""
+    readers = []
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        if path.name == "inspect_cmd.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "uns":
+                readers.append(f"{path.name}:{node.lineno}")
+    assert not readers, readers

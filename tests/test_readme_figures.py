@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 REGISTRY = Path(__file__).resolve().parent / "readme_figures.toml"
 UNITS = r"(?:s|ms|MB|GB|GiB|MiB|%)"
-DECIMAL = re.compile(r"(?<![\w.\-/])(\d[\d,]*\.\d+)(?![\w.])")
+DECIMAL = re.compile(r"(?<![\w.\-/])(\d[\d,]*\.\d+)(?!\w|\.\d)")
 WITH_UNIT = re.compile(r"(?<![\w.\-/,])(\d[\d,]*)\s?" + UNITS + r"(?!\w)")
 SOURCES = {"test", "benchmark", "setting", "cited"}
 
