@@ -43,8 +43,10 @@
 #'   all; 0 = all genes. CLI default: \code{auto}.
 #' @param gene_subset Passed as \code{--gene-subset}. Boolean var column selecting the
 #'   genes to use.
-#' @param key_added Passed as \code{--key-added}. Prefix of the output keys (letters,
-#'   digits, '_' and '-'). CLI default: \code{rnn}.
+#' @param scale Passed as \code{--scale} (one of \code{"auto"}, \code{"feature"},
+#'   \code{"sequence"}). feature: standardize with training statistics; sequence: z-score
+#'   each sequence; auto: sequence for a univariate shape problem (one label per series, more
+#'   than 64 steps, one channel), else feature. CLI default: \code{auto}.
 #' @param hidden Passed as \code{--hidden}. Sizes of the stacked recurrent layers, comma
 #'   separated. CLI default: \code{128,64}.
 #' @param cell Passed as \code{--cell} (one of \code{"lstm"}, \code{"gru"}).  CLI default:
@@ -52,6 +54,13 @@
 #' @param bidirectional \code{TRUE} passes \code{--bidirectional}. Bidirectional recurrent
 #'   layers.
 #' @param dropout Passed as \code{--dropout}.  CLI default: \code{0.2}.
+#' @param linear_path \code{TRUE} passes \code{--linear-path}, \code{FALSE}
+#'   \code{--no-linear-path}. A linear path beside the recurrence (logistic /
+#'   autoregressive), trained jointly; the linear path alone is always reported beside it.
+#'   CLI default: \code{TRUE}.
+#' @param conv Passed as \code{--conv}. Convolutional branch beside the recurrence
+#'   (LSTM-FCN), one label per series: 1 to 3 channel sizes like 64,64,64, none, or auto
+#'   (64,64,64 for a shape problem, else none). CLI default: \code{auto}.
 #' @param epochs Passed as \code{--epochs}. Maximum number of epochs. CLI default:
 #'   \code{100}.
 #' @param batch_size Passed as \code{--batch-size}.  CLI default: \code{64}.
@@ -60,37 +69,31 @@
 #'   improvement. CLI default: \code{10}.
 #' @param min_steps Passed as \code{--min-steps}. Train at least this many optimizer steps,
 #'   however small the data [default: 600, or the environment's ANNDATA_RNN_MIN_STEPS].
-#' @param linear_path \code{TRUE} passes \code{--linear-path}, \code{FALSE}
-#'   \code{--no-linear-path}. A linear path beside the recurrence (logistic /
-#'   autoregressive), trained jointly; the linear path alone is always reported beside it.
-#'   CLI default: \code{TRUE}.
+#' @param class_weights \code{TRUE} passes \code{--class-weights}. Balanced class weights
+#'   (imbalanced labels).
 #' @param val_fraction Passed as \code{--val-fraction}.  CLI default: \code{0.15}.
 #' @param test_fraction Passed as \code{--test-fraction}.  CLI default: \code{0.15}.
 #' @param split_key Passed as \code{--split-key}. Column (obs or var) holding
 #'   train/val/test.
-#' @param model_out Passed as \code{--model-out}. Where to write the model file (HDF5).
-#'   Default here: a new file in \code{tempdir()} (kept for the R session); its path is in
-#'   \code{metadata(x)$<key>$model_path}.
-#' @param metrics_table Passed as \code{--metrics-table}. Also write the metrics as a TSV
-#'   (metric, rnn, baseline...).
-#' @param class_weights \code{TRUE} passes \code{--class-weights}. Balanced class weights
-#'   (imbalanced labels).
 #' @param cv Passed as \code{--cv}. K-fold cross-validation by unit: per-fold metrics, mean
 #'   +/- sd and the paired difference RNN - baseline with a 95\% interval; out-of-fold
-#'   predictions are written.
-#' @param scale Passed as \code{--scale} (one of \code{"auto"}, \code{"feature"},
-#'   \code{"sequence"}). feature: standardize with training statistics; sequence: z-score
-#'   each sequence; auto: sequence for a univariate shape problem (one label per series, more
-#'   than 64 steps, one channel), else feature. CLI default: \code{auto}.
-#' @param conv Passed as \code{--conv}. Convolutional branch beside the recurrence
-#'   (LSTM-FCN), one label per series: 1 to 3 channel sizes like 64,64,64, none, or auto
-#'   (64,64,64 for a shape problem, else none). CLI default: \code{auto}.
+#'   predictions are written, and \{key\}_fold says which fold tested each unit.
+#' @param group_key Passed as \code{--group-key}. Column (obs or var) naming each unit's
+#'   group (donor, sample, batch): the units of one group go to one part of the split and are
+#'   tested in one --cv fold.
 #' @param stream Passed as \code{--stream} (one of \code{"auto"}, \code{"always"},
 #'   \code{"never"}). profile: train without holding the cells in memory: X stays in the file
 #'   and batches are read and encoded as needed; auto = when the encoded cells would exceed 1
 #'   GiB; never = read the whole file into memory. CLI default: \code{auto}.
 #' @param chunk_rows Passed as \code{--chunk-rows}. Streamed training: cells read from the
 #'   file and shuffled together (bounds memory). CLI default: \code{8192}.
+#' @param key_added Passed as \code{--key-added}. Prefix of the output keys (letters,
+#'   digits, '_' and '-'). CLI default: \code{rnn}.
+#' @param model_out Passed as \code{--model-out}. Where to write the model file (HDF5).
+#'   Default here: a new file in \code{tempdir()} (kept for the R session); its path is in
+#'   \code{metadata(x)$<key>$model_path}.
+#' @param metrics_table Passed as \code{--metrics-table}. Also write the metrics as a TSV
+#'   (metric, rnn, baseline...).
 #' @param seed Passed as \code{--seed}. Seed (runs are reproducible). CLI default:
 #'   \code{0}.
 #' @param device Passed as \code{--device} (one of \code{"auto"}, \code{"cpu"},
@@ -141,28 +144,29 @@ rnnClassify <- function(x,
     normalize = NULL,
     n_top_genes = NULL,
     gene_subset = NULL,
-    key_added = NULL,
+    scale = NULL,
     hidden = NULL,
     cell = NULL,
     bidirectional = NULL,
     dropout = NULL,
+    linear_path = NULL,
+    conv = NULL,
     epochs = NULL,
     batch_size = NULL,
     lr = NULL,
     patience = NULL,
     min_steps = NULL,
-    linear_path = NULL,
+    class_weights = NULL,
     val_fraction = NULL,
     test_fraction = NULL,
     split_key = NULL,
-    model_out = NULL,
-    metrics_table = NULL,
-    class_weights = NULL,
     cv = NULL,
-    scale = NULL,
-    conv = NULL,
+    group_key = NULL,
     stream = NULL,
     chunk_rows = NULL,
+    key_added = NULL,
+    model_out = NULL,
+    metrics_table = NULL,
     seed = NULL,
     device = NULL,
     amp = NULL,
@@ -200,10 +204,6 @@ rnnClassify <- function(x,
 #' @param time_key Passed as \code{--time-key}. obs column with numeric time points.
 #' @param series_subset Passed as \code{--series-subset}. Only these series, comma
 #'   separated (e.g. cdc15).
-#' @param order_key Passed as \code{--order-key}. profile: var column giving the gene
-#'   order.
-#' @param chunk_size Passed as \code{--chunk-size}. profile: genes per step. CLI default:
-#'   \code{32}.
 #' @param layer Passed as \code{--layer}. Read this layer instead of X.
 #' @param use_rep Passed as \code{--use-rep}. Read this obsm representation (e.g. X_pca)
 #'   instead of X.
@@ -215,13 +215,21 @@ rnnClassify <- function(x,
 #'   all; 0 = all genes. CLI default: \code{auto}.
 #' @param gene_subset Passed as \code{--gene-subset}. Boolean var column selecting the
 #'   genes to use.
-#' @param key_added Passed as \code{--key-added}. Prefix of the output keys (letters,
-#'   digits, '_' and '-'). CLI default: \code{rnn}.
 #' @param hidden Passed as \code{--hidden}. Sizes of the stacked recurrent layers, comma
 #'   separated. CLI default: \code{128,64}.
 #' @param cell Passed as \code{--cell} (one of \code{"lstm"}, \code{"gru"}).  CLI default:
 #'   \code{lstm}.
 #' @param dropout Passed as \code{--dropout}.  CLI default: \code{0.2}.
+#' @param linear_path \code{TRUE} passes \code{--linear-path}, \code{FALSE}
+#'   \code{--no-linear-path}. A linear path beside the recurrence (logistic /
+#'   autoregressive), trained jointly; the linear path alone is always reported beside it.
+#'   CLI default: \code{TRUE}.
+#' @param loss Passed as \code{--loss} (one of \code{"mse"}, \code{"huber"}). Training loss
+#'   on standardized values (huber is robust to outliers). CLI default: \code{mse}.
+#' @param no_residual \code{TRUE} passes \code{--no-residual}. Predict the next value
+#'   directly instead of the change from the current one.
+#' @param ar_lags Passed as \code{--ar-lags}. Steps seen by the linear autoregression
+#'   baseline. CLI default: \code{3}.
 #' @param epochs Passed as \code{--epochs}. Maximum number of epochs. CLI default:
 #'   \code{100}.
 #' @param batch_size Passed as \code{--batch-size}.  CLI default: \code{64}.
@@ -230,19 +238,12 @@ rnnClassify <- function(x,
 #'   improvement. CLI default: \code{10}.
 #' @param min_steps Passed as \code{--min-steps}. Train at least this many optimizer steps,
 #'   however small the data [default: 600, or the environment's ANNDATA_RNN_MIN_STEPS].
-#' @param linear_path \code{TRUE} passes \code{--linear-path}, \code{FALSE}
-#'   \code{--no-linear-path}. A linear path beside the recurrence (logistic /
-#'   autoregressive), trained jointly; the linear path alone is always reported beside it.
-#'   CLI default: \code{TRUE}.
 #' @param val_fraction Passed as \code{--val-fraction}.  CLI default: \code{0.15}.
 #' @param test_fraction Passed as \code{--test-fraction}.  CLI default: \code{0.15}.
 #' @param split_key Passed as \code{--split-key}. Column (obs or var) holding
 #'   train/val/test.
-#' @param model_out Passed as \code{--model-out}. Where to write the model file (HDF5).
-#'   Default here: a new file in \code{tempdir()} (kept for the R session); its path is in
-#'   \code{metadata(x)$<key>$model_path}.
-#' @param metrics_table Passed as \code{--metrics-table}. Also write the metrics as a TSV
-#'   (metric, rnn, baseline...).
+#' @param key_added Passed as \code{--key-added}. Prefix of the output keys (letters,
+#'   digits, '_' and '-'). CLI default: \code{rnn}.
 #' @param horizon Passed as \code{--horizon}. Steps to forecast beyond the end of every
 #'   series (rollout) into uns[KEY]['future']. Default 1, or the number of --future-times.
 #' @param future_times Passed as \code{--future-times}. Time points of those future steps,
@@ -251,12 +252,11 @@ rnnClassify <- function(x,
 #' @param holdout_steps Passed as \code{--holdout-steps}. Forecast the last K steps by
 #'   rollout and score them (of the test units; of all units with --test-fraction 0). 0:
 #'   score one-step-ahead forecasts of the test units. CLI default: \code{0}.
-#' @param loss Passed as \code{--loss} (one of \code{"mse"}, \code{"huber"}). Training loss
-#'   on standardized values (huber is robust to outliers). CLI default: \code{mse}.
-#' @param ar_lags Passed as \code{--ar-lags}. Steps seen by the linear autoregression
-#'   baseline. CLI default: \code{3}.
-#' @param no_residual \code{TRUE} passes \code{--no-residual}. Predict the next value
-#'   directly instead of the change from the current one.
+#' @param model_out Passed as \code{--model-out}. Where to write the model file (HDF5).
+#'   Default here: a new file in \code{tempdir()} (kept for the R session); its path is in
+#'   \code{metadata(x)$<key>$model_path}.
+#' @param metrics_table Passed as \code{--metrics-table}. Also write the metrics as a TSV
+#'   (metric, rnn, baseline...).
 #' @param seed Passed as \code{--seed}. Seed (runs are reproducible). CLI default:
 #'   \code{0}.
 #' @param device Passed as \code{--device} (one of \code{"auto"}, \code{"cpu"},
@@ -299,34 +299,32 @@ rnnForecast <- function(x,
     time_key = NULL,
     assay = NULL,
     series_subset = NULL,
-    order_key = NULL,
-    chunk_size = NULL,
     layer = NULL,
     use_rep = NULL,
     normalize = NULL,
     n_top_genes = NULL,
     gene_subset = NULL,
-    key_added = NULL,
     hidden = NULL,
     cell = NULL,
     dropout = NULL,
+    linear_path = NULL,
+    loss = NULL,
+    no_residual = NULL,
+    ar_lags = NULL,
     epochs = NULL,
     batch_size = NULL,
     lr = NULL,
     patience = NULL,
     min_steps = NULL,
-    linear_path = NULL,
     val_fraction = NULL,
     test_fraction = NULL,
     split_key = NULL,
-    model_out = NULL,
-    metrics_table = NULL,
+    key_added = NULL,
     horizon = NULL,
     future_times = NULL,
     holdout_steps = NULL,
-    loss = NULL,
-    ar_lags = NULL,
-    no_residual = NULL,
+    model_out = NULL,
+    metrics_table = NULL,
     seed = NULL,
     device = NULL,
     amp = NULL,
@@ -379,15 +377,11 @@ rnnForecast <- function(x,
 #'   all; 0 = all genes. CLI default: \code{auto}.
 #' @param gene_subset Passed as \code{--gene-subset}. Boolean var column selecting the
 #'   genes to use.
-#' @param key_added Passed as \code{--key-added}. Prefix of the output keys (letters,
-#'   digits, '_' and '-'). CLI default: \code{rnn}.
-#' @param n_latent Passed as \code{--n-latent}. Dimension of the latent embedding. CLI
-#'   default: \code{16}.
-#' @param linear_path \code{TRUE} passes \code{--linear-path}, \code{FALSE}
-#'   \code{--no-linear-path}. Start at PCA: a linear encoder/decoder initialized at the PCA
-#'   loadings, the recurrent part added on top from zero; the start is kept unless training
-#'   beats it on the validation units. The linear path alone and PCA are always reported
-#'   beside it. CLI default: \code{TRUE}.
+#' @param scale Passed as \code{--scale} (one of \code{"feature"}, \code{"sequence"}).
+#'   feature: standardize with training statistics; sequence: z-score each sequence (cluster
+#'   by temporal shape only). CLI default: \code{feature}.
+#' @param max_missing Passed as \code{--max-missing}. Units missing more than this fraction
+#'   of values are not trained on or clustered. CLI default: \code{0.5}.
 #' @param hidden Passed as \code{--hidden}. Sizes of the stacked encoder layers, comma
 #'   separated. CLI default: \code{64}.
 #' @param cell Passed as \code{--cell} (one of \code{"lstm"}, \code{"gru"}).  CLI default:
@@ -395,6 +389,13 @@ rnnForecast <- function(x,
 #' @param bidirectional \code{TRUE} passes \code{--bidirectional}. Bidirectional recurrent
 #'   layers.
 #' @param dropout Passed as \code{--dropout}.  CLI default: \code{0.0}.
+#' @param linear_path \code{TRUE} passes \code{--linear-path}, \code{FALSE}
+#'   \code{--no-linear-path}. Start at PCA: a linear encoder/decoder initialized at the PCA
+#'   loadings, the recurrent part added on top from zero; the start is kept unless training
+#'   beats it on the validation units. The linear path alone and PCA are always reported
+#'   beside it. CLI default: \code{TRUE}.
+#' @param n_latent Passed as \code{--n-latent}. Dimension of the latent embedding. CLI
+#'   default: \code{16}.
 #' @param epochs Passed as \code{--epochs}. Maximum number of epochs. CLI default:
 #'   \code{100}.
 #' @param batch_size Passed as \code{--batch-size}.  CLI default: \code{64}.
@@ -408,16 +409,14 @@ rnnForecast <- function(x,
 #'   default: \code{0.1}.
 #' @param split_key Passed as \code{--split-key}. Column (obs or var) holding
 #'   train/val/test.
-#' @param model_out Passed as \code{--model-out}. Where to write the model file (HDF5).
-#'   Default here: a new file in \code{tempdir()} (kept for the R session); its path is in
-#'   \code{metadata(x)$<key>$model_path}.
-#' @param metrics_table Passed as \code{--metrics-table}. Also write the metrics as a TSV
-#'   (metric, rnn, baseline...).
-#' @param scale Passed as \code{--scale} (one of \code{"feature"}, \code{"sequence"}).
-#'   feature: standardize with training statistics; sequence: z-score each sequence (cluster
-#'   by temporal shape only). CLI default: \code{feature}.
-#' @param max_missing Passed as \code{--max-missing}. Units missing more than this fraction
-#'   of values are not trained on or clustered. CLI default: \code{0.5}.
+#' @param stream Passed as \code{--stream} (one of \code{"auto"}, \code{"always"},
+#'   \code{"never"}). profile: train without holding the cells in memory: X stays in the file
+#'   and batches are read and encoded as needed; auto = when the encoded cells would exceed 1
+#'   GiB; never = read the whole file into memory. CLI default: \code{auto}.
+#' @param chunk_rows Passed as \code{--chunk-rows}. Streamed training: cells read from the
+#'   file and shuffled together (bounds memory). CLI default: \code{8192}.
+#' @param key_added Passed as \code{--key-added}. Prefix of the output keys (letters,
+#'   digits, '_' and '-'). CLI default: \code{rnn}.
 #' @param cluster Passed as \code{--cluster} (one of \code{"none"}, \code{"kmeans"},
 #'   \code{"leiden"}). Cluster the embedding (--eval-label implies kmeans). CLI default:
 #'   \code{none}.
@@ -431,12 +430,11 @@ rnnForecast <- function(x,
 #'   \code{auto}.
 #' @param eval_label Passed as \code{--eval-label}. Column (obs or var) with known groups:
 #'   ARI, NMI, silhouette and per-cluster enrichment, RNN vs PCA + k-means.
-#' @param stream Passed as \code{--stream} (one of \code{"auto"}, \code{"always"},
-#'   \code{"never"}). profile: train without holding the cells in memory: X stays in the file
-#'   and batches are read and encoded as needed; auto = when the encoded cells would exceed 1
-#'   GiB; never = read the whole file into memory. CLI default: \code{auto}.
-#' @param chunk_rows Passed as \code{--chunk-rows}. Streamed training: cells read from the
-#'   file and shuffled together (bounds memory). CLI default: \code{8192}.
+#' @param model_out Passed as \code{--model-out}. Where to write the model file (HDF5).
+#'   Default here: a new file in \code{tempdir()} (kept for the R session); its path is in
+#'   \code{metadata(x)$<key>$model_path}.
+#' @param metrics_table Passed as \code{--metrics-table}. Also write the metrics as a TSV
+#'   (metric, rnn, baseline...).
 #' @param seed Passed as \code{--seed}. Seed (runs are reproducible). CLI default:
 #'   \code{0}.
 #' @param device Passed as \code{--device} (one of \code{"auto"}, \code{"cpu"},
@@ -482,13 +480,14 @@ rnnEmbed <- function(x,
     normalize = NULL,
     n_top_genes = NULL,
     gene_subset = NULL,
-    key_added = NULL,
-    n_latent = NULL,
-    linear_path = NULL,
+    scale = NULL,
+    max_missing = NULL,
     hidden = NULL,
     cell = NULL,
     bidirectional = NULL,
     dropout = NULL,
+    linear_path = NULL,
+    n_latent = NULL,
     epochs = NULL,
     batch_size = NULL,
     lr = NULL,
@@ -496,17 +495,16 @@ rnnEmbed <- function(x,
     val_fraction = NULL,
     test_fraction = NULL,
     split_key = NULL,
-    model_out = NULL,
-    metrics_table = NULL,
-    scale = NULL,
-    max_missing = NULL,
+    stream = NULL,
+    chunk_rows = NULL,
+    key_added = NULL,
     cluster = NULL,
     n_clusters = NULL,
     resolution = NULL,
     cluster_level = NULL,
     eval_label = NULL,
-    stream = NULL,
-    chunk_rows = NULL,
+    model_out = NULL,
+    metrics_table = NULL,
     seed = NULL,
     device = NULL,
     amp = NULL,
@@ -720,28 +718,29 @@ rnnPredict <- function(x,
             normalize = "--normalize",
             n_top_genes = "--n-top-genes",
             gene_subset = "--gene-subset",
-            key_added = "--key-added",
+            scale = "--scale",
             hidden = "--hidden",
             cell = "--cell",
             bidirectional = "--bidirectional",
             dropout = "--dropout",
+            linear_path = "--linear-path",
+            conv = "--conv",
             epochs = "--epochs",
             batch_size = "--batch-size",
             lr = "--lr",
             patience = "--patience",
             min_steps = "--min-steps",
-            linear_path = "--linear-path",
+            class_weights = "--class-weights",
             val_fraction = "--val-fraction",
             test_fraction = "--test-fraction",
             split_key = "--split-key",
-            model_out = "--model-out",
-            metrics_table = "--metrics-table",
-            class_weights = "--class-weights",
             cv = "--cv",
-            scale = "--scale",
-            conv = "--conv",
+            group_key = "--group-key",
             stream = "--stream",
             chunk_rows = "--chunk-rows",
+            key_added = "--key-added",
+            model_out = "--model-out",
+            metrics_table = "--metrics-table",
             seed = "--seed",
             device = "--device",
             amp = "--amp",
@@ -763,28 +762,29 @@ rnnPredict <- function(x,
             normalize = "value",
             n_top_genes = "value",
             gene_subset = "value",
-            key_added = "value",
+            scale = "value",
             hidden = "value",
             cell = "value",
             bidirectional = "flag",
             dropout = "value",
+            linear_path = "pair",
+            conv = "value",
             epochs = "value",
             batch_size = "value",
             lr = "value",
             patience = "value",
             min_steps = "value",
-            linear_path = "pair",
+            class_weights = "flag",
             val_fraction = "value",
             test_fraction = "value",
             split_key = "value",
-            model_out = "value",
-            metrics_table = "value",
-            class_weights = "flag",
             cv = "value",
-            scale = "value",
-            conv = "value",
+            group_key = "value",
             stream = "value",
             chunk_rows = "value",
+            key_added = "value",
+            model_out = "value",
+            metrics_table = "value",
             seed = "value",
             device = "value",
             amp = "flag",
@@ -799,34 +799,32 @@ rnnPredict <- function(x,
             series_key = "--series-key",
             time_key = "--time-key",
             series_subset = "--series-subset",
-            order_key = "--order-key",
-            chunk_size = "--chunk-size",
             layer = "--layer",
             use_rep = "--use-rep",
             normalize = "--normalize",
             n_top_genes = "--n-top-genes",
             gene_subset = "--gene-subset",
-            key_added = "--key-added",
             hidden = "--hidden",
             cell = "--cell",
             dropout = "--dropout",
+            linear_path = "--linear-path",
+            loss = "--loss",
+            no_residual = "--no-residual",
+            ar_lags = "--ar-lags",
             epochs = "--epochs",
             batch_size = "--batch-size",
             lr = "--lr",
             patience = "--patience",
             min_steps = "--min-steps",
-            linear_path = "--linear-path",
             val_fraction = "--val-fraction",
             test_fraction = "--test-fraction",
             split_key = "--split-key",
-            model_out = "--model-out",
-            metrics_table = "--metrics-table",
+            key_added = "--key-added",
             horizon = "--horizon",
             future_times = "--future-times",
             holdout_steps = "--holdout-steps",
-            loss = "--loss",
-            ar_lags = "--ar-lags",
-            no_residual = "--no-residual",
+            model_out = "--model-out",
+            metrics_table = "--metrics-table",
             seed = "--seed",
             device = "--device",
             amp = "--amp",
@@ -840,34 +838,32 @@ rnnPredict <- function(x,
             series_key = "value",
             time_key = "value",
             series_subset = "value",
-            order_key = "value",
-            chunk_size = "value",
             layer = "value",
             use_rep = "value",
             normalize = "value",
             n_top_genes = "value",
             gene_subset = "value",
-            key_added = "value",
             hidden = "value",
             cell = "value",
             dropout = "value",
+            linear_path = "pair",
+            loss = "value",
+            no_residual = "flag",
+            ar_lags = "value",
             epochs = "value",
             batch_size = "value",
             lr = "value",
             patience = "value",
             min_steps = "value",
-            linear_path = "pair",
             val_fraction = "value",
             test_fraction = "value",
             split_key = "value",
-            model_out = "value",
-            metrics_table = "value",
+            key_added = "value",
             horizon = "value",
             future_times = "value",
             holdout_steps = "value",
-            loss = "value",
-            ar_lags = "value",
-            no_residual = "flag",
+            model_out = "value",
+            metrics_table = "value",
             seed = "value",
             device = "value",
             amp = "flag",
@@ -889,13 +885,14 @@ rnnPredict <- function(x,
             normalize = "--normalize",
             n_top_genes = "--n-top-genes",
             gene_subset = "--gene-subset",
-            key_added = "--key-added",
-            n_latent = "--n-latent",
-            linear_path = "--linear-path",
+            scale = "--scale",
+            max_missing = "--max-missing",
             hidden = "--hidden",
             cell = "--cell",
             bidirectional = "--bidirectional",
             dropout = "--dropout",
+            linear_path = "--linear-path",
+            n_latent = "--n-latent",
             epochs = "--epochs",
             batch_size = "--batch-size",
             lr = "--lr",
@@ -903,17 +900,16 @@ rnnPredict <- function(x,
             val_fraction = "--val-fraction",
             test_fraction = "--test-fraction",
             split_key = "--split-key",
-            model_out = "--model-out",
-            metrics_table = "--metrics-table",
-            scale = "--scale",
-            max_missing = "--max-missing",
+            stream = "--stream",
+            chunk_rows = "--chunk-rows",
+            key_added = "--key-added",
             cluster = "--cluster",
             n_clusters = "--n-clusters",
             resolution = "--resolution",
             cluster_level = "--cluster-level",
             eval_label = "--eval-label",
-            stream = "--stream",
-            chunk_rows = "--chunk-rows",
+            model_out = "--model-out",
+            metrics_table = "--metrics-table",
             seed = "--seed",
             device = "--device",
             amp = "--amp",
@@ -934,13 +930,14 @@ rnnPredict <- function(x,
             normalize = "value",
             n_top_genes = "value",
             gene_subset = "value",
-            key_added = "value",
-            n_latent = "value",
-            linear_path = "pair",
+            scale = "value",
+            max_missing = "value",
             hidden = "value",
             cell = "value",
             bidirectional = "flag",
             dropout = "value",
+            linear_path = "pair",
+            n_latent = "value",
             epochs = "value",
             batch_size = "value",
             lr = "value",
@@ -948,17 +945,16 @@ rnnPredict <- function(x,
             val_fraction = "value",
             test_fraction = "value",
             split_key = "value",
-            model_out = "value",
-            metrics_table = "value",
-            scale = "value",
-            max_missing = "value",
+            stream = "value",
+            chunk_rows = "value",
+            key_added = "value",
             cluster = "value",
             n_clusters = "value",
             resolution = "value",
             cluster_level = "value",
             eval_label = "value",
-            stream = "value",
-            chunk_rows = "value",
+            model_out = "value",
+            metrics_table = "value",
             seed = "value",
             device = "value",
             amp = "flag",
