@@ -749,16 +749,35 @@ def log_cv(record: dict) -> None:
             )
 
 
-def output_targets(layout: str, key: str) -> list[tuple[str, str]]:
+def output_targets(layout: str, key: str, folds: bool = False) -> list[tuple[str, str]]:
+    """Where a classifier writes (``folds``: the ``{key}_fold`` column of a cross-validation)."""
     rows, mats = Layout.of(layout).unit_axis, Layout.of(layout).unit_matrices
     return [
         (rows, f"{key}_pred"),
         (rows, f"{key}_conf"),
         (rows, f"{key}_split"),
+        *([(rows, f"{key}_fold")] if folds else []),
         (mats, f"{key}_proba"),
         (mats, f"X_{key}"),
         ("uns", key),
     ]
+
+
+def split_units(labels: Labels, index: SequenceIndex) -> tuple[np.ndarray, np.ndarray | None]:
+    """Which units a split may use and their strata: labelled units by their class; with
+    obs-series step labels, every unit with a labelled step (no strata)."""
+    if labels.level == "unit":  # split by unit (series / gene / cell)
+        return labels.codes >= 0, labels.codes
+    targets = labels.sequence_targets(index, np.arange(index.n_sequences))
+    return (targets >= 0).any(1), None
+
+
+def check_split_settings(cv, group_key, split_key) -> None:
+    """A split column fixes the split: it excludes cross-validation and groups."""
+    if (cv or group_key) and split_key is not None:
+        raise InputError(
+            "a split column (split_key) fixes the split: give cv or group_key, or split_key, not both"
+        )
 
 
 def apply_classifier(opened, key: str, batch_size: int) -> dict:

@@ -318,6 +318,17 @@ class TrainingRun:
         )
         return random_subset(fit_ids, keep, self.seed)
 
+    def preprocessing_record(self, n_imputed: int, **extra) -> dict:
+        """What the record says of the fitted preprocessing (``extra``: a task's own entries)."""
+        prep = self.prep
+        return {
+            "normalized": prep.normalize,
+            **extra,
+            "n_features": len(prep.features),
+            "n_imputed": n_imputed,
+            "fitted_on_sequences": self.fit_sequences,
+        }
+
     def stream_params(self, stream, chunk_rows: int, batch_size: int) -> dict:
         """The record of streaming: as asked, whether the run streamed, the buffer size and the
         order of the training batches (:func:`~anndata_rnn.training.batch_order`)."""

@@ -16,7 +16,6 @@ from ..classification import (
     train_classifier,
     write_results,
 )
-from ..errors import InputError
 from ..networks import architecture
 from ..options import DEFAULTS, DOCS, doc_params
 from ..preprocessing import Preprocessor
@@ -179,14 +178,9 @@ def classify(
     labels = read_labels(target, run.index, label_key)
     for note in labels.notes:
         log.info(note)
-    fold_target = [(output_targets(layout, key)[0][0], f"{key}_fold")] if cv else []
-    check_keys_free(target, output_targets(layout, key) + fold_target, overwrite)
+    check_keys_free(target, output_targets(layout, key, folds=bool(cv)), overwrite)
     scaling, run.architecture = fitting.shape_options(run, labels.level, scale, conv)
-    if labels.level == "unit":  # split by unit (series / gene / cell)
-        usable, strata = labels.codes >= 0, labels.codes
-    else:  # obs-series step labels: one sequence per unit, usable when any step is labelled
-        usable = (labels.sequence_targets(run.index, np.arange(run.index.n_sequences)) >= 0).any(1)
-        strata = None
+    usable, strata = fitting.split_units(labels, run.index)
     options = fitting.fit_options(
         prep=lambda: Preprocessor(
             layout=layout,
@@ -207,10 +201,7 @@ def classify(
         split=(val_fraction, test_fraction, split_key, group_key),
     )
     cv_record, cautions, written = None, [], []
-    if (cv or group_key) and split_key is not None:
-        raise InputError(
-            "a split column (split_key) fixes the split: give cv or group_key, or split_key, not both"
-        )
+    fitting.check_split_settings(cv, group_key, split_key)
     groups = groups_from_column(target, run.index, group_key) if group_key else None
     if cv:
         folds = make_folds(
@@ -268,13 +259,7 @@ def classify(
                 fitting.schedule_for(len(run.ids["train"]), run.train_config)["batch_size"],
             ),
         },
-        preprocessing={
-            "normalized": prep.normalize,
-            "log1p": prep.log1p,
-            "n_features": len(prep.features),
-            "n_imputed": fitted.imputed,
-            "fitted_on_sequences": run.fit_sequences,
-        },
+        preprocessing=run.preprocessing_record(fitted.imputed, log1p=prep.log1p),
         metrics=metrics,
         written=written,
         history=fitted.history,
