@@ -118,10 +118,10 @@ def task_api(run):
 def store_threads(result: TaskResult) -> None:
     """``uns[key]["threads"]``: torch's intra-op threads and why (:mod:`.threads`)."""
     chosen = threads.record()
-    result.record["threads"] = dict(chosen)
-    uns = result.adata.uns.get(result.key)
-    if isinstance(uns, dict):
-        uns["threads"] = dict(chosen)
+    part = timing.own_part(result.record)  # explain extending a model's record keeps its threads
+    for target in (result.record, result.adata.uns.get(result.key)):
+        if isinstance(target, dict):
+            (target[part] if part else target)["threads"] = dict(chosen)
 
 
 def target_of(adata: AnnData, copy: bool) -> AnnData:

@@ -121,15 +121,24 @@ def timed(name: str):
     return decorate
 
 
+def own_part(record: dict | None) -> str | None:
+    """Where this run's entries go inside ``record``: ``None`` (the record itself), or
+    ``"explain"`` when an explanation extends the record of the model's own run (training or
+    prediction), whose timings and threads must stay."""
+    extends = isinstance(record, dict) and record.get("mode") != "explain"
+    return "explain" if extends and isinstance(record.get("explain"), dict) else None
+
+
 def store(adata, key: str, record: dict | None = None) -> dict[str, float]:
-    """The current recording's timings into ``adata.uns[key]["timings"]`` (and ``record``)."""
+    """The current recording's timings into ``adata.uns[key]["timings"]`` (and ``record``;
+    under ``["explain"]`` when :func:`own_part` says so)."""
     recorder = _current.get()
     if recorder is None:
         return {}
     timings = recorder.as_dict()
-    uns = adata.uns.get(key)
-    if isinstance(uns, dict):
-        uns["timings"] = dict(timings)
-    if record is not None:
-        record["timings"] = dict(timings)
+    part = own_part(record if record is not None else adata.uns.get(key))
+    for target in (adata.uns.get(key), record):
+        if isinstance(target, dict):
+            target = target[part] if part else target
+            target["timings"] = dict(timings)
     return timings

@@ -467,8 +467,9 @@ def record_timings(path, adata, key: str, record: dict | None = None) -> dict:
     timings = timing.store(adata, key, record)
     if not timings or path is None:
         return timings
+    part = timing.own_part(record)
     with h5py.File(path, "r+") as f:
-        group = f.get(f"uns/{key}")
+        group = f.get(f"uns/{key}/{part}" if part else f"uns/{key}")
         if isinstance(group, h5py.Group):
             if "timings" in group:
                 del group["timings"]
