@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from . import timing
 from .errors import InputError, listed
-from .preprocessing import encode, future_gaps, network_inputs
+from .forecast_inputs import future_gaps, network_inputs
+from .preprocessing import encode
 from .sequences import Layout, read_labels
 from .streaming import sub_index
 

@@ -25,7 +25,8 @@ from sklearn.preprocessing import StandardScaler
 
 from . import timing
 from .clustering import cluster_matrix
-from .preprocessing import Encoded, Preprocessor, gap_channel, network_inputs
+from .forecast_inputs import network_inputs
+from .preprocessing import Encoded, Preprocessor, gap_channel
 from .sequences import Labels, SequenceIndex, pool_units
 from .splits import random_subset
 

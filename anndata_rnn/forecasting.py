@@ -46,20 +46,12 @@ from .baselines import (
     resolve_ar_form,
 )
 from .errors import InputError
+from .features import FeatureSource
+from .forecast_inputs import future_gaps, holdout_gaps, network_inputs, teacher_forcing
 from .metrics import regression_metrics
 from .networks import build_module, masked_mean
 from .networks.forecaster import rollout
-from .preprocessing import (
-    Encoded,
-    FeatureSource,
-    Preprocessor,
-    encode,
-    future_gaps,
-    gap_channel,
-    holdout_gaps,
-    network_inputs,
-    teacher_forcing,
-)
+from .preprocessing import Encoded, Preprocessor, encode, gap_channel
 from .sequences import (
     TIME_SERIES_LAYOUTS,
     Layout,

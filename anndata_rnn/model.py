@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from .errors import InputError, ModelFileError
+from .features import FeatureSource
 from .h5check import check_self_contained
 from .io import atomic_path
 from .networks import CELLS, TASK_MODULES, build_module
-from .preprocessing import IMPUTATION_CHOICES, SCALE_CHOICES, FeatureSource, Preprocessor
+from .preprocessing import IMPUTATION_CHOICES, SCALE_CHOICES, Preprocessor
 from .sequences import LAYOUTS, Layout, check_output_key
 
 FORMAT_NAME = "anndata-rnn-model"

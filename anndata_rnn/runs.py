@@ -24,10 +24,11 @@ from anndata import AnnData
 
 from . import distributed, threads, timing
 from .errors import InputError, listed
+from .features import FIT_BUDGET_BYTES, FeatureSource
 from .io import uns_safe, versions
 from .metrics import MIN_TEST_PER_CLASS, MIN_TEST_UNITS
 from .model import Model, check_gene_overlap
-from .preprocessing import FIT_BUDGET_BYTES, Encoded, FeatureSource, Preprocessor, encode
+from .preprocessing import Encoded, Preprocessor, encode
 from .sequences import Layout, SequenceIndex, SequenceSpec, bool_column, broadcast_to_rows
 from .splits import log_split, make_split, random_subset, split_from_column
 from .streaming import (
@@ -290,7 +291,7 @@ class TrainingRun:
         return self.encoded
 
     def _within_fit_budget(self, index: SequenceIndex, fit_ids: np.ndarray) -> np.ndarray:
-        """At most :data:`~anndata_rnn.streaming.FIT_BUDGET_BYTES` of dense float32 for the
+        """At most :data:`~anndata_rnn.features.FIT_BUDGET_BYTES` of dense float32 for the
         preprocessing fit: a seeded subset of the training sequences when the rows × genes the
         file declares would take more (a file can claim 10⁵ × 10⁵ in a few MB)."""
         n_features = len(self.source.feature_names)

@@ -35,16 +35,10 @@ from anndata.io import read_elem, sparse_dataset, write_elem
 
 from . import distributed
 from .errors import InputError
+from .features import READ_BUDGET_BYTES, FeatureSource
 from .io import check_h5ad, unreadable
 from .options import DEFAULT_CHUNK_ROWS
-from .preprocessing import (
-    READ_BUDGET_BYTES,
-    FeatureSource,
-    Preprocessor,
-    encode,
-    imputed_count,
-    missing_fraction_of,
-)
+from .preprocessing import Preprocessor, encode, imputed_count, missing_fraction_of
 from .sequences import SequenceIndex
 
 log = logging.getLogger("anndata_rnn")
@@ -84,7 +78,7 @@ def open_lazy(path) -> Iterator[AnnData]:
     Unlike a backed AnnData (which the tools refuse without ``copy=True``, so that nobody
     expects results written to the file), the result is an ordinary AnnData: a tool writes its
     results into its obs/obsm/uns in memory, while X and the layers are read only by row blocks
-    (:class:`~anndata_rnn.preprocessing.FeatureSource`; sparse ones through anndata's
+    (:class:`~anndata_rnn.features.FeatureSource`; sparse ones through anndata's
     ``sparse_dataset``). obsp and varp are not read (the output is a copy of the input file, so
     they are kept there). The file is closed on leaving the ``with`` block.
     """

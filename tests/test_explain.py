@@ -236,7 +236,8 @@ def test_time_gap_channel_is_never_attributed(krumsiek):
     import torch
 
     from anndata_rnn.attribution import baseline_values
-    from anndata_rnn.preprocessing import FeatureSource, encode
+    from anndata_rnn.features import FeatureSource
+    from anndata_rnn.preprocessing import encode
     from anndata_rnn.sequences import SequenceSpec
 
     adata = krumsiek_series(krumsiek)

@@ -278,14 +278,10 @@ def test_validation_rollout_is_the_ar_rollout_of_the_training_window():
     task's held-out steps already cut off): for the AR path alone started at the ridge fit it
     equals the ridge's own rollout of those steps, recomputed with the baseline's code."""
     from anndata_rnn.baselines import ar_forecast, fit_linear_ar
+    from anndata_rnn.features import FeatureSource
+    from anndata_rnn.forecast_inputs import holdout_gaps, network_inputs
     from anndata_rnn.forecasting import validation_rollout
-    from anndata_rnn.preprocessing import (
-        FeatureSource,
-        Preprocessor,
-        encode,
-        holdout_gaps,
-        network_inputs,
-    )
+    from anndata_rnn.preprocessing import Preprocessor, encode
     from anndata_rnn.sequences import build_index
 
     adata = time_course(n_series=10, n_steps=9, n_genes=4, seed=5)
@@ -342,8 +338,9 @@ def test_the_cross_gene_rank_is_chosen_on_later_time_points():
     from pathlib import Path
 
     from anndata_rnn.baselines import fit_linear_ar
+    from anndata_rnn.features import FeatureSource
     from anndata_rnn.forecasting import ar_validation_rollout, choose_ar_rank
-    from anndata_rnn.preprocessing import FeatureSource, Preprocessor, encode
+    from anndata_rnn.preprocessing import Preprocessor, encode
     from anndata_rnn.sequences import build_index
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "forecast_scale.py"

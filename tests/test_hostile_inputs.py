@@ -26,7 +26,7 @@ from hostile_inputs import (
 from test_reliability import APPLY, SERIES, TRAIN, copy, h5ad, hashes, invoke, listing
 
 import anndata_rnn as ar
-from anndata_rnn import preprocessing, streaming
+from anndata_rnn import features, preprocessing, streaming
 from anndata_rnn.errors import InputError
 from anndata_rnn.io import temporary_name
 
@@ -107,10 +107,10 @@ def test_damaged_sparse_checks_accept_what_anndata_writes(tmp_path):
 
     adata = rich_adata()
     for matrix in (adata.X, sp.csc_matrix(adata.X)):
-        preprocessing.check_sparse_structure(matrix, "X")
+        features.check_sparse_structure(matrix, "X")
     path = h5ad(tmp_path, adata, "csr.h5ad")
     with streaming.open_lazy(path) as lazy:
-        source = preprocessing.FeatureSource(lazy)
+        source = features.FeatureSource(lazy)
         block = source.read_rows(np.arange(lazy.n_obs))
     np.testing.assert_array_equal(block, ad.read_h5ad(path).X.toarray())
 
@@ -369,7 +369,7 @@ def test_a_fill_value_x_is_read_within_the_memory_budget(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runs, "FIT_BUDGET_BYTES", 2 << 20)
     largest = {"fit": 0, "read": 0}
-    original = preprocessing.FeatureSource.read_rows
+    original = features.FeatureSource.read_rows
     fitting = {"now": False}
     original_fit = preprocessing.Preprocessor.fit
 
@@ -386,7 +386,7 @@ def test_a_fill_value_x_is_read_within_the_memory_budget(tmp_path, monkeypatch):
         largest[which] = max(largest[which], block.nbytes)
         return block
 
-    monkeypatch.setattr(preprocessing.FeatureSource, "read_rows", read_rows)
+    monkeypatch.setattr(features.FeatureSource, "read_rows", read_rows)
     monkeypatch.setattr(preprocessing.Preprocessor, "fit", fit)
     result = invoke(
         "classify", source, "--layout profile --label label --stream always --chunk-rows 8192",

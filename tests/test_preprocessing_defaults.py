@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from anndata_rnn import InputError
+from anndata_rnn.features import FeatureSource
 from anndata_rnn.preprocessing import (
-    FeatureSource,
     Preprocessor,
     looks_like_counts,
     looks_like_levels,

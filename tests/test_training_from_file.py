@@ -12,7 +12,7 @@ import torch
 from test_streaming import assert_input_elements_kept, profile_data, run_cli
 
 from anndata_rnn import tl
-from anndata_rnn.preprocessing import FeatureSource
+from anndata_rnn.features import FeatureSource
 from anndata_rnn.streaming import LazyEncoded, open_lazy
 from anndata_rnn.training import BufferedBlocks
 

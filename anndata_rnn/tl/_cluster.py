@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from ..clustering import cluster_matrix
 from ..errors import InputError
-from ..preprocessing import resolve_rep
+from ..features import resolve_rep
 from ..runs import TaskResult, check_keys_free, store_uns, target_of, task_api
 from ..sequences import check_output_key, set_column
 

@@ -78,8 +78,8 @@ test_that("options become command line arguments; NULL is not passed", {
         class_weights = FALSE, linear_path = FALSE, series_subset = c("a", "b"), seed = NULL))
     # in the command's option order
     expect_identical(args, c("--label", "cell_type", "--series-subset", "a,b", "--hidden", "16,8",
-                             "--bidirectional", "--epochs", "3", "--lr", "5e-04",
-                             "--no-linear-path"))
+                             "--bidirectional", "--no-linear-path", "--epochs", "3", "--lr",
+                             "5e-04"))
     expect_identical(anndataRnn:::.cli_args("classify", list()), character(0))
     expect_error(anndataRnn:::.cli_args("classify", list(quiet = "yes")), "TRUE or FALSE")
     expect_error(anndataRnn:::.cli_args("classify", list(epochs = NA)), "without NA")
