@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 from anndata import AnnData
 
 from . import timing
@@ -537,11 +538,29 @@ def encode(
         row_bytes = 4 * len(source.feature_names) * rows
         chunk = max(1, min(chunk, READ_BUDGET_BYTES // row_bytes))
     parts, observed, missing = [], [], []
+    # profiles of a sparse matrix are encoded from the stored values (bit for bit the same)
+    sparse_profile = index.layout_kind.steps_are_gene_chunks
     for start in range(0, len(sequence_ids), chunk):
         ids = sequence_ids[start : start + chunk]
         rows = index.obs_rows(ids)
-        with timing.phase("reading"):
-            read = source.read_rows(rows)
+        stored = values = None
+        if sparse_profile:
+            with timing.phase("reading"):
+                stored = source.read_sparse_rows(rows)
+            # (not stored sparse, or non-finite values: read densely, which reports them)
+            sparse_profile = stored is not None
+        if stored is not None:
+            values = sparse_profile_values(index, ids, rows, stored, prep, source.feature_names)
+        if values is not None:
+            observed.append(np.broadcast_to((index.steps[ids] >= 0)[..., None], values.shape))
+            missing.append(np.zeros(len(ids), dtype=np.int64))
+            parts.append(values)
+            continue
+        if stored is not None:  # finite values the dense path must handle (e.g. non-integers)
+            read = stored.toarray()
+        else:
+            with timing.phase("reading"):
+                read = source.read_rows(rows)
         block = prep.transform_rows(read, source.feature_names)
         raw = assemble(index, ids, rows, block)
         real = (index.steps[ids] >= 0)[..., None]  # these sequences' steps only (not index.mask)
@@ -554,15 +573,98 @@ def encode(
     n_inputs = len(prep.mean) + int(prep.use_time and Layout.of(prep.layout).is_time_series)
     width = index.chunk_size if index.layout_kind.steps_are_gene_chunks else n_inputs
     return Encoded(
-        values=np.concatenate(parts)
-        if parts
-        else np.zeros((0, index.max_steps, width), np.float32),
-        observed=np.concatenate(observed) if observed else np.zeros((0, index.max_steps, 0), bool),
+        values=_joined(parts, np.zeros((0, index.max_steps, width), np.float32)),
+        observed=_joined(observed, np.zeros((0, index.max_steps, 0), bool)),
         lengths=(index.steps[sequence_ids] >= 0).sum(axis=1).astype(np.int64),
         times=index.times[sequence_ids],
         n_features=len(prep.mean),
         n_missing=np.concatenate(missing) if missing else np.zeros(0, dtype=np.int64),
     )
+
+
+def _joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    """The chunks as one array; a single chunk as it is (a streamed batch is one chunk: no copy
+    of it, and its observed mask stays a broadcast view)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else empty
+
+
+#: row totals of float32 counts are exact below this in any order of summation
+EXACT_FLOAT32_INTEGERS = 2**24
+
+
+def sparse_profile_values(
+    index: SequenceIndex,
+    sequence_ids: np.ndarray,
+    rows: np.ndarray,
+    block: sp.csr_matrix,
+    prep: Preprocessor,
+    data_features: np.ndarray,
+) -> np.ndarray | None:
+    """The encoded profiles ``(n, steps, chunk_size)`` of a CSR block, computed on its stored
+    values only: bit for bit what the dense path (:meth:`Preprocessor.transform_rows`,
+    :func:`~anndata_rnn.sequences.assemble`, :meth:`Preprocessor.transform_sequences`) gives.
+
+    Every entry the block does not store is a zero count, whose encoded value depends on its
+    gene only; a row starts as those values and the stored entries are written over them. The
+    arithmetic per value is the dense path's (float32 ``x / (total / target_sum)``, ``log1p``,
+    ``(x - mean) / std``), and the totals are the same: the values are whole numbers whose
+    totals stay below 2²⁴, where float32 sums are exact in any order. ``None`` when that does not
+    hold (non-integer or negative values to normalize): the dense path handles those (and
+    reports negative ones).
+    """
+    data = block.data
+    if (prep.normalize or prep.log1p) and data.size and data.min() < 0:
+        return None
+    n = len(sequence_ids)
+    per_row = np.diff(block.indptr)
+    if prep.normalize:
+        totals = np.bincount(np.repeat(np.arange(block.shape[0]), per_row), data, block.shape[0])
+        if totals.size and totals.max() >= EXACT_FLOAT32_INTEGERS:
+            return None
+        if not np.array_equal(data, np.floor(data)):
+            return None
+        scale = totals.astype(np.float32) / prep.target_sum  # scanpy's normalize_total
+        scale = scale + (scale == 0)
+        data = np.log1p(data / np.repeat(scale, per_row))
+    elif prep.log1p:
+        data = np.log1p(data)
+    mean, std = prep.mean.astype(np.float32), prep.std.astype(np.float32)
+    # model feature k sits at padded position position[k]; data column j feeds feature_of[j]
+    order = index.gene_order
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    if len(data_features) == len(prep.features) and np.array_equal(data_features, prep.features):
+        source_cols = np.arange(len(prep.features))
+    else:
+        lookup = {name: i for i, name in enumerate(data_features)}
+        source_cols = np.array([lookup.get(f, -1) for f in prep.features], dtype=np.int64)
+    present = source_cols >= 0
+    feature_of = np.full(block.shape[1], -1, dtype=np.int64)
+    feature_of[source_cols[present]] = np.flatnonzero(present)
+    width = index.max_steps * index.chunk_size
+    # a zero count of a present gene, standardized; an absent gene is its training mean (0)
+    template = np.zeros(width, dtype=np.float32)
+    template[position[present]] = (np.float32(0) - mean[present]) / std[present]
+    values = np.empty((n, width), dtype=np.float32)
+    values[:] = template
+    local = np.searchsorted(rows, index.unit_rows[index.unit[sequence_ids]])
+    entries = np.repeat(np.arange(block.shape[0]), per_row)
+    feature = feature_of[block.indices]
+    keep = feature >= 0
+    if not np.array_equal(local, np.arange(block.shape[0])):
+        # sequences take their rows in their own order (a row may serve several)
+        slot = np.full(block.shape[0], -1, dtype=np.int64)
+        if len(np.unique(local)) != len(local):
+            return None
+        slot[local] = np.arange(n)
+        entries = slot[entries]
+        keep &= entries >= 0
+    feature, entries = feature[keep], entries[keep]
+    standardized = (data[keep] - mean[feature]) / std[feature]
+    values.reshape(-1)[entries * width + position[feature]] = standardized
+    return values.reshape(n, index.max_steps, index.chunk_size)
 
 
 def causal_fill(raw: np.ndarray, seen: np.ndarray, mean: np.ndarray) -> np.ndarray:
