@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, RidgeCV
-from sklearn.metrics import pairwise_distances_argmin
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.preprocessing import StandardScaler
 
 from . import timing
 from .clustering import cluster_matrix
@@ -29,6 +24,9 @@ from .forecast_inputs import network_inputs
 from .preprocessing import Encoded, Preprocessor, gap_channel
 from .sequences import Labels, SequenceIndex, pool_units
 from .splits import random_subset
+
+if TYPE_CHECKING:  # (scikit-learn loads when a baseline is fitted, not at import)
+    from sklearn.linear_model import RidgeCV
 
 #: lazily encoded values (streamed training): the baseline is fitted on at most this many
 #: training sequences and predicts this many at a time
@@ -61,12 +59,16 @@ def logistic_baseline(values, y, train_ids, labels: Labels, seed: int, *, with_m
     training sequences and prediction runs :data:`LAZY_BATCH` sequences at a time.
     """
     targets = y.numpy()
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(max_iter=1000, random_state=seed)
     if not isinstance(values, torch.Tensor):
         proba, n = _lazy_logistic(model, values, targets, train_ids, labels, seed)
         return (proba, n, model) if with_model else (proba, n)
     x = values.numpy()
     with warnings.catch_warnings():
+        from sklearn.exceptions import ConvergenceWarning
+
         warnings.simplefilter("ignore", ConvergenceWarning)
         if labels.level == "unit":
             flat = x.reshape(len(x), -1)
@@ -99,6 +101,8 @@ def _lazy_logistic(model, values, targets, train_ids, labels: Labels, seed: int)
         return np.asarray(values[positions]).reshape(len(positions), -1)
 
     with warnings.catch_warnings():
+        from sklearn.exceptions import ConvergenceWarning
+
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(flat(chosen), targets[chosen])
     everything = np.arange(len(values))
@@ -139,6 +143,8 @@ def nearest_neighbour_baseline(
     def flat(positions):
         taken = values[positions] if lazy else values.numpy()[positions]
         return np.asarray(taken, dtype=np.float32).reshape(len(positions), -1)
+
+    from sklearn.neighbors import KNeighborsClassifier
 
     model = KNeighborsClassifier(n_neighbors=1, algorithm="brute")
     model.fit(flat(chosen), targets[chosen])
@@ -203,6 +209,8 @@ def fit_linear_ar(
     if form != "dense":
         raise ValueError(f"unknown AR form {form!r}")
     design = _lag_design(x, positions, lags)
+    from sklearn.linear_model import RidgeCV
+
     model = RidgeCV(alphas=AR_ALPHAS)
     model.fit(design, change)
     return model
@@ -256,6 +264,8 @@ class GeneRidgeAR:
         axes = np.zeros((self.n_genes, 0))
         if ranks[-1]:
             rows = np.asarray(x[positions][:, : self.n_genes], dtype=np.float64)
+            from sklearn.decomposition import PCA
+
             axes = PCA(n_components=ranks[-1], svd_solver="full").fit(rows).components_.T
         best = None
         for rank in ranks:
@@ -349,8 +359,12 @@ def ar_forecast(ar: RidgeCV, x: np.ndarray, lengths: np.ndarray, later_gaps, pre
 @timing.timed("baselines")
 def pca_kmeans_baseline(features: np.ndarray, n_components: int, n_clusters: int, seed: int):
     """z-scored features -> PCA (as many components as the latent) -> k-means."""
+    from sklearn.preprocessing import StandardScaler
+
     scaled = StandardScaler().fit_transform(np.asarray(features, dtype=np.float64))
     n_components = max(1, min(n_components, *scaled.shape))
+    from sklearn.decomposition import PCA
+
     pca = PCA(n_components=n_components, random_state=seed)
     scores = pca.fit_transform(scaled)
     codes, _ = cluster_matrix(scores, method="kmeans", n_clusters=n_clusters, seed=seed)
@@ -380,9 +394,13 @@ def embedding_baseline(
         return (*pca_kmeans_baseline(flat(members), n_components, n_clusters, seed), len(members))
     chosen = random_subset(members, LAZY_FIT_SEQUENCES, seed)
     sample = flat(chosen)
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(sample)
     scaled = scaler.transform(sample)
     n_components = max(1, min(n_components, *scaled.shape))
+    from sklearn.decomposition import PCA
+
     pca = PCA(n_components=n_components, random_state=seed).fit(scaled)
     _, centres = cluster_matrix(
         pca.transform(scaled), method="kmeans", n_clusters=n_clusters, seed=seed
@@ -394,6 +412,8 @@ def embedding_baseline(
             for start in range(0, len(members), LAZY_BATCH)
         ]
     )
+    from sklearn.metrics import pairwise_distances_argmin
+
     codes = pairwise_distances_argmin(scores, centres)
     return scores, codes, n_components, float(pca.explained_variance_ratio_.sum()), len(chosen)
 
@@ -440,6 +460,8 @@ def pca_reconstruction(values, lengths, train_ids, n_outputs, n_components, seed
         sample[start : start + len(part)] = flat(part, np.float32)[0]
     k = max(0, min(int(n_components), len(chosen) - 1, sample.shape[1]))
     if k:
+        from sklearn.decomposition import PCA
+
         pca = PCA(n_components=k, random_state=seed, copy=False).fit(sample)
         components, mean = pca.components_, pca.mean_
         explained = float(pca.explained_variance_ratio_.sum())

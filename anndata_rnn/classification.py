@@ -16,9 +16,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from scipy.stats import t as student_t
-from sklearn.model_selection import KFold, StratifiedKFold
-from sklearn.utils.class_weight import compute_class_weight
 
 from .baselines import logistic_baseline, nearest_neighbour_baseline
 from .errors import InputError, listed
@@ -462,6 +459,8 @@ def beats_start(before: np.ndarray, after: np.ndarray) -> tuple[bool, float]:
     if sd == 0:
         return bool(diff.mean() > 0), math.inf if diff.mean() > 0 else -math.inf
     t = float(diff.mean() / (sd / math.sqrt(len(diff))))
+    from scipy.stats import t as student_t
+
     return bool(t > student_t.ppf(0.95, len(diff) - 1)), t
 
 
@@ -488,10 +487,14 @@ def inner_cv(config, history: dict, inner: dict, description: str):
     if labels.level == "unit":
         strata = labels.codes[unique]
         k = min(INNER_FOLDS, int(np.bincount(strata)[np.unique(strata)].min()))
+        from sklearn.model_selection import StratifiedKFold
+
         folds = StratifiedKFold(max(k, 2), shuffle=True, random_state=seed) if k >= 2 else None
         parts = folds.split(unique, strata) if folds is not None else []
     else:
         k = min(INNER_FOLDS, len(unique))
+        from sklearn.model_selection import KFold
+
         parts = KFold(k, shuffle=True, random_state=seed).split(unique) if k >= 2 else []
     if k < 2 or steps < 1:
         return None
@@ -640,6 +643,8 @@ def class_weights(y: torch.Tensor, train_ids, n_classes: int, device) -> torch.T
     train_y = train_y[train_y >= 0]
     present = np.unique(train_y)
     w = np.ones(n_classes)
+    from sklearn.utils.class_weight import compute_class_weight
+
     w[present] = compute_class_weight("balanced", classes=present, y=train_y)
     return torch.tensor(w, dtype=torch.float32, device=device)
 

@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 from anndata import AnnData
-from sklearn.cluster import KMeans
 
 from .errors import InputError
 from .metrics import silhouette
@@ -82,6 +81,8 @@ def cluster_matrix(
     if n < 2:
         raise InputError(f"only {n} row(s) to cluster: need at least 2")
     if method == "kmeans":
+        from sklearn.cluster import KMeans
+
         if n_clusters is not None and not 1 <= n_clusters <= n:
             raise InputError(f"n_clusters must be in 1..{n} (the rows clustered), got {n_clusters}")
         if n_clusters is None:

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from sklearn.linear_model import RidgeCV
 
 from .baselines import (
     AR_RANKS,
@@ -61,6 +61,9 @@ from .sequences import (
     scatter_steps,
 )
 from .training import dataset_loss, fit
+
+if TYPE_CHECKING:  # (scikit-learn loads when the AR baseline is fitted)
+    from sklearn.linear_model import RidgeCV
 
 log = logging.getLogger("anndata_rnn")
 

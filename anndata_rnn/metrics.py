@@ -9,7 +9,14 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
+
+
+def _sklearn_metrics():
+    """scikit-learn's metrics, imported when a metric is computed (not by ``import
+    anndata_rnn``: a prediction without labels never loads scikit-learn)."""
+    from sklearn import metrics
+
+    return metrics
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes) -> dict:
@@ -21,16 +28,16 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes) -> di
     """
     labels = np.arange(len(classes))
     y_pred = proba.argmax(axis=1)
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
+    precision, recall, f1, support = _sklearn_metrics().precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
     with warnings.catch_warnings():
         # a class predicted but absent from the test labels is expected (e.g. held-out fates)
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        balanced = float(skm.balanced_accuracy_score(y_true, y_pred))
+        balanced = float(_sklearn_metrics().balanced_accuracy_score(y_true, y_pred))
     out = {
         "n": int(len(y_true)),
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "accuracy": float(_sklearn_metrics().accuracy_score(y_true, y_pred)),
         "balanced_accuracy": balanced,
         "precision_macro": float(precision[support > 0].mean()) if (support > 0).any() else 0.0,
         "recall_macro": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
@@ -40,7 +47,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes) -> di
         "per_class_recall": recall.astype(np.float64),
         "per_class_f1": f1.astype(np.float64),
         "per_class_support": support.astype(np.int32),
-        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).astype(np.int32),
+        "confusion_matrix": _sklearn_metrics()
+        .confusion_matrix(y_true, y_pred, labels=labels)
+        .astype(np.int32),
     }
     return out
 
@@ -49,9 +58,9 @@ def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
     if proba.shape[1] == 2:
         if len(np.unique(y_true)) < 2:
             return float("nan")
-        return float(skm.roc_auc_score(y_true, proba[:, 1]))
+        return float(_sklearn_metrics().roc_auc_score(y_true, proba[:, 1]))
     scores = [
-        skm.roc_auc_score(y_true == c, proba[:, c])
+        _sklearn_metrics().roc_auc_score(y_true == c, proba[:, c])
         for c in range(proba.shape[1])
         if 0 < (y_true == c).sum() < len(y_true)
     ]
@@ -111,8 +120,8 @@ def regression_metrics(
     r = np.full(len(n_g), np.nan)
     r[ok] = cov[ok] / np.sqrt(var_t[ok] * var_p[ok])
     return {
-        "mse": float(skm.mean_squared_error(t, p)),
-        "mae": float(skm.mean_absolute_error(t, p)),
+        "mse": float(_sklearn_metrics().mean_squared_error(t, p)),
+        "mae": float(_sklearn_metrics().mean_absolute_error(t, p)),
         "r2": float(1 - (err**2).sum() / sst) if sst > 0 else np.nan,
         "pearson_r": float(np.mean(r[ok])) if ok.any() else np.nan,
         "n_genes_pearson": int(ok.sum()),
@@ -126,7 +135,9 @@ def silhouette(x: np.ndarray, codes: np.ndarray, seed: int) -> float:
     if k < 2 or k >= len(codes):
         return float("nan")
     sample = SILHOUETTE_SAMPLE if len(codes) > SILHOUETTE_SAMPLE else None
-    return float(skm.silhouette_score(x, codes, sample_size=sample, random_state=seed))
+    return float(
+        _sklearn_metrics().silhouette_score(x, codes, sample_size=sample, random_state=seed)
+    )
 
 
 def cluster_report(codes: np.ndarray, truth: np.ndarray, classes: np.ndarray) -> dict:
@@ -172,8 +183,10 @@ def clustering_metrics(x, codes, truth, classes, seed) -> tuple[dict, dict | Non
     if truth is not None:
         labelled = truth >= 0
         out["n_labelled"] = int(labelled.sum())
-        out["ari"] = float(skm.adjusted_rand_score(truth[labelled], codes[labelled]))
-        out["nmi"] = float(skm.normalized_mutual_info_score(truth[labelled], codes[labelled]))
+        out["ari"] = float(_sklearn_metrics().adjusted_rand_score(truth[labelled], codes[labelled]))
+        out["nmi"] = float(
+            _sklearn_metrics().normalized_mutual_info_score(truth[labelled], codes[labelled])
+        )
         report = cluster_report(codes, truth, classes)
         enrichment = report["enrichment"]
         out["max_enrichment"] = (

@@ -7,7 +7,6 @@ import logging
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from sklearn.model_selection import train_test_split
 
 from .errors import InputError, listed
 from .sequences import Layout, SequenceIndex
@@ -115,6 +114,8 @@ def make_split(
         if size >= len(pool):
             size = len(pool) - 1
         stratify = None if strata is None else strata[pool]
+        from sklearn.model_selection import train_test_split
+
         try:
             return train_test_split(pool, test_size=size, random_state=rng_seed, stratify=stratify)
         except ValueError:  # a class too small to stratify: plain seeded split
@@ -129,6 +130,8 @@ def make_split(
 
 def _cut_groups(pool, fraction, rng_seed, groups, strata):
     """``cut`` of :func:`make_split` by whole groups."""
+    from sklearn.model_selection import train_test_split
+
     names = np.unique(groups[pool])
     if fraction <= 0 or len(names) < 2:
         return pool, pool[:0]

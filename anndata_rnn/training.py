@@ -576,6 +576,8 @@ def _fit_steps(
     limit = plan["max_steps"] if has_val else plan["budget"]
     per_epoch = plan["steps_per_epoch"]
     bar = tqdm(total=limit, desc=description, disable=quiet, leave=False, unit="step")
+    # (the benchmark times the loop, validation included, from this record to the summary)
+    log.debug("%s: training loop starts (at most %d steps)", description, limit)
     step, total, count = 0, 0.0, 0
     batches = iter(train_loader)
     stopped = False

@@ -262,7 +262,7 @@ class _LogTimes(logging.Handler):
     """Records (perf_counter, message) of every anndata_rnn log record."""
 
     def __init__(self):
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.records: list[tuple[float, str]] = []
 
     def emit(self, record):
@@ -270,17 +270,22 @@ class _LogTimes(logging.Handler):
 
 
 def training_seconds_from_log(records: list[tuple[float, str]], epochs: int) -> float | None:
-    """Time from the log record before the training summary (``"... N epochs ..."``, logged when
-    the training loop ends) to that summary: the training loop, plus the encoding of the
-    sequences that precedes it. ``None`` when the log has no such summary."""
-    # the main network's summary (the linear path alone logs its own, later): "N epochs" (epoch
-    # schedule) or "S steps (batch B, P per epoch)" with S = epochs x P (step schedule)
+    """The main network's training loop, validation included: from the package's debug record
+    ``"<description>: training loop starts"`` to its summary (``"... N epochs ..."`` or
+    ``"S steps (batch B, P per epoch)"`` with S = epochs x P, logged when the loop ends). Without
+    the start record (older versions), from the record before the summary: the loop plus what
+    preceded it (preprocessing, the baselines, the start-loss pass). ``None`` when the log has no
+    such summary. The linear path alone logs its own loop later."""
     by_epochs = re.compile(rf"\b{epochs} epochs?\b")
     by_steps = re.compile(r"^classify \(.+\): (\d+) steps \(batch \d+, (\d+) per epoch\)")
     for i, (stamp, message) in enumerate(records):
         steps = by_steps.search(message)
         whole = steps is not None and int(steps[1]) == epochs * int(steps[2])
         if i > 0 and (whole or (steps is None and by_epochs.search(message))):
+            description = message.split(":", 1)[0]
+            for before, text in reversed(records[:i]):
+                if text.startswith(f"{description}: training loop starts"):
+                    return stamp - before
             return stamp - records[i - 1][0]
     return None
 
@@ -297,7 +302,7 @@ def package_classify(adata, epochs: int, device: str, seed: int = 0):
     logger = logging.getLogger("anndata_rnn")
     handler, level = _LogTimes(), logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # the training loop's start record is a debug one
     try:
         start = time.perf_counter()
         model = ar.tl.classify(

@@ -81,6 +81,16 @@ def test_training_time_from_log(bench):
     records = [(1.0, "split"), (2.0, "checked X"), (9.5, "classify (profile): 3 epochs, best 3")]
     assert bench.training_seconds_from_log(records, 3) == 7.5
     assert bench.training_seconds_from_log(records, 4) is None  # falls back to the difference
+    # the loop's own start record, when the package logs it, opens the window
+    records = [
+        (2.0, "checked X"),
+        (3.0, "classify (profile): training loop starts (at most 66 steps)"),
+        (3.5, "a note"),
+        (9.5, "classify (profile): 66 steps (batch 64, 22 per epoch), best step 66"),
+        (10.0, "linear path alone: training loop starts (at most 66 steps)"),
+        (11.0, "linear path alone: 66 steps (batch 64, 22 per epoch), best step 22"),
+    ]
+    assert bench.training_seconds_from_log(records, 3) == 6.5
 
 
 def test_archive_problems_become_obs_series_with_the_archive_split(tmp_path):

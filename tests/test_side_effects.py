@@ -83,10 +83,13 @@ def test_every_tool_runs_in_the_scope(name):
 
 
 def test_import_loads_no_plotting():
+    """Nor scikit-learn (a second of every command's start, issue 21): it loads when a baseline
+    or a metric is computed."""
     code = (
         "import sys, anndata_rnn; "
-        "print(sorted(m for m in ('matplotlib', 'matplotlib.pyplot', 'scanpy') "
-        "if m in sys.modules))"
+        "import anndata_rnn.cli; "
+        "print(sorted(m for m in ('matplotlib', 'matplotlib.pyplot', 'scanpy', 'sklearn', "
+        "'scipy.stats') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
