@@ -912,6 +912,11 @@ def markdown(result: dict) -> str:
             f"RNN vs logistic regression (test split, {skl['n_test']} cells; RNN trained "
             f"{rnn['epochs']} epochs on {skl['n_train']} cells):",
             "",
+            "The RNN here is the throughput configuration (the bare loop's LSTM: no linear path, "
+            "which starts the product's model at the logistic regression; a fixed number of "
+            "epochs, no early stopping): its accuracy says nothing of `classify`'s defaults, "
+            "which the accuracy benchmarks (`benchmarks/accuracy/`) measure.",
+            "",
             "| | train time | accuracy | balanced acc. | macro F1 | AUROC |",
             "|---|---|---|---|---|---|",
             f"| RNN (anndata-rnn) | ≈{rnn['train_seconds']:.1f} s (epochs × time per epoch; "
