@@ -571,7 +571,9 @@ def open_model(
     seed_everything(seed)
     torch_device = distributed.local_device(resolve_device(device))
     distributed.init(torch_device)  # under torchrun: the ranks share the streamed sequences
-    spec = SequenceSpec.from_keys(model.config["keys"], series_subset=series_subset)
+    spec = SequenceSpec.from_keys(
+        model.config["keys"], layout=model.layout, series_subset=series_subset
+    )
     if check_targets is not None:
         check_targets(target, model)
     source = FeatureSource(
