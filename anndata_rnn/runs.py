@@ -59,7 +59,9 @@ IMPUTATION_LOG = {
 @dataclass
 class TaskResult:
     """What a tool did: the annotated AnnData, the model (training tools), the metrics and the
-    written keys. ``record`` is the content stored in ``uns[key]``."""
+    elements it wrote. ``record`` is the content stored in ``uns[key]``; ``written`` the
+    elements the tool wrote besides ``uns[key]`` (``"obs/<column>"``, ``"var/<column>"``,
+    ``"obsm/<key>"``, ``"varm/<key>"``, ``"layers/<key>"``), given by the tool itself."""
 
     adata: AnnData
     key: str
@@ -67,19 +69,17 @@ class TaskResult:
     model: Model | None = None
     copy: bool = False
     title: str = "test split"
+    written: list[str] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict:
         return self.record.get("metrics", {})
 
     @property
-    def written(self) -> list[str]:
-        return list(self.record.get("written", []))
-
-    @property
     def elements(self) -> list[str]:
-        """Every element the tool added to the AnnData (``written`` and ``uns/{key}``): what a
-        copy of the input file needs to get (:func:`~anndata_rnn.streaming.write_new_elements`)."""
+        """Exactly the elements the tool wrote into the AnnData (``written`` and
+        ``uns/{key}``): what a copy of the input file needs to get
+        (:func:`~anndata_rnn.streaming.write_new_elements`; ``tests/test_elements.py``)."""
         return [*self.written, f"uns/{self.key}"]
 
     def returned(self):
@@ -451,7 +451,9 @@ class TrainingRun:
             warnings.warn(caution, UserWarning, stacklevel=3)
         store_uns(self.target, key, record)
         model = Model(config, self.prep, module.cpu(), arrays=arrays)
-        return TaskResult(self.target, key, record, model=model, copy=self.copy, title=title)
+        return TaskResult(
+            self.target, key, record, model=model, copy=self.copy, title=title, written=written
+        )
 
 
 def start_training(

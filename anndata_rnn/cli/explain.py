@@ -173,13 +173,11 @@ def explain(
         with timing.phase("writing"):
             if table_tmp and ranked is not None:
                 write_table(ranked, table_tmp, atomic=False)
-            elements = [w for w in result.record["explain"]["written"] if not w.startswith("uns/")]
-            write_new_elements(input, out_tmp, adata, [*elements, f"uns/{key_added}"])
+            write_new_elements(input, out_tmp, adata, result.elements)
         record_timings(out_tmp, adata, key_added, record)
         outputs.write_report(adata, key_added)
         outputs.commit()
-    explained = record["explain"]
-    echo_written(list(explained["written"]) + [f"uns/{key_added}"], output)
+    echo_written(result.elements, output)
     if table:
         click.echo(f"wrote {table}")
     _print_summary(record, ranked, target)

@@ -110,12 +110,11 @@ def predict(
             overwrite=overwrite,
             quiet=quiet,
         )
-        written = result.elements
         with timing.phase("writing"):
-            write_new_elements(input, out_tmp, result.adata, written)
+            write_new_elements(input, out_tmp, result.adata, result.elements)
         record_timings(out_tmp, result.adata, result.key, result.record)
         outputs.write_report(result.adata, result.key)
         outputs.commit()
-    echo_written(written, output)
+    echo_written(result.elements, output)
     if "metrics" in result.record:
         print_metrics(result.metrics, title=result.title)

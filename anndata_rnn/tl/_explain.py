@@ -252,7 +252,9 @@ def explain(
         }
     )
     store_uns(out, key, record)
-    return TaskResult(out, key, record, copy=copy)
+    # (an importance stored inside uns[key] is part of that element, not one of its own)
+    elements = [path for path in written if not path.startswith("uns/")]
+    return TaskResult(out, key, record, copy=copy, written=elements)
 
 
 def importance_table(adata: AnnData, key: str = "rnn", top: int = 50) -> pd.DataFrame:

@@ -166,4 +166,4 @@ def predict(
     }
     store_uns(opened.target, key, record)
     title = TITLES.get(model.task, "this data")
-    return TaskResult(opened.target, key, record, copy=copy, title=title)
+    return TaskResult(opened.target, key, record, copy=copy, title=title, written=result["written"])
