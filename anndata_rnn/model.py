@@ -242,6 +242,27 @@ class Model:
         return cls(config, preprocessor, module, arrays)
 
 
+def load_model(model: Model | str | os.PathLike) -> Model:
+    """The one way the tools and the command line get a :class:`Model`: a ``Model`` as it is,
+    a path (``str`` or ``os.PathLike``) read with :meth:`Model.load`.
+
+    Raises
+    ------
+    ModelFileError
+        When the file is missing, not a model file or damaged (one line naming the file).
+    InputError
+        When ``model`` is neither a ``Model`` nor a path.
+    """
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, str | os.PathLike):
+        return Model.load(model)
+    raise InputError(
+        f"model must be an anndata_rnn.Model or the path of a model file, not a "
+        f"{type(model).__name__}"
+    )
+
+
 def _attr_str(f: h5py.File, name: str, where: str) -> str:
     value = f.attrs.get(name)
     if isinstance(value, bytes):

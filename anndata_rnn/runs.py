@@ -544,7 +544,7 @@ def _check_sequence_length(model: Model, index: SequenceIndex) -> None:
 @timing.timed("preprocessing")
 def open_model(
     adata: AnnData,
-    model: Model | str,
+    model: Model,
     *,
     copy: bool,
     seed: int,
@@ -557,7 +557,8 @@ def open_model(
     progress: bool = False,
     scratch: h5py.Group | None = None,
 ) -> OpenedModel:
-    """Load (when given a path), seed, match genes and build the model's index on ``adata``.
+    """Seed, match genes and build the index of ``model`` (loaded by the tool:
+    :func:`~anndata_rnn.model.load_model`) on ``adata``.
 
     ``check_targets(target, model)`` runs once the target exists, before anything is computed
     (the output-key checks of the calling tool). ``chunk_rows``, ``progress`` and ``scratch``
@@ -565,8 +566,6 @@ def open_model(
     """
     if chunk_rows < 1:
         raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    if isinstance(model, str):
-        model = Model.load(model)
     if not 0 < min_gene_overlap <= 1:
         raise InputError(f"min_gene_overlap must be in (0, 1], got {min_gene_overlap}")
     target = target_of(adata, copy)

@@ -206,3 +206,19 @@ def test_the_cli_writes_the_elements_a_tool_returns():
                 writes[f"{path.name}:{node.lineno}"] = ast.get_source_segment(text, node.args[3])
     assert len(writes) >= 3, writes  # predict, explain and the training commands' profile path
     assert all(given == "result.elements" for given in writes.values()), writes
+
+
+def test_one_way_to_load_a_model():
+    """A path becomes a ``Model`` in one place, ``model.load_model`` (the tools and the
+    commands call it; ``Model.load`` is called nowhere else in the package)."""
+    callers = [
+        f"{'/'.join(parts)}.py:{function.name}"
+        for path, parts in _modules()
+        for function in ast.walk(ast.parse(path.read_text()))
+        if isinstance(function, ast.FunctionDef)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "load"
+        and getattr(node.value, "id", None) in ("Model", "cls")
+    ]
+    assert callers == ["model.py:load_model"], callers

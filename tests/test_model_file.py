@@ -150,6 +150,24 @@ def test_a_file_with_the_three_layout_copies_still_loads(trained, tmp_path):
             ar.Model.load(bad)
 
 
+def test_the_tools_take_a_model_a_path_or_a_pathlike(trained):
+    """``tl.predict`` / ``tl.explain`` load a model through ``model.load_model``: a ``str`` or a
+    ``pathlib.Path`` of a model file, or the ``Model`` itself; anything else is one clear line."""
+    path, data = trained
+    adata = anndata.read_h5ad(data)
+    outputs = [
+        ar.tl.predict(adata, model, device="cpu", quiet=True, copy=True).obs["rnn_pred"]
+        for model in (str(path), path, ar.Model.load(path))
+    ]
+    pd.testing.assert_series_equal(outputs[0], outputs[1])
+    pd.testing.assert_series_equal(outputs[0], outputs[2])
+    for tool in (ar.tl.predict, ar.tl.explain):
+        with pytest.raises(ar.InputError, match=r"^model must be .* not a dict$"):
+            tool(adata, {"task": "classify"}, device="cpu", quiet=True, copy=True)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        ar.tl.predict(adata, path.with_name("absent.h5"), device="cpu", quiet=True, copy=True)
+
+
 def test_loader_source_never_unpickles():
     """The model module's code imports no pickle and calls no torch.load / np.load / eval."""
     import ast

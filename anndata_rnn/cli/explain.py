@@ -133,7 +133,7 @@ def explain(
     step_importance (steps × classes), step_times and explain (method, completeness check).
     """
     from .. import timing, tl
-    from ..model import Model
+    from ..model import load_model
     from ..tl import importance_table
 
     # X stays in the file (read chunk by chunk for the predictions, then only the explained
@@ -142,7 +142,7 @@ def explain(
         out_tmp = outputs.add(output)
         table_tmp = outputs.add(table)
         with timing.phase("reading"):
-            model = Model.load(model_path)
+            model = load_model(model_path)
         if table_tmp and Layout.of(model.layout).one_feature:
             raise InputError(
                 "--table lists genes by importance, but a var-series model's genes are its "

@@ -85,12 +85,12 @@ def predict(
     plus the new elements (README, "Large files").
     """
     from .. import timing, tl
-    from ..model import Model
+    from ..model import load_model
 
     with Outputs(inputs=(input, model_path)) as outputs, contextlib.ExitStack() as stack:
         out_tmp = outputs.add(output)
         with timing.phase("reading"):
-            model = Model.load(model_path)
+            model = load_model(model_path)
             adata = stack.enter_context(open_lazy(input))
         # the embedding goes to a scratch file beside the output, not to memory
         scratch = stack.enter_context(scratch_file(os.path.dirname(os.path.abspath(output))))

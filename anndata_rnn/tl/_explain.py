@@ -14,6 +14,7 @@ error (captum's convergence delta), which is reported so a user can judge the nu
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ from ..attribution import (
 )
 from ..errors import InputError
 from ..io import versions
-from ..model import Model
+from ..model import Model, load_model
 from ..networks.classifier import predict_proba
 from ..preprocessing import encode
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
@@ -51,7 +52,7 @@ PREDICT_BATCH = 512
 @task_api
 def explain(
     adata: AnnData,
-    model: Model | str,
+    model: Model | str | os.PathLike,
     *,
     target: str | list[str] | None = None,
     method: str = "integrated_gradients",
@@ -132,8 +133,7 @@ def explain(
         their ratio ``relative_delta``).
     """
     check_output_key(key_added)
-    if isinstance(model, str):
-        model = Model.load(model)
+    model = load_model(model)
     check_settings(model, method, baseline, n_steps, batch_size, max_per_class)
     prep = model.preprocessor
     key = key_added

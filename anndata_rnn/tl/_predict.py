@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import h5py
 import numpy as np
@@ -16,7 +17,7 @@ from ..errors import InputError
 from ..forecasting import apply_forecaster
 from ..forecasting import output_targets as forecaster_targets
 from ..io import versions
-from ..model import Model
+from ..model import Model, load_model
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
 from ..sequences import check_output_key
 from ..streaming import DEFAULT_CHUNK_ROWS
@@ -46,7 +47,7 @@ def model_version(model: Model) -> str:
 @task_api
 def predict(
     adata: AnnData,
-    model: Model | str,
+    model: Model | str | os.PathLike,
     *,
     key_added: str | None = None,
     gene_symbols: str | None = None,
@@ -107,8 +108,7 @@ def predict(
     ``None``, or the annotated copy with ``copy=True``. Outputs are the keys the training run
     wrote (without the split column); ``uns[key]`` records the gene overlap.
     """
-    if isinstance(model, str):
-        model = Model.load(model)
+    model = load_model(model)
     if layout is not None and layout != model.layout:
         raise InputError(
             f"the model was trained on layout {model.layout!r}, not {layout!r}: use a model "
