@@ -18,11 +18,14 @@ from ..forecasting import apply_forecaster
 from ..forecasting import output_targets as forecaster_targets
 from ..io import versions
 from ..model import Model, load_model
+from ..options import DEFAULTS
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
 from ..sequences import check_output_key
-from ..streaming import DEFAULT_CHUNK_ROWS
 
 log = logging.getLogger("anndata_rnn")
+
+#: the defaults of predict (:mod:`anndata_rnn.options`: the command line has the same)
+DEFAULT = DEFAULTS["predict"]
 
 #: task -> (function applying a saved model, function listing the keys it writes)
 APPLIERS = {
@@ -49,20 +52,20 @@ def predict(
     adata: AnnData,
     model: Model | str | os.PathLike,
     *,
-    key_added: str | None = None,
-    gene_symbols: str | None = None,
-    min_gene_overlap: float = 0.8,
-    layout: str | None = None,
-    series_subset: list[str] | None = None,
-    batch_size: int = 512,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    key_added: str | None = DEFAULT.key_added,
+    gene_symbols: str | None = DEFAULT.gene_symbols,
+    min_gene_overlap: float = DEFAULT.min_gene_overlap,
+    layout: str | None = DEFAULT.layout,
+    series_subset: list[str] | None = DEFAULT.series_subset,
+    batch_size: int = DEFAULT.batch_size,
+    chunk_rows: int = DEFAULT.chunk_rows,
     scratch: h5py.Group | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    amp: bool = False,
-    overwrite: bool = False,
-    quiet: bool = False,
-    copy: bool = False,
+    seed: int = DEFAULT.seed,
+    device: str = DEFAULT.device,
+    amp: bool = DEFAULT.amp,
+    overwrite: bool = DEFAULT.overwrite,
+    quiet: bool = DEFAULT.quiet,
+    copy: bool = DEFAULT.copy,
 ):
     """Apply a saved model (classifier, forecaster or embedding) to ``adata``.
 
