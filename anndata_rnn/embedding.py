@@ -299,7 +299,7 @@ def embed_config(
     return {
         "task": "embed",
         "layout": spec.layout,
-        "keys": spec.keys(),
+        "keys": spec.model_keys(),
         "architecture": arch,
         "n_inputs": int(values.shape[-1]),
         "train": {

@@ -646,7 +646,7 @@ def forecast_config(
     return {
         "task": "forecast",
         "layout": spec.layout,
-        "keys": spec.keys(),
+        "keys": spec.model_keys(),
         "architecture": arch,
         "n_inputs": n_inputs,
         "n_outputs": n_outputs,

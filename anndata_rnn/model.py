@@ -3,6 +3,8 @@
 Layout of the file (readable from R with rhdf5)::
 
     /                 attrs: format="anndata-rnn-model", format_version=1, config=<JSON string>
+                      (the layout once, as config["layout"]: files written before hold copies
+                      in config["keys"] and config["preprocessing"], checked equal and dropped)
     /weights/<name>   one float dataset per tensor of the network's state_dict
     /features/names   the input features (genes) in the model's order (strings)
     /preprocessing/mean, /preprocessing/std   training statistics per feature
@@ -178,6 +180,7 @@ class Model:
         if not isinstance(config, dict) or "task" not in config or "preprocessing" not in config:
             raise ModelFileError(f"{where} has an incomplete config (task/preprocessing missing)")
         _check_config(config, where)
+        _drop_layout_copies(config)
         features = _read_strings(f, "features/names", where)
         # var-series: every gene is one sequence of a single feature, so one mean/std
         n_stats = 1 if Layout.of(config["layout"]).one_feature else len(features)
@@ -199,6 +202,7 @@ class Model:
         preprocessor = Preprocessor.from_stored(
             {"imputation": implied, **config["preprocessing"]},
             {"features": features, "mean": mean, "std": std},
+            layout=config["layout"],
         )
         n_inputs = config.get("n_inputs")
         if not isinstance(n_inputs, int) or not 0 < n_inputs < 10_000_000:
@@ -236,6 +240,27 @@ class Model:
                         f"{where}: arrays/{name} has unsupported type {item.dtype}"
                     )
         return cls(config, preprocessor, module, arrays)
+
+
+def load_model(model: Model | str | os.PathLike) -> Model:
+    """The one way the tools and the command line get a :class:`Model`: a ``Model`` as it is,
+    a path (``str`` or ``os.PathLike``) read with :meth:`Model.load`.
+
+    Raises
+    ------
+    ModelFileError
+        When the file is missing, not a model file or damaged (one line naming the file).
+    InputError
+        When ``model`` is neither a ``Model`` nor a path.
+    """
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, str | os.PathLike):
+        return Model.load(model)
+    raise InputError(
+        f"model must be an anndata_rnn.Model or the path of a model file, not a "
+        f"{type(model).__name__}"
+    )
 
 
 def _attr_str(f: h5py.File, name: str, where: str) -> str:
@@ -320,7 +345,8 @@ def _check_config(config: dict, where: str) -> None:
             refuse(f"keys/{name}", "a text or null")
     if not (keys.get("key_added") is None or _plain_name(keys["key_added"])):
         refuse("keys/key_added", "a plain name (letters, digits, '_', '-')")
-    if keys.get("layout") not in (None, config["layout"]):
+    # files written before the layout was stored once: their copies must agree with it
+    if keys.get("layout", config["layout"]) != config["layout"]:
         refuse("keys/layout", "the model's layout")
     if not (keys.get("series_subset") is None or texts(keys["series_subset"])):
         refuse("keys/series_subset", "a list of texts or null")
@@ -379,7 +405,7 @@ def _check_config(config: dict, where: str) -> None:
     if not isinstance(prep, dict):
         refuse("preprocessing", "a mapping")
     checks = {
-        "layout": prep.get("layout") == config["layout"],
+        "layout": prep.get("layout", config["layout"]) == config["layout"],
         "source_kind": prep.get("source_kind") in ("X", "layer", "rep"),
         "source_name": isinstance(prep.get("source_name"), str),
         "normalize": isinstance(prep.get("normalize"), bool),
@@ -412,6 +438,15 @@ def _check_config(config: dict, where: str) -> None:
         and all(number(t) and abs(t) <= MAX_STATISTIC for t in future)
     ):
         refuse("future_times", f"at most {MAX_HORIZON} finite time points")
+
+
+def _drop_layout_copies(config: dict) -> None:
+    """Remove the copies of the layout that files written before it was stored once hold
+    (``config["keys"]["layout"]``, ``config["preprocessing"]["layout"]``; checked equal to
+    ``config["layout"]`` by :func:`_check_config`): ``config["layout"]`` is then the only one
+    read, and saving the model again writes it once."""
+    for part in ("keys", "preprocessing"):
+        config[part] = {name: value for name, value in config[part].items() if name != "layout"}
 
 
 def _plain_name(value) -> bool:

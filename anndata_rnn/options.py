@@ -1,11 +1,12 @@
-"""One declaration of every option of the training tasks (``classify``, ``forecast``, ``embed``).
+"""One declaration of every option of the tasks: the training tasks (``classify``, ``forecast``,
+``embed``) and those that apply a saved model (``predict``, ``explain``).
 
 Each :class:`Option` holds the keyword of the ``tl`` function, its type, default (per task where
 the tasks differ), bounds or choices and the command-line help. From this table come:
 
 * the defaults of the ``tl`` signatures (``hidden: ... = DEFAULTS["embed"].hidden``) and the
   docstring fragments they share (:func:`doc_params`, scanpy's ``_docs.py`` pattern);
-* the click options of ``anndata-rnn classify / forecast / embed``
+* the click options of ``anndata-rnn classify / forecast / embed / predict / explain``
   (:mod:`anndata_rnn.cli._training_options`);
 * the check of the Galaxy tool's parameters, defaults and bounds
   (``tests/test_galaxy_tool.py``; the API and click checks: ``tests/test_options.py``).
@@ -26,15 +27,22 @@ from typing import Any
 from .networks.encoder import CELLS
 from .sequences import LAYOUTS, OBS_SERIES
 
+#: the tasks that train a model
+TRAINING_TASKS = ("classify", "forecast", "embed")
+#: the tasks that apply a saved model
+APPLYING_TASKS = ("predict", "explain")
 #: the tasks whose options this table declares
-TASKS = ("classify", "forecast", "embed")
-CLASSIFY, FORECAST, EMBED = (frozenset({task}) for task in TASKS)
+TASKS = TRAINING_TASKS + APPLYING_TASKS
+CLASSIFY, FORECAST, EMBED, PREDICT, EXPLAIN = (frozenset({task}) for task in TASKS)
+TRAINING = frozenset(TRAINING_TASKS)
+APPLYING = frozenset(APPLYING_TASKS)
 ALL = frozenset(TASKS)
 
 #: the groups of the table, in the order the command-line help lists them
-#: ("run": seed, device, precision and the switches every command has; the command line declares
-#: them once for all its commands, :mod:`anndata_rnn.cli._common`)
-GROUPS = ("sequences", "preprocessing", "architecture", "training", "output", "run")
+#: ("apply": matching a saved model's genes and explaining its predictions; "run": seed,
+#: device, precision and the switches every command has; the command line declares them once
+#: for all its commands, :mod:`anndata_rnn.cli._common`)
+GROUPS = ("sequences", "preprocessing", "architecture", "training", "apply", "output", "run")
 
 #: streamed training and streamed apply: cells read and densified per chunk (8192 rows × 2,000
 #: genes is 64 MB of float32)
@@ -63,7 +71,7 @@ class Option:
     type: type
     default: Any
     help: str
-    tasks: frozenset[str] = ALL
+    tasks: frozenset[str] = TRAINING
     low: float | None = None
     high: float | None = None
     low_open: bool = False
@@ -122,13 +130,20 @@ OPTIONS: tuple[Option, ...] = (
         "layout", "sequences", str, OBS_SERIES.name,
         "obs-series: observations of a series over time; var-series: each gene's profile "
         "over time; profile: each observation read across its genes.",
-        choices=LAYOUTS,
+        choices=LAYOUTS, tasks=TRAINING | PREDICT, cli_tasks=TRAINING,
+        task_defaults={"predict": None},
+        task_help={"predict": "If given, must equal the model's layout (a guard for pipelines)."},
     ),
     Option("series_key", "sequences", str, None, "obs column naming the series (subject, trajectory)."),
     Option("time_key", "sequences", str, None, "obs column with numeric time points."),
     Option(
         "series_subset", "sequences", list, None,
         "Only these series, comma separated (e.g. cdc15).", to_cli=lambda v: v and ",".join(v),
+        tasks=TRAINING | PREDICT,
+        task_help={
+            "predict": "Series of the new data to use, comma separated (default: the training "
+            "run's subset)."
+        },
     ),
     Option(
         "order_key", "sequences", str, None, "profile: var column giving the gene order.",
@@ -236,7 +251,11 @@ OPTIONS: tuple[Option, ...] = (
         "max_epochs", "training", int, 100, "Maximum number of epochs.", flag="--epochs",
         low=1, high=1_000_000,
     ),
-    Option("batch_size", "training", int, 64, "", low=1, high=16_384),
+    Option(
+        "batch_size", "training", int, 64, "", low=1, high=16_384, tasks=ALL,
+        task_defaults={"predict": 512, "explain": 32},
+        task_help={"explain": "Sequences per attribution call (each is expanded --n-steps times)."},
+    ),
     Option(
         "lr", "training", float, 1e-3, "Learning rate.", low=0, low_open=True, click_range=False
     ),
@@ -293,12 +312,61 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "chunk_rows", "training", int, DEFAULT_CHUNK_ROWS,
         "Streamed training: cells read from the file and shuffled together (bounds memory).",
-        tasks=CLASSIFY | EMBED, low=1, high=10_000_000,
+        tasks=CLASSIFY | EMBED | PREDICT, low=1, high=10_000_000,
+        task_help={
+            "predict": "Observations read and encoded at a time (bounds memory; lower it on a "
+            "small machine)."
+        },
+    ),
+    # ----------------------------------------------------------------------------- apply --
+    Option(
+        "gene_symbols", "apply", str, None, "var column with the gene identifiers to match.",
+        tasks=APPLYING,
+    ),
+    Option(
+        "min_gene_overlap", "apply", float, 0.8,
+        "Stop when fewer of the model's genes are present.",
+        # the library's check says more than click's (a fraction in (0, 1])
+        tasks=APPLYING, low=0, high=1, low_open=True, click_range=False,
+    ),
+    Option(
+        "target", "apply", str, None,
+        "Classifier: only explain these classes (comma separated; default all). Forecaster: "
+        "the gene(s) whose forecast is explained (required).",
+        tasks=EXPLAIN,
+    ),
+    Option(
+        "method", "apply", str, "integrated_gradients",
+        "integrated_gradients (captum, with a completeness check) or input_x_gradient (fast).",
+        tasks=EXPLAIN, choices=("integrated_gradients", "input_x_gradient"),
+    ),
+    Option(
+        "n_steps", "apply", int, 50,
+        "Integration steps (more = attributions closer to complete).",
+        tasks=EXPLAIN, low=1, high=1_024,
+    ),
+    Option(
+        "baseline", "apply", str, "mean",
+        "Reference input: the training mean of each gene, or no expression.",
+        tasks=EXPLAIN, choices=("mean", "zero"),
+    ),
+    Option(
+        "use_labels", "apply", bool, False,
+        "Explain each sequence toward its labelled class (the model's label column in this "
+        "data) instead of its predicted class.",
+        tasks=EXPLAIN,
+    ),
+    Option(
+        "max_per_class", "apply", int, None,
+        "Explain at most this many sequences per class (seeded random subset; faster).",
+        tasks=EXPLAIN, low=1, high=1_000_000,
     ),
     # ---------------------------------------------------------------------------- output --
     Option(
         "key_added", "output", str, "rnn",
-        "Prefix of the output keys (letters, digits, '_' and '-').",
+        "Prefix of the output keys (letters, digits, '_' and '-').", tasks=ALL,
+        task_defaults={"predict": None},
+        task_help={"predict": "Prefix of the output keys (default: the model's)."},
     ),
     Option(
         "horizon", "output", int, None,
@@ -345,22 +413,26 @@ OPTIONS: tuple[Option, ...] = (
         tasks=EMBED,
     ),
     # ------------------------------------------------------------------------------- run --
-    Option("seed", "run", int, 0, "Seed (runs are reproducible).", low=0, high=MAX_SEED),
+    Option(
+        "seed", "run", int, 0, "Seed (runs are reproducible).", low=0, high=MAX_SEED, tasks=ALL
+    ),
     Option(
         "device", "run", str, "auto", "auto = CUDA when available, else CPU.",
-        choices=("auto", "cpu", "cuda"),
+        choices=("auto", "cpu", "cuda"), tasks=ALL,
     ),
     Option(
         "amp", "run", bool, False,
         "Mixed precision on a CUDA GPU (bf16 where supported, else fp16); ignored on CPU.",
+        tasks=TRAINING | PREDICT,
     ),
     Option(
         "overwrite", "run", bool, False,
-        "Replace output keys that already exist in the AnnData.",
+        "Replace output keys that already exist in the AnnData.", tasks=ALL,
     ),
-    Option("quiet", "run", bool, False, "No progress bar or log; only the results."),
+    Option("quiet", "run", bool, False, "No progress bar or log; only the results.", tasks=ALL),
     Option(
-        "copy", "run", bool, False, "Work on a copy and return it.", cli_tasks=frozenset()
+        "copy", "run", bool, False, "Work on a copy and return it.", tasks=ALL,
+        cli_tasks=frozenset(),
     ),
 )  # fmt: skip
 

@@ -133,8 +133,9 @@ class Preprocessor:
 
     # -- configuration ----------------------------------------------------------------------
     def config(self) -> dict:
+        """The settings stored in the model file (``config["preprocessing"]``); the layout is
+        the model config's own (stored once) and given back to :meth:`from_stored`."""
         return {
-            "layout": self.layout,
             "source_kind": self.source_kind,
             "source_name": self.source_name,
             "normalize": self.normalize,
@@ -151,9 +152,13 @@ class Preprocessor:
         return {"features": self.features, "mean": self.mean, "std": self.std}
 
     @classmethod
-    def from_stored(cls, config: dict, arrays: dict[str, np.ndarray]) -> Preprocessor:
+    def from_stored(
+        cls, config: dict, arrays: dict[str, np.ndarray], *, layout: str
+    ) -> Preprocessor:
+        """The preprocessor a model file stores (:meth:`config`, :meth:`arrays`) for a model of
+        ``layout``."""
         return cls(
-            layout=config["layout"],
+            layout=layout,
             source_kind=config["source_kind"],
             source_name=config["source_name"],
             normalize=bool(config["normalize"]),

@@ -59,7 +59,9 @@ IMPUTATION_LOG = {
 @dataclass
 class TaskResult:
     """What a tool did: the annotated AnnData, the model (training tools), the metrics and the
-    written keys. ``record`` is the content stored in ``uns[key]``."""
+    elements it wrote. ``record`` is the content stored in ``uns[key]``; ``written`` the
+    elements the tool wrote besides ``uns[key]`` (``"obs/<column>"``, ``"var/<column>"``,
+    ``"obsm/<key>"``, ``"varm/<key>"``, ``"layers/<key>"``), given by the tool itself."""
 
     adata: AnnData
     key: str
@@ -67,19 +69,17 @@ class TaskResult:
     model: Model | None = None
     copy: bool = False
     title: str = "test split"
+    written: list[str] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict:
         return self.record.get("metrics", {})
 
     @property
-    def written(self) -> list[str]:
-        return list(self.record.get("written", []))
-
-    @property
     def elements(self) -> list[str]:
-        """Every element the tool added to the AnnData (``written`` and ``uns/{key}``): what a
-        copy of the input file needs to get (:func:`~anndata_rnn.streaming.write_new_elements`)."""
+        """Exactly the elements the tool wrote into the AnnData (``written`` and
+        ``uns/{key}``): what a copy of the input file needs to get
+        (:func:`~anndata_rnn.streaming.write_new_elements`; ``tests/test_elements.py``)."""
         return [*self.written, f"uns/{self.key}"]
 
     def returned(self):
@@ -451,7 +451,9 @@ class TrainingRun:
             warnings.warn(caution, UserWarning, stacklevel=3)
         store_uns(self.target, key, record)
         model = Model(config, self.prep, module.cpu(), arrays=arrays)
-        return TaskResult(self.target, key, record, model=model, copy=self.copy, title=title)
+        return TaskResult(
+            self.target, key, record, model=model, copy=self.copy, title=title, written=written
+        )
 
 
 def start_training(
@@ -542,7 +544,7 @@ def _check_sequence_length(model: Model, index: SequenceIndex) -> None:
 @timing.timed("preprocessing")
 def open_model(
     adata: AnnData,
-    model: Model | str,
+    model: Model,
     *,
     copy: bool,
     seed: int,
@@ -555,7 +557,8 @@ def open_model(
     progress: bool = False,
     scratch: h5py.Group | None = None,
 ) -> OpenedModel:
-    """Load (when given a path), seed, match genes and build the model's index on ``adata``.
+    """Seed, match genes and build the index of ``model`` (loaded by the tool:
+    :func:`~anndata_rnn.model.load_model`) on ``adata``.
 
     ``check_targets(target, model)`` runs once the target exists, before anything is computed
     (the output-key checks of the calling tool). ``chunk_rows``, ``progress`` and ``scratch``
@@ -563,15 +566,15 @@ def open_model(
     """
     if chunk_rows < 1:
         raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    if isinstance(model, str):
-        model = Model.load(model)
     if not 0 < min_gene_overlap <= 1:
         raise InputError(f"min_gene_overlap must be in (0, 1], got {min_gene_overlap}")
     target = target_of(adata, copy)
     seed_everything(seed)
     torch_device = distributed.local_device(resolve_device(device))
     distributed.init(torch_device)  # under torchrun: the ranks share the streamed sequences
-    spec = SequenceSpec.from_keys(model.config["keys"], series_subset=series_subset)
+    spec = SequenceSpec.from_keys(
+        model.config["keys"], layout=model.layout, series_subset=series_subset
+    )
     if check_targets is not None:
         check_targets(target, model)
     source = FeatureSource(

@@ -487,8 +487,9 @@ def build_index(
 class SequenceSpec:
     """How an AnnData becomes sequences: the keys a model records and replays on new data.
 
-    Validated once on construction; :meth:`keys` is the dict stored in the model config and
-    :meth:`from_keys` reads it back. ``extra`` holds task keys recorded in the same dict
+    Validated once on construction; :meth:`keys` is what a run records of it
+    (``uns[key]["params"]``), :meth:`model_keys` the dict stored in the model config and
+    :meth:`from_keys` reads that back. ``extra`` holds task keys recorded in the same dict
     (``label_key``, ``eval_label``).
     """
 
@@ -510,8 +511,13 @@ class SequenceSpec:
             object.__setattr__(self, "series_subset", tuple(self.series_subset) or None)
 
     def keys(self) -> dict:
+        """The layout and every key, as a run records them in ``uns[key]["params"]``."""
+        return {"layout": self.layout, **self.model_keys()}
+
+    def model_keys(self) -> dict:
+        """The keys a model file stores under ``config["keys"]``: everything but the layout,
+        which the model config stores once, as its own ``layout``."""
         return {
-            "layout": self.layout,
             **dict(self.extra),
             "series_key": self.series_key,
             "time_key": self.time_key,
@@ -524,12 +530,14 @@ class SequenceSpec:
         }
 
     @classmethod
-    def from_keys(cls, keys: dict, *, series_subset=None) -> SequenceSpec:
-        """The spec a model's stored keys describe (``series_subset`` overrides the stored one)."""
+    def from_keys(cls, keys: dict, *, layout: str, series_subset=None) -> SequenceSpec:
+        """The spec a model's stored keys describe, on its ``layout`` (``series_subset``
+        overrides the stored one). A ``"layout"`` among the keys (files written by 0.3.0 and
+        before, checked equal on loading) is not read."""
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         subset = series_subset if series_subset is not None else keys.get("series_subset")
         return cls(
-            layout=keys["layout"],
+            layout=layout,
             series_key=keys.get("series_key"),
             time_key=keys.get("time_key"),
             series_subset=subset,

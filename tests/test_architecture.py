@@ -184,3 +184,41 @@ def test_the_cli_never_reads_uns():
             if isinstance(node, ast.Attribute) and node.attr == "uns":
                 readers.append(f"{path.name}:{node.lineno}")
     assert not readers, readers
+
+
+def test_the_cli_writes_the_elements_a_tool_returns():
+    """What a command writes into its copy of the input is ``TaskResult.elements`` (exactly what
+    the tool wrote: ``tests/test_elements.py``), never a record's ``"written"`` list."""
+    readers = []
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value == "written":
+                readers.append(f"{path.name}:{node.lineno}")
+    assert not readers, readers
+    writes = {}  # each call of write_new_elements in cli/ -> what it is given to write
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "write_new_elements"
+            ):
+                writes[f"{path.name}:{node.lineno}"] = ast.get_source_segment(text, node.args[3])
+    assert len(writes) >= 3, writes  # predict, explain and the training commands' profile path
+    assert all(given == "result.elements" for given in writes.values()), writes
+
+
+def test_one_way_to_load_a_model():
+    """A path becomes a ``Model`` in one place, ``model.load_model`` (the tools and the
+    commands call it; ``Model.load`` is called nowhere else in the package)."""
+    callers = [
+        f"{'/'.join(parts)}.py:{function.name}"
+        for path, parts in _modules()
+        for function in ast.walk(ast.parse(path.read_text()))
+        if isinstance(function, ast.FunctionDef)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "load"
+        and getattr(node.value, "id", None) in ("Model", "cls")
+    ]
+    assert callers == ["model.py:load_model"], callers

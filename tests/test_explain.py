@@ -251,7 +251,7 @@ def test_time_gap_channel_is_never_attributed(krumsiek):
         test_fraction=0.2,
         **TINY,
     )
-    index = SequenceSpec.from_keys(model.config["keys"]).index(adata)
+    index = SequenceSpec.from_keys(model.config["keys"], layout=model.layout).index(adata)
     source = FeatureSource(adata)
     encoded = encode(index, source, model.preprocessor)
     values, lengths = torch.from_numpy(encoded.values), torch.from_numpy(encoded.lengths)

@@ -20,8 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+import anndata
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from fixtures_rich import rich_adata
@@ -93,6 +95,77 @@ def test_model_round_trip(trained):
     with h5py.File(path, "r") as a, h5py.File(again, "r") as b:
         for name in a["weights"]:
             np.testing.assert_array_equal(a["weights"][name][()], b["weights"][name][()])
+
+
+def _with_config(src: Path, dst: Path, change) -> Path:
+    """A copy of the model file ``src`` whose JSON config ``change(config)`` edited in place."""
+    _copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        config = json.loads(f.attrs["config"])
+        change(config)
+        f.attrs["config"] = json.dumps(config)
+    return dst
+
+
+def test_the_layout_is_stored_once(trained):
+    config = _config(trained[0])
+    assert config["layout"] == "obs-series"
+    assert "layout" not in config["keys"] and "layout" not in config["preprocessing"]
+
+
+def test_a_file_with_the_three_layout_copies_still_loads(trained, tmp_path):
+    """Files written before the layout was stored once (0.3.0 development builds and 0.2) hold
+    it in ``config["keys"]`` and ``config["preprocessing"]`` too: they load and apply as the
+    new file does, a copy that disagrees is refused, and saving the model again stores it once."""
+    path, data = trained
+
+    def three_copies(layout):
+        def change(config):
+            config["keys"]["layout"] = layout
+            config["preprocessing"]["layout"] = layout
+
+        return change
+
+    old = _with_config(path, tmp_path / "old.h5", three_copies("obs-series"))
+    assert _config(old)["keys"]["layout"] == "obs-series"
+    model = ar.Model.load(old)
+    assert model.layout == "obs-series" and model.preprocessor.layout == "obs-series"
+    adata = anndata.read_h5ad(data)
+    from_old = ar.tl.predict(adata, model, device="cpu", quiet=True, copy=True)
+    from_new = ar.tl.predict(adata, str(path), device="cpu", quiet=True, copy=True)
+    assert from_old.obs.shape[1] > adata.obs.shape[1]
+    pd.testing.assert_frame_equal(from_old.obs, from_new.obs)
+    assert from_old.obsm.keys() == from_new.obsm.keys()
+    for name in set(from_new.obsm) - set(adata.obsm):  # (the fixture's own include sparse ones)
+        np.testing.assert_array_equal(from_old.obsm[name], from_new.obsm[name])
+    model.save(tmp_path / "again.h5")
+    config = _config(tmp_path / "again.h5")
+    assert "layout" not in config["keys"] and "layout" not in config["preprocessing"]
+
+    for part in ("keys", "preprocessing"):
+        bad = _with_config(
+            old, tmp_path / f"bad_{part}.h5", lambda c, p=part: c[p].update(layout="profile")
+        )
+        with pytest.raises(ModelFileError, match=f"{part}/layout"):
+            ar.Model.load(bad)
+
+
+def test_the_tools_take_a_model_a_path_or_a_pathlike(trained):
+    """``tl.predict`` / ``tl.explain`` load a model through ``model.load_model``: a ``str`` or a
+    ``pathlib.Path`` of a model file, or the ``Model`` itself; anything else is one clear line."""
+    path, data = trained
+    adata = anndata.read_h5ad(data)
+    outputs = [
+        ar.tl.predict(adata, model, device="cpu", quiet=True, copy=True).obs["rnn_pred"]
+        for model in (str(path), path, ar.Model.load(path))
+    ]
+    pd.testing.assert_series_equal(outputs[0], outputs[1])
+    pd.testing.assert_series_equal(outputs[0], outputs[2])
+    for tool in (ar.tl.predict, ar.tl.explain):
+        with pytest.raises(ar.InputError, match=r"^model must be .* not a dict$"):
+            tool(adata, {"task": "classify"}, device="cpu", quiet=True, copy=True)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        ar.tl.predict(adata, path.with_name("absent.h5"), device="cpu", quiet=True, copy=True)
 
 
 def test_loader_source_never_unpickles():

@@ -3,6 +3,7 @@ drift from it (the Galaxy tool's check: tests/test_galaxy_tool.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 
@@ -13,15 +14,32 @@ from click.testing import CliRunner
 from anndata_rnn import tl
 from anndata_rnn.cli import main
 from anndata_rnn.networks import parse_hidden
-from anndata_rnn.options import BY_NAME, OPTIONS, TASKS, doc_params, options_of
+from anndata_rnn.options import (
+    APPLYING_TASKS,
+    BY_NAME,
+    OPTIONS,
+    TASKS,
+    TRAINING_TASKS,
+    doc_params,
+    options_of,
+)
 
-#: keyword parameters of the tl functions that are not options with a default (required)
-REQUIRED = {"classify": {"label_key"}, "forecast": set(), "embed": set()}
+#: keyword parameters of the tl functions that are not options of the table: the required
+#: labels, and predict's scratch (an open HDF5 group the command line makes, not a setting)
+NOT_OPTIONS = {
+    "classify": {"label_key"},
+    "forecast": set(),
+    "embed": set(),
+    "predict": {"scratch"},
+    "explain": set(),
+}
 #: the required arguments of each command, for a command line that sets nothing else
 MINIMAL = {
     "classify": ["--label", "y"],
     "forecast": [],
     "embed": [],
+    "predict": [],
+    "explain": [],
 }
 
 
@@ -34,7 +52,7 @@ def _keyword_defaults(task: str) -> dict:
 def test_tl_signatures_have_the_tables_options_and_defaults(task):
     defaults = _keyword_defaults(task)
     table = {o.name: o.default_for(task) for o in options_of(task)}
-    assert set(defaults) - REQUIRED[task] == set(table)
+    assert set(defaults) - NOT_OPTIONS[task] == set(table)
     assert {name: defaults[name] for name in table} == table
 
 
@@ -60,6 +78,9 @@ def test_click_options_are_the_tables(task):
             assert not option.click_range or (option.low, option.high) == (None, None)
     # what a command declares beside the table: files, the labels, and the CLI's own switches
     own = {"input", "output", "model_out", "metrics_table", "label_key", "report", "debug"}
+    # the file of a saved model; explain's table of top genes and its length (the command
+    # line's output, made by tl.importance_table, not a setting of tl.explain)
+    own |= {"model_path", "table", "top"}
     untabled = set(params) - {o.name for o in OPTIONS} - own - {"threads"}
     assert not untabled, untabled
 
@@ -68,33 +89,43 @@ def test_click_options_are_the_tables(task):
 def test_a_bare_command_line_calls_the_tool_with_its_defaults(task, monkeypatch, tmp_path):
     """End to end: the keyword arguments the command passes to ``tl.<task>`` when the user sets
     nothing are the tool's own defaults (the embed --n-top-genes drift was such a difference)."""
+    from anndata_rnn import model as model_module
     from anndata_rnn.cli import _common
 
     # the module, not the command of the same name that anndata_rnn.cli exports
     command_module = sys.modules[f"anndata_rnn.cli.{task}"]
     passed = {}
 
-    def capture(adata, **kwargs):
+    def capture(adata, *model, **kwargs):
         passed.update(kwargs)
         raise SystemExit(0)
 
     monkeypatch.setattr(getattr(tl, task), "run", capture)
-    monkeypatch.setattr(command_module, "train_and_write", lambda *a, **k: a[4]("adata"))
     monkeypatch.setattr(_common, "bound_heap_growth", lambda: None)
-    source = tmp_path / "in.h5ad"
+    source, model = tmp_path / "in.h5ad", tmp_path / "m.h5"
     source.touch()
     argv = [task, str(source), *MINIMAL[task], "--output", str(tmp_path / "o.h5ad")]
-    result = CliRunner().invoke(main, [*argv, "--model-out", str(tmp_path / "m.h5")])
+    if task in APPLYING_TASKS:  # nothing is read: the tool gets stand-ins
+        model.touch()
+        monkeypatch.setattr(model_module, "load_model", lambda path: "model")
+        monkeypatch.setattr(command_module, "open_lazy", lambda path: contextlib.nullcontext())
+        if task == "predict":
+            monkeypatch.setattr(command_module, "scratch_file", lambda d: contextlib.nullcontext())
+        argv += ["--model", str(model)]
+    else:
+        monkeypatch.setattr(command_module, "train_and_write", lambda *a, **k: a[4]("adata"))
+        argv += ["--model-out", str(model)]
+    result = CliRunner().invoke(main, argv)
     assert result.exit_code == 0, result.output
     defaults = _keyword_defaults(task)
     for name, value in passed.items():
-        if name in REQUIRED[task]:
+        if name in NOT_OPTIONS[task]:
             continue
         if name == "hidden":
             value, defaults[name] = parse_hidden(value), parse_hidden(defaults[name])
         assert value == defaults[name], (name, value, defaults[name])
     # every option of the command line reached the tool
-    assert set(passed) - REQUIRED[task] == {
+    assert set(passed) - NOT_OPTIONS[task] == {
         o.name for o in options_of(task) if o.on_command_line(task)
     }
 
@@ -102,7 +133,7 @@ def test_a_bare_command_line_calls_the_tool_with_its_defaults(task, monkeypatch,
 def test_embed_selects_genes_as_classify_does():
     """The fixed drift (issue 22): tl.embed and tl.forecast default to n_top_genes="auto",
     as classify and every command line do."""
-    assert {_keyword_defaults(task)["n_top_genes"] for task in TASKS} == {"auto"}
+    assert {_keyword_defaults(task)["n_top_genes"] for task in TRAINING_TASKS} == {"auto"}
 
 
 def test_table_rejects_an_override_for_a_task_without_the_option():

@@ -54,12 +54,12 @@ def test_auto_applies_log1p_only_and_says_so(caplog):
     assert prep.log1p and not prep.normalize
     assert "log1p only" in caplog.text and "FPKM" in caplog.text
     np.testing.assert_allclose(prep.mean, np.log1p(x.astype(np.float64)).mean(0), rtol=1e-4)
-    stored = Preprocessor.from_stored(prep.config(), prep.arrays())
+    stored = Preprocessor.from_stored(prep.config(), prep.arrays(), layout=prep.layout)
     assert stored.log1p
     # an old config (no "log1p" key) reads as before: no transform
     old = prep.config()
     del old["log1p"]
-    assert not Preprocessor.from_stored(old, prep.arrays()).log1p
+    assert not Preprocessor.from_stored(old, prep.arrays(), layout=prep.layout).log1p
     with pytest.raises(InputError):
         prep.transform_rows(-x, np.asarray([f"g{i}" for i in range(x.shape[1])], dtype=object))
 

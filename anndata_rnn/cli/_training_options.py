@@ -1,6 +1,7 @@
-"""The click options of the training commands, made from :mod:`anndata_rnn.options`.
+"""The click options of the task commands, made from :mod:`anndata_rnn.options`.
 
-Every option of ``classify``, ``forecast`` and ``embed`` is declared once, in that table;
+Every option of ``classify``, ``forecast``, ``embed``, ``predict`` and ``explain`` is declared
+once, in that table;
 :func:`table_options` turns a task's options into click options, and :func:`api_kwargs` turns
 the values click parsed back into the keyword arguments of the ``tl`` function.
 """
@@ -75,9 +76,9 @@ def table_options(task: str, *groups: str):
     return decorate
 
 
-#: the groups of a training command's own options (the "run" group is every command's:
+#: the groups of a task command's own options (the "run" group is every command's:
 #: :mod:`anndata_rnn.cli._common`)
-TASK_GROUPS = ("sequences", "preprocessing", "architecture", "training", "output")
+TASK_GROUPS = ("sequences", "preprocessing", "architecture", "training", "apply", "output")
 
 
 def model_file_options(func):

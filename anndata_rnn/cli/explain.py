@@ -18,7 +18,7 @@ from ._common import (
     record_timings,
     report_option,
 )
-from ._training_options import output_key
+from ._training_options import TASK_GROUPS, api_kwargs, table_options
 
 
 @click.command(
@@ -30,43 +30,7 @@ from ._training_options import output_key
 """
 )
 @apply_model_arguments
-@click.option(
-    "--target",
-    help="Classifier: only explain these classes (comma separated; default all). Forecaster: "
-    "the gene(s) whose forecast is explained (required).",
-)
-@click.option(
-    "--method",
-    type=click.Choice(["integrated_gradients", "input_x_gradient"]),
-    default="integrated_gradients",
-    show_default=True,
-    help="integrated_gradients (captum, with a completeness check) or input_x_gradient (fast).",
-)
-@click.option(
-    "--n-steps",
-    type=click.IntRange(1, 1_024),
-    default=50,
-    show_default=True,
-    help="Integration steps (more = attributions closer to complete).",
-)
-@click.option(
-    "--baseline",
-    type=click.Choice(["mean", "zero"]),
-    default="mean",
-    show_default=True,
-    help="Reference input: the training mean of each gene, or no expression.",
-)
-@click.option(
-    "--use-labels",
-    is_flag=True,
-    help="Explain each sequence toward its labelled class (the model's label column in this "
-    "data) instead of its predicted class.",
-)
-@click.option(
-    "--max-per-class",
-    type=click.IntRange(1, 1_000_000),
-    help="Explain at most this many sequences per class (seeded random subset; faster).",
-)
+@table_options("explain", *TASK_GROUPS)
 @click.option(
     "--top",
     type=click.IntRange(1, 100_000),
@@ -79,52 +43,10 @@ from ._training_options import output_key
     type=click.Path(dir_okay=False),
     help="Write the top genes per class as a TSV (class, rank, gene, importance).",
 )
-@click.option(
-    "--key-added",
-    default="rnn",
-    show_default=True,
-    callback=output_key,
-    help="Prefix of the output keys (letters, digits, '_' and '-').",
-)
-@click.option("--gene-symbols", help="var column with the gene identifiers to match.")
-@click.option(
-    "--min-gene-overlap",
-    type=float,
-    default=0.8,
-    show_default=True,
-    help="Stop when fewer of the model's genes are present.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 16_384),
-    default=32,
-    show_default=True,
-    help="Sequences per attribution call (each is expanded --n-steps times).",
-)
 @device_options
 @report_option
 @common_options
-def explain(
-    input,
-    model_path,
-    output,
-    target,
-    method,
-    n_steps,
-    baseline,
-    use_labels,
-    max_per_class,
-    top,
-    table,
-    key_added,
-    gene_symbols,
-    min_gene_overlap,
-    batch_size,
-    seed,
-    device,
-    overwrite,
-    quiet,
-):
+def explain(input, model_path, output, top, table, **kw):
     """Which genes and which time steps drive a saved model's predictions.
 
     Integrated gradients (captum) attribute each sequence's prediction to its input values
@@ -133,7 +55,7 @@ def explain(
     step_importance (steps × classes), step_times and explain (method, completeness check).
     """
     from .. import timing, tl
-    from ..model import Model
+    from ..model import load_model
     from ..tl import importance_table
 
     # X stays in the file (read chunk by chunk for the predictions, then only the explained
@@ -142,47 +64,28 @@ def explain(
         out_tmp = outputs.add(output)
         table_tmp = outputs.add(table)
         with timing.phase("reading"):
-            model = Model.load(model_path)
+            model = load_model(model_path)
         if table_tmp and Layout.of(model.layout).one_feature:
             raise InputError(
                 "--table lists genes by importance, but a var-series model's genes are its "
                 "sequences (it attributes time points): leave out --table and read "
                 "uns[key]['step_importance'] / obsm[key_step_importance]"
             )
-        result = tl.explain.run(
-            adata,
-            model,
-            target=target,
-            method=method,
-            n_steps=n_steps,
-            baseline=baseline,
-            use_labels=use_labels,
-            max_per_class=max_per_class,
-            gene_symbols=gene_symbols,
-            min_gene_overlap=min_gene_overlap,
-            batch_size=batch_size,
-            seed=seed,
-            device=device,
-            key_added=key_added,
-            overwrite=overwrite,
-            quiet=quiet,
-        )
-        adata, record = result.adata, result.record
-        has_genes = f"{key_added}_importance" in adata.varm or "feature_importance" in record
-        ranked = importance_table(adata, key_added, top) if has_genes else None
+        result = tl.explain.run(adata, model, **api_kwargs("explain", kw))
+        adata, record, key = result.adata, result.record, result.key
+        has_genes = f"{key}_importance" in adata.varm or "feature_importance" in record
+        ranked = importance_table(adata, key, top) if has_genes else None
         with timing.phase("writing"):
             if table_tmp and ranked is not None:
                 write_table(ranked, table_tmp, atomic=False)
-            elements = [w for w in result.record["explain"]["written"] if not w.startswith("uns/")]
-            write_new_elements(input, out_tmp, adata, [*elements, f"uns/{key_added}"])
-        record_timings(out_tmp, adata, key_added, record)
-        outputs.write_report(adata, key_added)
+            write_new_elements(input, out_tmp, adata, result.elements)
+        record_timings(out_tmp, adata, key, record)
+        outputs.write_report(adata, key)
         outputs.commit()
-    explained = record["explain"]
-    echo_written(list(explained["written"]) + [f"uns/{key_added}"], output)
+    echo_written(result.elements, output)
     if table:
         click.echo(f"wrote {table}")
-    _print_summary(record, ranked, target)
+    _print_summary(record, ranked, kw["target"])
 
 
 def _print_summary(record, ranked, target) -> None:

@@ -58,9 +58,9 @@ def _kind(path) -> str:
 
 
 def _inspect_model(path) -> None:
-    from ..model import Model
+    from ..model import load_model
 
-    model = Model.load(path)
+    model = load_model(path)
     click.echo(f"anndata-rnn model: {path}")
     click.echo(f"  {model!r}")
     config = dict(model.config)

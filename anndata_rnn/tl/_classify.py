@@ -282,7 +282,7 @@ def _train(run, labels: Labels, split: np.ndarray, options: dict) -> ClassifierF
         labels,
         enc,
         run.ids,
-        keys=run.spec.keys(),
+        keys=run.spec.model_keys(),
         architecture=run.architecture,
         train_config=run.train_config,
         device=run.device,

@@ -129,4 +129,6 @@ def cluster(
         },
     )
     log.info("%s: %d clusters written to %s[%r]", method, k, where, key_added)
-    return TaskResult(target, key_added, target.uns[key_added], copy=copy)
+    return TaskResult(
+        target, key_added, target.uns[key_added], copy=copy, written=[f"{where}/{key_added}"]
+    )

@@ -14,6 +14,7 @@ error (captum's convergence delta), which is reported so a user can judge the nu
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pandas as pd
@@ -35,14 +36,17 @@ from ..attribution import (
 )
 from ..errors import InputError
 from ..io import versions
-from ..model import Model
+from ..model import Model, load_model
 from ..networks.classifier import predict_proba
+from ..options import DEFAULTS
 from ..preprocessing import encode
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
 from ..sequences import Layout, check_output_key
 
 log = logging.getLogger("anndata_rnn")
 
+#: the defaults of explain (:mod:`anndata_rnn.options`: the command line has the same)
+DEFAULT = DEFAULTS["explain"]
 #: sequences per batch of the classifier's predictions (which class each sequence is explained
 #: toward)
 PREDICT_BATCH = 512
@@ -51,23 +55,23 @@ PREDICT_BATCH = 512
 @task_api
 def explain(
     adata: AnnData,
-    model: Model | str,
+    model: Model | str | os.PathLike,
     *,
-    target: str | list[str] | None = None,
-    method: str = "integrated_gradients",
-    n_steps: int = 50,
-    baseline: str = "mean",
-    use_labels: bool = False,
-    max_per_class: int | None = None,
-    gene_symbols: str | None = None,
-    min_gene_overlap: float = 0.8,
-    batch_size: int = 32,
-    seed: int = 0,
-    device: str = "auto",
-    key_added: str = "rnn",
-    overwrite: bool = False,
-    quiet: bool = False,
-    copy: bool = False,
+    target: str | list[str] | None = DEFAULT.target,
+    method: str = DEFAULT.method,
+    n_steps: int = DEFAULT.n_steps,
+    baseline: str = DEFAULT.baseline,
+    use_labels: bool = DEFAULT.use_labels,
+    max_per_class: int | None = DEFAULT.max_per_class,
+    gene_symbols: str | None = DEFAULT.gene_symbols,
+    min_gene_overlap: float = DEFAULT.min_gene_overlap,
+    batch_size: int = DEFAULT.batch_size,
+    seed: int = DEFAULT.seed,
+    device: str = DEFAULT.device,
+    key_added: str = DEFAULT.key_added,
+    overwrite: bool = DEFAULT.overwrite,
+    quiet: bool = DEFAULT.quiet,
+    copy: bool = DEFAULT.copy,
 ):
     """Attribute a saved model's predictions on ``adata`` to input genes and time steps.
 
@@ -132,8 +136,7 @@ def explain(
         their ratio ``relative_delta``).
     """
     check_output_key(key_added)
-    if isinstance(model, str):
-        model = Model.load(model)
+    model = load_model(model)
     check_settings(model, method, baseline, n_steps, batch_size, max_per_class)
     prep = model.preprocessor
     key = key_added
@@ -252,7 +255,9 @@ def explain(
         }
     )
     store_uns(out, key, record)
-    return TaskResult(out, key, record, copy=copy)
+    # (an importance stored inside uns[key] is part of that element, not one of its own)
+    elements = [path for path in written if not path.startswith("uns/")]
+    return TaskResult(out, key, record, copy=copy, written=elements)
 
 
 def importance_table(adata: AnnData, key: str = "rnn", top: int = 50) -> pd.DataFrame:

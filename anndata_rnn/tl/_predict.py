@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import h5py
 import numpy as np
@@ -16,12 +17,15 @@ from ..errors import InputError
 from ..forecasting import apply_forecaster
 from ..forecasting import output_targets as forecaster_targets
 from ..io import versions
-from ..model import Model
+from ..model import Model, load_model
+from ..options import DEFAULTS
 from ..runs import TaskResult, check_keys_free, open_model, store_uns, task_api
 from ..sequences import check_output_key
-from ..streaming import DEFAULT_CHUNK_ROWS
 
 log = logging.getLogger("anndata_rnn")
+
+#: the defaults of predict (:mod:`anndata_rnn.options`: the command line has the same)
+DEFAULT = DEFAULTS["predict"]
 
 #: task -> (function applying a saved model, function listing the keys it writes)
 APPLIERS = {
@@ -46,22 +50,22 @@ def model_version(model: Model) -> str:
 @task_api
 def predict(
     adata: AnnData,
-    model: Model | str,
+    model: Model | str | os.PathLike,
     *,
-    key_added: str | None = None,
-    gene_symbols: str | None = None,
-    min_gene_overlap: float = 0.8,
-    layout: str | None = None,
-    series_subset: list[str] | None = None,
-    batch_size: int = 512,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    key_added: str | None = DEFAULT.key_added,
+    gene_symbols: str | None = DEFAULT.gene_symbols,
+    min_gene_overlap: float = DEFAULT.min_gene_overlap,
+    layout: str | None = DEFAULT.layout,
+    series_subset: list[str] | None = DEFAULT.series_subset,
+    batch_size: int = DEFAULT.batch_size,
+    chunk_rows: int = DEFAULT.chunk_rows,
     scratch: h5py.Group | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    amp: bool = False,
-    overwrite: bool = False,
-    quiet: bool = False,
-    copy: bool = False,
+    seed: int = DEFAULT.seed,
+    device: str = DEFAULT.device,
+    amp: bool = DEFAULT.amp,
+    overwrite: bool = DEFAULT.overwrite,
+    quiet: bool = DEFAULT.quiet,
+    copy: bool = DEFAULT.copy,
 ):
     """Apply a saved model (classifier, forecaster or embedding) to ``adata``.
 
@@ -107,8 +111,7 @@ def predict(
     ``None``, or the annotated copy with ``copy=True``. Outputs are the keys the training run
     wrote (without the split column); ``uns[key]`` records the gene overlap.
     """
-    if isinstance(model, str):
-        model = Model.load(model)
+    model = load_model(model)
     if layout is not None and layout != model.layout:
         raise InputError(
             f"the model was trained on layout {model.layout!r}, not {layout!r}: use a model "
@@ -166,4 +169,4 @@ def predict(
     }
     store_uns(opened.target, key, record)
     title = TITLES.get(model.task, "this data")
-    return TaskResult(opened.target, key, record, copy=copy, title=title)
+    return TaskResult(opened.target, key, record, copy=copy, title=title, written=result["written"])

@@ -10,8 +10,10 @@
 #' @param file Path of the model file.
 #' @param weights Also return the weight arrays (numpy orientation).
 #' @return A list: \code{format}, \code{format_version}, \code{config} (the parsed JSON),
-#'   \code{task}, \code{layout}, \code{classes}, \code{features}, \code{preprocessing}
-#'   (list of mean and std, or \code{NULL}), \code{shapes} (named list of the weights'
+#'   \code{task}, \code{layout} (\code{config$layout}; older files also repeat it in
+#'   \code{config$keys} and \code{config$preprocessing}, which must agree),
+#'   \code{classes}, \code{features}, \code{preprocessing} (list of mean and std, or
+#'   \code{NULL}), \code{shapes} (named list of the weights'
 #'   dimensions), \code{n_params}, \code{arrays} and, with \code{weights = TRUE},
 #'   \code{weights}. An error names what does not follow the layout.
 #' @seealso \code{\link{rnnPredict}} applies a model to new data.
@@ -50,6 +52,16 @@ readRnnModel <- function(file, weights = FALSE) {
     if (!is.null(config$format) && config$format != fmt) die("config$format differs from the attribute")
     if (!is.null(config$format_version) && config$format_version != version)
         die("config$format_version differs from the attribute")
+    # the layout is stored once, as config$layout; files written before that (anndata-rnn 0.2
+    # and 0.3.0 development builds) repeat it in config$keys and config$preprocessing, which
+    # must agree (as the Python reader checks) and are otherwise not read
+    layout <- if (!is.null(config$layout)) as.character(config$layout) else NA_character_
+    for (part in c("keys", "preprocessing")) {
+        copy <- if (is.list(config[[part]])) config[[part]]$layout else NULL
+        if (!is.null(copy) && !identical(as.character(copy), layout))
+            die(sprintf("has config$%s$layout %s, not the model's layout %s", part,
+                        sQuote(as.character(copy)[1]), sQuote(layout)))
+    }
 
     if (!("/features/names" %in% ls$path)) die("has no dataset /features/names")
     features <- as.character(rhdf5::h5read(file, "/features/names"))
@@ -60,7 +72,7 @@ readRnnModel <- function(file, weights = FALSE) {
         for (p in c("mean", "std")) {
             v <- as.numeric(rhdf5::h5read(file, paste0("/preprocessing/", p)))
             # var-series: every gene is one sequence of a single feature, so one mean/std
-            n_stats <- if (identical(config$layout, "var-series")) 1L else length(features)
+            n_stats <- if (identical(layout, "var-series")) 1L else length(features)
             if (length(v) != n_stats)
                 die(sprintf("has %d values in /preprocessing/%s for %d features", length(v), p,
                             n_stats))
@@ -94,7 +106,7 @@ readRnnModel <- function(file, weights = FALSE) {
     out <- list(
         format = fmt, format_version = version, config = config,
         task = if (!is.null(config$task)) as.character(config$task) else NA_character_,
-        layout = if (!is.null(config$layout)) as.character(config$layout) else NA_character_,
+        layout = layout,
         classes = if (!is.null(config$classes)) as.character(config$classes) else character(0),
         features = features, preprocessing = pre, shapes = shapes, n_params = n_params,
         arrays = arrays)

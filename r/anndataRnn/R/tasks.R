@@ -535,6 +535,12 @@ rnnEmbed <- function(x,
 #'   \code{.h5ad}); default: the first assay.
 #' @param model Passed as \code{--model}. Model file written by a training command
 #'   (--model-out).
+#' @param batch_size Passed as \code{--batch-size}. Sequences per attribution call (each is
+#'   expanded --n-steps times). CLI default: \code{32}.
+#' @param gene_symbols Passed as \code{--gene-symbols}. var column with the gene
+#'   identifiers to match.
+#' @param min_gene_overlap Passed as \code{--min-gene-overlap}. Stop when fewer of the
+#'   model's genes are present. CLI default: \code{0.8}.
 #' @param target Passed as \code{--target}. Classifier: only explain these classes (comma
 #'   separated; default all). Forecaster: the gene(s) whose forecast is explained (required).
 #' @param method Passed as \code{--method} (one of \code{"integrated_gradients"},
@@ -550,17 +556,11 @@ rnnEmbed <- function(x,
 #'   class.
 #' @param max_per_class Passed as \code{--max-per-class}. Explain at most this many
 #'   sequences per class (seeded random subset; faster).
+#' @param key_added Passed as \code{--key-added}. Prefix of the output keys (letters,
+#'   digits, '_' and '-'). CLI default: \code{rnn}.
 #' @param top Passed as \code{--top}. Genes per class in --table. CLI default: \code{50}.
 #' @param table Passed as \code{--table}. Write the top genes per class as a TSV (class,
 #'   rank, gene, importance).
-#' @param key_added Passed as \code{--key-added}. Prefix of the output keys (letters,
-#'   digits, '_' and '-'). CLI default: \code{rnn}.
-#' @param gene_symbols Passed as \code{--gene-symbols}. var column with the gene
-#'   identifiers to match.
-#' @param min_gene_overlap Passed as \code{--min-gene-overlap}. Stop when fewer of the
-#'   model's genes are present. CLI default: \code{0.8}.
-#' @param batch_size Passed as \code{--batch-size}. Sequences per attribution call (each is
-#'   expanded --n-steps times). CLI default: \code{32}.
 #' @param seed Passed as \code{--seed}. Seed (runs are reproducible). CLI default:
 #'   \code{0}.
 #' @param device Passed as \code{--device} (one of \code{"auto"}, \code{"cpu"},
@@ -594,18 +594,18 @@ rnnEmbed <- function(x,
 rnnExplain <- function(x,
     model = NULL,
     assay = NULL,
+    batch_size = NULL,
+    gene_symbols = NULL,
+    min_gene_overlap = NULL,
     target = NULL,
     method = NULL,
     n_steps = NULL,
     baseline = NULL,
     use_labels = NULL,
     max_per_class = NULL,
+    key_added = NULL,
     top = NULL,
     table = NULL,
-    key_added = NULL,
-    gene_symbols = NULL,
-    min_gene_overlap = NULL,
-    batch_size = NULL,
     seed = NULL,
     device = NULL,
     report = NULL,
@@ -635,17 +635,17 @@ rnnExplain <- function(x,
 #'   \code{.h5ad}); default: the first assay.
 #' @param model Passed as \code{--model}. Model file written by a training command
 #'   (--model-out).
-#' @param key_added Passed as \code{--key-added}. Prefix of the output keys (default: the
-#'   model's).
-#' @param gene_symbols Passed as \code{--gene-symbols}. var column with the gene
-#'   identifiers to match.
-#' @param min_gene_overlap Passed as \code{--min-gene-overlap}. Stop when fewer of the
-#'   model's genes are present. CLI default: \code{0.8}.
 #' @param series_subset Passed as \code{--series-subset}. Series of the new data to use,
 #'   comma separated (default: the training run's subset).
 #' @param batch_size Passed as \code{--batch-size}.  CLI default: \code{512}.
 #' @param chunk_rows Passed as \code{--chunk-rows}. Observations read and encoded at a time
 #'   (bounds memory; lower it on a small machine). CLI default: \code{8192}.
+#' @param gene_symbols Passed as \code{--gene-symbols}. var column with the gene
+#'   identifiers to match.
+#' @param min_gene_overlap Passed as \code{--min-gene-overlap}. Stop when fewer of the
+#'   model's genes are present. CLI default: \code{0.8}.
+#' @param key_added Passed as \code{--key-added}. Prefix of the output keys (default: the
+#'   model's).
 #' @param seed Passed as \code{--seed}. Seed (runs are reproducible). CLI default:
 #'   \code{0}.
 #' @param device Passed as \code{--device} (one of \code{"auto"}, \code{"cpu"},
@@ -684,12 +684,12 @@ rnnExplain <- function(x,
 rnnPredict <- function(x,
     model = NULL,
     assay = NULL,
-    key_added = NULL,
-    gene_symbols = NULL,
-    min_gene_overlap = NULL,
     series_subset = NULL,
     batch_size = NULL,
     chunk_rows = NULL,
+    gene_symbols = NULL,
+    min_gene_overlap = NULL,
+    key_added = NULL,
     seed = NULL,
     device = NULL,
     amp = NULL,
@@ -966,18 +966,18 @@ rnnPredict <- function(x,
     explain = list(
         options = c(
             model = "--model",
+            batch_size = "--batch-size",
+            gene_symbols = "--gene-symbols",
+            min_gene_overlap = "--min-gene-overlap",
             target = "--target",
             method = "--method",
             n_steps = "--n-steps",
             baseline = "--baseline",
             use_labels = "--use-labels",
             max_per_class = "--max-per-class",
+            key_added = "--key-added",
             top = "--top",
             table = "--table",
-            key_added = "--key-added",
-            gene_symbols = "--gene-symbols",
-            min_gene_overlap = "--min-gene-overlap",
-            batch_size = "--batch-size",
             seed = "--seed",
             device = "--device",
             report = "--report",
@@ -987,18 +987,18 @@ rnnPredict <- function(x,
             overwrite = "--overwrite"),
         kinds = c(
             model = "value",
+            batch_size = "value",
+            gene_symbols = "value",
+            min_gene_overlap = "value",
             target = "value",
             method = "value",
             n_steps = "value",
             baseline = "value",
             use_labels = "flag",
             max_per_class = "value",
+            key_added = "value",
             top = "value",
             table = "value",
-            key_added = "value",
-            gene_symbols = "value",
-            min_gene_overlap = "value",
-            batch_size = "value",
             seed = "value",
             device = "value",
             report = "value",
@@ -1009,12 +1009,12 @@ rnnPredict <- function(x,
     predict = list(
         options = c(
             model = "--model",
-            key_added = "--key-added",
-            gene_symbols = "--gene-symbols",
-            min_gene_overlap = "--min-gene-overlap",
             series_subset = "--series-subset",
             batch_size = "--batch-size",
             chunk_rows = "--chunk-rows",
+            gene_symbols = "--gene-symbols",
+            min_gene_overlap = "--min-gene-overlap",
+            key_added = "--key-added",
             seed = "--seed",
             device = "--device",
             amp = "--amp",
@@ -1025,12 +1025,12 @@ rnnPredict <- function(x,
             overwrite = "--overwrite"),
         kinds = c(
             model = "value",
-            key_added = "value",
-            gene_symbols = "value",
-            min_gene_overlap = "value",
             series_subset = "value",
             batch_size = "value",
             chunk_rows = "value",
+            gene_symbols = "value",
+            min_gene_overlap = "value",
+            key_added = "value",
             seed = "value",
             device = "value",
             amp = "flag",
