@@ -624,11 +624,12 @@ def sparse_profile_values(
         return None
     n = len(sequence_ids)
     per_row = np.diff(block.indptr)
+    entries = np.repeat(np.arange(block.shape[0]), per_row)  # the row of each stored value
     if prep.normalize:
-        totals = np.bincount(np.repeat(np.arange(block.shape[0]), per_row), data, block.shape[0])
-        if totals.size and totals.max() >= EXACT_FLOAT32_INTEGERS:
-            return None
         if not np.array_equal(data, np.floor(data)):
+            return None
+        totals = np.bincount(entries, data, block.shape[0])
+        if totals.size and totals.max() >= EXACT_FLOAT32_INTEGERS:
             return None
         scale = totals.astype(np.float32) / prep.target_sum  # scanpy's normalize_total
         scale = scale + (scale == 0)
@@ -655,7 +656,6 @@ def sparse_profile_values(
     values = np.empty((n, width), dtype=np.float32)
     values[:] = template
     local = np.searchsorted(rows, index.unit_rows[index.unit[sequence_ids]])
-    entries = np.repeat(np.arange(block.shape[0]), per_row)
     feature = feature_of[block.indices]
     keep = feature >= 0
     if not np.array_equal(local, np.arange(block.shape[0])):
