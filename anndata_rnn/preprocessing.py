@@ -656,8 +656,18 @@ def sparse_profile_values(
     values = np.empty((n, width), dtype=np.float32)
     values[:] = template
     local = np.searchsorted(rows, index.unit_rows[index.unit[sequence_ids]])
-    feature = feature_of[block.indices]
-    keep = feature >= 0
+    # per data column (a few thousand): its feature's standardization and padded position, so
+    # each stored value needs one gather per quantity through the block's own column indices
+    column_used = feature_of >= 0
+    used_features = feature_of[column_used]
+    column_mean = np.zeros(block.shape[1], dtype=np.float32)
+    column_std = np.ones(block.shape[1], dtype=np.float32)
+    column_position = np.zeros(block.shape[1], dtype=np.int64)
+    column_mean[column_used] = mean[used_features]
+    column_std[column_used] = std[used_features]
+    column_position[column_used] = position[used_features]
+    columns = block.indices
+    keep = None if column_used.all() else column_used[columns]
     if not np.array_equal(local, np.arange(block.shape[0])):
         # sequences take their rows in their own order (a row may serve several)
         slot = np.full(block.shape[0], -1, dtype=np.int64)
@@ -665,10 +675,11 @@ def sparse_profile_values(
             return None
         slot[local] = np.arange(n)
         entries = slot[entries]
-        keep &= entries >= 0
-    feature, entries = feature[keep], entries[keep]
-    standardized = (data[keep] - mean[feature]) / std[feature]
-    values.reshape(-1)[entries * width + position[feature]] = standardized
+        keep = entries >= 0 if keep is None else keep & (entries >= 0)
+    if keep is not None:  # values of genes the model lacks, or of rows no sequence takes
+        columns, entries, data = columns[keep], entries[keep], data[keep]
+    standardized = (data - column_mean[columns]) / column_std[columns]
+    values.reshape(-1)[entries * width + column_position[columns]] = standardized
     return values.reshape(n, index.max_steps, index.chunk_size)
 
 

@@ -258,6 +258,33 @@ def bare_predict(n_cells: int, steps: int, n_inputs: int, n_classes: int, device
     return {"cells": n_cells, "seconds": elapsed}
 
 
+def bare_predict_same_heap(n_cells: int, steps: int, n_classes: int, env: dict, work_dir):
+    """:func:`bare_predict` in a child process under the glibc heap thresholds that
+    ``anndata-rnn predict`` sets for itself (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``,
+    read once when the process starts). The bare loop above runs under glibc's defaults, as a
+    hand-written loop would; this one shows how much of the command's rate is the heap setting.
+    ``None`` when the child fails."""
+    from anndata_rnn.cli import _common
+
+    heap = {
+        "MALLOC_MMAP_THRESHOLD_": str(_common.INFERENCE_MMAP_THRESHOLD_BYTES),
+        "MALLOC_TRIM_THRESHOLD_": str(_common.INFERENCE_TRIM_THRESHOLD_BYTES),
+    }
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import torch, run; "
+        f"torch.set_num_threads({torch.get_num_threads()}); "
+        f"print('bare:', json.dumps(run.bare_predict({n_cells}, {steps}, run.CHUNK, "
+        f"{n_classes}, torch.device('cpu'))))"
+    )
+    log_path = Path(work_dir) / "bare_same_heap.log"
+    child = run_child([sys.executable, "-c", code], {**env, **heap}, log_path, None)
+    lines = [x for x in log_path.read_text().splitlines() if x.startswith("bare: ")]
+    if child["returncode"] != 0 or not lines:
+        return None
+    measured = json.loads(lines[-1][len("bare: ") :])
+    return {**measured, "cells_per_s": measured["cells"] / measured["seconds"], "env": heap}
+
+
 class _LogTimes(logging.Handler):
     """Records (perf_counter, message) of every anndata_rnn log record."""
 
@@ -375,8 +402,9 @@ def _rss_bytes(pid: int) -> int | None:
 
 
 def run_child(cmd: list[str], env: dict, log_path: Path, rss_cap: float | None) -> dict:
-    """Run ``cmd``; wall time, exit code and the child's own peak RSS (``os.wait4``'s
-    ``ru_maxrss``, this child only). Killed when its RSS exceeds ``rss_cap`` bytes."""
+    """Run ``cmd``; wall time, exit code and the child's own peak RSS, system time and minor
+    page faults (``os.wait4``'s rusage, this child only). Killed when its RSS exceeds
+    ``rss_cap`` bytes."""
     killed = threading.Event()
     with open(log_path, "wb") as log:
         start = time.perf_counter()
@@ -403,6 +431,9 @@ def run_child(cmd: list[str], env: dict, log_path: Path, rss_cap: float | None) 
         "returncode": proc.returncode,
         "seconds": elapsed,
         "peak_rss_bytes": usage.ru_maxrss * 1024,  # kilobytes on Linux
+        # kernel time and minor page faults (memory mapped and zero-filled afresh)
+        "system_seconds": usage.ru_stime,
+        "minor_page_faults": usage.ru_minflt,
         "killed_at_rss_cap": killed.is_set(),
         "log_tail": tail,
     }
@@ -699,10 +730,16 @@ def predict_section(
         output.unlink(missing_ok=True)
     bare_runs.append(bare_predict(sizes["bare_predict_cells"], steps, CHUNK, n_classes, device))
     bare_rate = sum(r["cells"] for r in bare_runs) / sum(r["seconds"] for r in bare_runs)
+    same_heap = None
+    if device.type == "cpu" and sys.platform.startswith("linux"):
+        same_heap = bare_predict_same_heap(
+            sizes["bare_predict_cells"], steps, n_classes, env, work_dir
+        )
     out = {
         "startup_seconds": startup,
         "bare_runs": bare_runs,
         "bare_cells_per_s": bare_rate,
+        "bare_same_heap": same_heap,
         "runs": runs,
     }
     measured = [r for r in runs if "cells_per_s" in r]
@@ -710,6 +747,8 @@ def predict_section(
         first = measured[0]  # the smallest size: 100k cells outside --tiny
         out["predict_ratio_cells"] = first["cells"]
         out["predict_ratio"] = first["cells_per_s"] / bare_rate
+        if same_heap and same_heap.get("cells_per_s"):
+            out["predict_ratio_same_heap"] = first["cells_per_s"] / same_heap["cells_per_s"]
         out["predict_ratio_by_cells"] = {
             str(r["cells"]): r["cells_per_s"] / bare_rate for r in measured
         }
@@ -768,6 +807,7 @@ def summarize(result: dict, fwd_flops: float) -> None:
     result["summary"] = {
         "train_ratio": train.get("train_ratio"),
         "predict_ratio": predict.get("predict_ratio"),
+        "predict_ratio_same_heap": predict.get("predict_ratio_same_heap"),
         "gemm_gflops": gemm / 1e9 if gemm else None,
         "lstm_train_fraction_of_gemm": lstm.get("train_bare", {}).get("fraction_of_gemm"),
         "lstm_train_package_fraction_of_gemm": lstm.get("train_package", {}).get(
@@ -879,6 +919,15 @@ def markdown(result: dict) -> str:
                 f"end) | {_fmt(r['cells_per_s'], '.0f')} | "
                 f"{_fmt(predict['bare_cells_per_s'], '.0f')} | **{ratio:.2f}**{key} |"
             )
+    same_heap = predict.get("bare_same_heap")
+    if same_heap and predict.get("predict_ratio_same_heap"):
+        first = next(r for r in predict["runs"] if r["cells"] == predict["predict_ratio_cells"])
+        lines.append(
+            f"| prediction, {first['cells']:,} cells, against the bare loop under the command's "
+            f"heap thresholds (`predict_ratio_same_heap`) | {_fmt(first['cells_per_s'], '.0f')} | "
+            f"{_fmt(same_heap['cells_per_s'], '.0f')} | "
+            f"{predict['predict_ratio_same_heap']:.2f} |"
+        )
     load = (env.get("load_average") or [0])[0]
     if env.get("cpu_count") and load > env["cpu_count"] and env["device"] == "cpu":
         lines += [
@@ -887,16 +936,23 @@ def markdown(result: dict) -> str:
             "absolute figures are low and noisy (with more than one torch thread, OpenMP threads "
             "wait on each other); the ratios, measured side by side, are the figures to read.",
         ]
-    lines += ["", "| predict: cells | wall time | peak RSS | file |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| predict: cells | wall time | peak RSS | system time | minor page faults | file |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in predict.get("runs", []):
         if "skipped" in r:
-            lines.append(f"| {r['cells']:,} | skipped: {r['skipped']} | | |")
+            lines.append(f"| {r['cells']:,} | skipped: {r['skipped']} | | | | |")
         elif "error" in r:
-            lines.append(f"| {r['cells']:,} | failed: {r['error'][:120]} | | |")
+            lines.append(f"| {r['cells']:,} | failed: {r['error'][:120]} | | | | |")
         else:
+            system = r.get("system_seconds")
+            faults = r.get("minor_page_faults")
             lines.append(
                 f"| {r['cells']:,} | {r['seconds']:.1f} s | {r['peak_rss_bytes'] / GIB:.2f} GiB "
-                f"| {r['file_bytes'] / GIB:.2f} GiB |"
+                f"| {'–' if system is None else f'{system:.1f} s'} "
+                f"| {'–' if faults is None else f'{faults:,}'} | {r['file_bytes'] / GIB:.2f} GiB |"
             )
     lines += _timings_table(train, predict)
     if predict.get("startup_seconds") is not None:

@@ -60,6 +60,11 @@ def test_tiny_run_writes_json_and_table(tmp_path, bench):
     for key in ("train_ratio", "predict_ratio", "gemm_gflops", "lstm_train_fraction_of_gemm"):
         assert summary[key] is not None and summary[key] > 0 and math.isfinite(summary[key]), key
     assert summary["peak_rss_gib"]["1000"] > 0
+    # the bare loop again under the command's glibc heap thresholds (a child process)
+    same_heap = result["predict"]["bare_same_heap"]
+    assert same_heap["cells"] == 1_024 and same_heap["cells_per_s"] > 0
+    assert same_heap["env"]["MALLOC_MMAP_THRESHOLD_"] == str(256 << 20)
+    assert summary["predict_ratio_same_heap"] > 0
     rv = result["train"]["rnn_vs_baseline"]
     assert {"rnn", "baseline_package", "baseline_sklearn"} <= set(rv)
     assert rv["baseline_sklearn"]["fit_seconds"] > 0
@@ -74,6 +79,7 @@ def test_tiny_run_writes_json_and_table(tmp_path, bench):
     assert {"device", "torch", "torch_threads", "cpu_count", "date"} <= set(env)
     table = (out / "benchmark.md").read_text()
     assert "`train_ratio`" in table and "`predict_ratio`" in table and "fp32 GEMM" in table
+    assert "`predict_ratio_same_heap`" in table
     assert "Where the time went" in table
 
 

@@ -101,7 +101,7 @@ def test_a_bare_command_line_calls_the_tool_with_its_defaults(task, monkeypatch,
         raise SystemExit(0)
 
     monkeypatch.setattr(getattr(tl, task), "run", capture)
-    monkeypatch.setattr(_common, "bound_heap_growth", lambda: None)
+    monkeypatch.setattr(_common, "bound_heap_growth", lambda command: None)
     source, model = tmp_path / "in.h5ad", tmp_path / "m.h5"
     source.touch()
     argv = [task, str(source), *MINIMAL[task], "--output", str(tmp_path / "o.h5ad")]

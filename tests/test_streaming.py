@@ -430,11 +430,37 @@ def test_cli_fixes_the_mmap_threshold_so_streamed_batches_do_not_fragment_the_he
     monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    _common.bound_heap_growth()
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    _common.bound_heap_growth("classify")
     assert calls == [(-3, 1 << 20)]  # glibc's M_MMAP_THRESHOLD, 1 MB
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own setting wins
-    _common.bound_heap_growth()
-    assert len(calls) == 1
+    calls.clear()
+    # predict trains nothing: the network's per-batch buffers (66 MB at the defaults) stay in
+    # the heap, and freed heap up to 128 MB (M_TRIM_THRESHOLD) is kept for the next batch
+    _common.bound_heap_growth("predict")
+    assert calls == [(-3, 256 << 20), (-1, 128 << 20)]
+    calls.clear()
+    for variable in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        with monkeypatch.context() as m:
+            m.setenv(variable, "65536")  # the user's own setting wins
+            _common.bound_heap_growth("predict")
+            _common.bound_heap_growth("classify")
+    assert calls == []
+
+
+@pytest.mark.parametrize("command", ["classify", "predict"])
+def test_commands_set_the_heap_policy_by_their_own_name(monkeypatch, tmp_path, command):
+    """predict gets the inference thresholds, the commands that train 1 MB (test above)."""
+    from anndata_rnn.cli import _common
+
+    seen = []
+    monkeypatch.setattr(_common, "bound_heap_growth", seen.append)
+    source, model = tmp_path / "in.h5ad", tmp_path / "m.h5"
+    source.write_bytes(b"not HDF5")
+    model.write_bytes(b"not HDF5")
+    extra = ["--model", model] if command == "predict" else ["--label", "y", "--model-out", model]
+    result = run_cli(command, source, *extra, "--output", tmp_path / "o.h5ad")
+    assert result.exit_code != 0  # the stand-in files are refused after the policy is set
+    assert seen == [command]
 
 
 # ---------------------------------------------------------------------------------------------
