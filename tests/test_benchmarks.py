@@ -69,6 +69,11 @@ def test_tiny_run_writes_json_and_table(tmp_path, bench):
     assert {"rnn", "baseline_package", "baseline_sklearn"} <= set(rv)
     assert rv["baseline_sklearn"]["fit_seconds"] > 0
     assert result["train"]["package_timing"] in ("log", "difference")
+    # one (bare, package, bare) round in --tiny; --quick pools three
+    rounds = result["train"]["rounds"]
+    assert len(rounds) == 1 and len(result["train"]["bare_runs"]) == 2
+    assert rounds[0]["train_ratio"] is None or rounds[0]["train_ratio"] > 0
+    assert bench.MODES["quick"]["train_rounds"] == 3
     # the phases the package records (uns["rnn"]["timings"]) reach the JSON and the table
     assert result["train"]["package_timings"]["training"] > 0
     predicted = [r for r in result["predict"]["runs"] if "cells_per_s" in r]
