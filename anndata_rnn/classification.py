@@ -228,14 +228,17 @@ def train_classifier(
             target_y = target_y[:, : logits.shape[1]]
         return logits, target_y
 
-    def loss_fn(net, batch):
-        logits, target_y = scored(net, batch)
+    def loss_of(logits, target_y):
         return criterion(logits.reshape(-1, logits.shape[-1]), target_y.reshape(-1))
 
-    def accuracy(net, batch):
+    def loss_fn(net, batch):
+        return loss_of(*scored(net, batch))
+
+    def loss_and_accuracy(net, batch):  # validation: one forward pass for both
         logits, target_y = scored(net, batch)
         labelled = target_y >= 0
-        return (logits.argmax(-1)[labelled] == target_y[labelled]).sum(), labelled.sum()
+        correct = (logits.argmax(-1)[labelled] == target_y[labelled]).sum()
+        return loss_of(logits, target_y), correct, labelled.sum()
 
     point = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=-1, reduction="none")
 
@@ -301,7 +304,7 @@ def train_classifier(
             seed=seed,
             quiet=options["quiet"],
             description=description,
-            val_metric=("accuracy", accuracy),
+            val_metric=("accuracy", loss_and_accuracy),
             reference_loss=reference["train"],
         )
         start = None

@@ -373,8 +373,9 @@ def fit(
     When the module has a ``penalty()`` method (the L2 term of a linear path, on the scale of a
     summed loss), ``penalty() / n_train`` is added to the mean training loss (never to the
     validation loss or the reported losses); ``n_train`` is the number of training sequences.
-    ``val_metric = (name, fn)`` with ``fn(module, batch) -> (total, count)`` adds a validation
-    metric to the progress bar and the history. ``initial_candidate=True`` counts the untrained
+    ``val_metric = (name, fn)`` with ``fn(module, batch) -> (loss, total, count)`` (the batch's
+    mean loss, as ``loss_fn``'s, and the metric's sum and count, from one forward pass) adds a
+    validation metric to the progress bar and the history. ``initial_candidate=True`` counts the untrained
     weights as a candidate for the best (a forecaster starting at persistence or a fitted AR, an
     autoencoder starting at PCA, never ends worse than its start on the validation set; the
     history then holds ``initial_val_loss``, and ``best_step`` / ``best_epoch`` is 0 when the
@@ -679,11 +680,13 @@ def evaluate_loss(module, loss_fn, loader, device, val_metric=None) -> tuple[flo
     total, count, metric_total, metric_count = 0.0, 0, 0.0, 0
     for batch in loader:
         batch = to_device(batch, device)
-        total += loss_fn(module, batch).item() * len(batch[0])
-        count += len(batch[0])
-        if val_metric is not None:
-            value, n = val_metric[1](module, batch)
+        if val_metric is None:
+            loss = loss_fn(module, batch)
+        else:  # the metric's function returns the loss too: one forward pass per batch
+            loss, value, n = val_metric[1](module, batch)
             metric_total += float(value)
             metric_count += int(n)
+        total += loss.item() * len(batch[0])
+        count += len(batch[0])
     metric = metric_total / metric_count if metric_count else None
     return total / max(count, 1), metric
