@@ -33,7 +33,7 @@ import numpy as np
 from anndata import AnnData
 from anndata.io import read_elem, sparse_dataset, write_elem
 
-from . import distributed
+from . import distributed, heap
 from .errors import InputError
 from .features import READ_BUDGET_BYTES, FeatureSource
 from .io import check_h5ad, unreadable
@@ -218,6 +218,8 @@ class LazyEncoded:
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         read_blocks: bool | None = None,
     ):
+        # its batches of a few MB would fragment a heap that keeps them (anndata_rnn/heap.py)
+        heap.set_for_streamed_training()
         chunk_rows = bounded_chunk_rows(chunk_rows, source)
         self.index, self.source, self.prep, self.chunk_rows = index, source, prep, chunk_rows
         self._set_ids(np.arange(index.n_sequences))

@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "anndata_rnn"
 LAYERS = {
     "errors": 1,
     "threads": 1,
+    "heap": 1,
     "timing": 1,
     "h5check": 2,
     "distributed": 1,

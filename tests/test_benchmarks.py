@@ -51,8 +51,10 @@ def test_flop_count_and_skip_rule(bench):
     assert bench._skip_reason(flat, 1_000_000, 8.0) is None
 
 
-def test_tiny_run_writes_json_and_table(tmp_path, bench):
+def test_tiny_run_writes_json_and_table(tmp_path, bench, monkeypatch):
     out = tmp_path / "out"
+    # two rounds of (bare, predict, bare) at the ratio's size, as --quick runs them
+    monkeypatch.setitem(bench.MODES["tiny"], "predict_rounds", 2)
     code = bench.main(["--tiny", "--out", str(out), "--work-dir", str(tmp_path / "work")])
     result = json.loads((out / "benchmark.json").read_text())
     assert code == 0, result["errors"]
@@ -77,6 +79,10 @@ def test_tiny_run_writes_json_and_table(tmp_path, bench):
     # the phases the package records (uns["rnn"]["timings"]) reach the JSON and the table
     assert result["train"]["package_timings"]["training"] > 0
     predicted = [r for r in result["predict"]["runs"] if "cells_per_s" in r]
+    repeats = predicted[0]["repeats"]
+    assert len(repeats) == 2 and len(result["predict"]["bare_runs"]) == 3
+    assert predicted[0]["seconds"] == pytest.approx(sum(r["seconds"] for r in repeats) / 2)
+    assert predicted[0]["cells_per_s"] == pytest.approx(1_000 / predicted[0]["seconds"])
     assert predicted and {"reading", "inference", "writing", "total"} <= set(
         predicted[0]["timings"]
     )

@@ -89,8 +89,8 @@ def test_click_options_are_the_tables(task):
 def test_a_bare_command_line_calls_the_tool_with_its_defaults(task, monkeypatch, tmp_path):
     """End to end: the keyword arguments the command passes to ``tl.<task>`` when the user sets
     nothing are the tool's own defaults (the embed --n-top-genes drift was such a difference)."""
+    from anndata_rnn import heap
     from anndata_rnn import model as model_module
-    from anndata_rnn.cli import _common
 
     # the module, not the command of the same name that anndata_rnn.cli exports
     command_module = sys.modules[f"anndata_rnn.cli.{task}"]
@@ -101,7 +101,7 @@ def test_a_bare_command_line_calls_the_tool_with_its_defaults(task, monkeypatch,
         raise SystemExit(0)
 
     monkeypatch.setattr(getattr(tl, task), "run", capture)
-    monkeypatch.setattr(_common, "bound_heap_growth", lambda command: None)
+    monkeypatch.setattr(heap, "set_for_command_line", lambda: None)
     source, model = tmp_path / "in.h5ad", tmp_path / "m.h5"
     source.touch()
     argv = [task, str(source), *MINIMAL[task], "--output", str(tmp_path / "o.h5ad")]

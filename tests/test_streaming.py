@@ -414,11 +414,13 @@ def test_open_lazy_keeps_x_and_layers_on_disk_and_predicts_from_a_layer(tmp_path
     assert np.array_equal(got.layers["dense"], adata.layers["dense"])
 
 
-def test_cli_fixes_the_mmap_threshold_so_streamed_batches_do_not_fragment_the_heap(monkeypatch):
+@pytest.fixture
+def fake_mallopt(monkeypatch):
+    """glibc's mallopt recorded instead of called; heap.POLICY restored afterwards."""
     import ctypes
     import sys
 
-    from anndata_rnn.cli import _common
+    from anndata_rnn import heap
 
     calls = []
 
@@ -429,38 +431,56 @@ def test_cli_fixes_the_mmap_threshold_so_streamed_batches_do_not_fragment_the_he
 
     monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    _common.bound_heap_growth("classify")
-    assert calls == [(-3, 1 << 20)]  # glibc's M_MMAP_THRESHOLD, 1 MB
-    calls.clear()
-    # predict trains nothing: the network's per-batch buffers (66 MB at the defaults) stay in
-    # the heap, and freed heap up to 128 MB (M_TRIM_THRESHOLD) is kept for the next batch
-    _common.bound_heap_growth("predict")
-    assert calls == [(-3, 256 << 20), (-1, 128 << 20)]
-    calls.clear()
-    for variable in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+    for variable in heap.USER_SETTINGS:
+        monkeypatch.delenv(variable, raising=False)
+    saved = dict(heap.POLICY)
+    yield calls
+    heap.POLICY.clear()
+    heap.POLICY.update(saved)
+
+
+def test_command_line_keeps_batch_buffers_in_the_heap_until_it_trains_from_streamed_batches(
+    fake_mallopt, monkeypatch
+):
+    from anndata_rnn import heap
+
+    heap.POLICY.clear()
+    heap.set_for_streamed_training()  # a Python session: nothing is set
+    assert fake_mallopt == []
+    # a command starts with the network's per-batch buffers (66 MB for predict's defaults) in
+    # the heap: glibc's M_MMAP_THRESHOLD 256 MB, M_TRIM_THRESHOLD 128 MB
+    heap.set_for_command_line()
+    assert fake_mallopt == [(-3, 256 << 20), (-1, 128 << 20)]
+    # training from streamed batches: few-MB arrays get their own mappings (1 MB), glibc's
+    # default trim threshold again; once
+    heap.set_for_streamed_training()
+    heap.set_for_streamed_training()
+    assert fake_mallopt[2:] == [(-3, 1 << 20), (-1, 128 * 1024)]
+    for variable in heap.USER_SETTINGS:  # the user's own setting wins
+        fake_mallopt.clear()
         with monkeypatch.context() as m:
-            m.setenv(variable, "65536")  # the user's own setting wins
-            _common.bound_heap_growth("predict")
-            _common.bound_heap_growth("classify")
-    assert calls == []
+            m.setenv(variable, "65536")
+            heap.set_for_command_line()
+            heap.set_for_streamed_training()
+        assert fake_mallopt == []
 
 
-@pytest.mark.parametrize("command", ["classify", "predict"])
-def test_commands_set_the_heap_policy_by_their_own_name(monkeypatch, tmp_path, command):
-    """predict gets the inference thresholds, the commands that train 1 MB (test above)."""
-    from anndata_rnn.cli import _common
+def test_a_streamed_training_run_switches_the_heap_policy(fake_mallopt, tmp_path):
+    """The command line's classify of a file it streams ends on the streamed-training
+    thresholds; the same data in memory keeps the command line's."""
+    from anndata_rnn import heap
 
-    seen = []
-    monkeypatch.setattr(_common, "bound_heap_growth", seen.append)
-    source, model = tmp_path / "in.h5ad", tmp_path / "m.h5"
-    source.write_bytes(b"not HDF5")
-    model.write_bytes(b"not HDF5")
-    extra = ["--model", model] if command == "predict" else ["--label", "y", "--model-out", model]
-    result = run_cli(command, source, *extra, "--output", tmp_path / "o.h5ad")
-    assert result.exit_code != 0  # the stand-in files are refused after the policy is set
-    assert seen == [command]
+    path = tmp_path / "cells.h5ad"
+    profile_data().write_h5ad(path)
+    for stream, expected in (("never", "in memory"), ("always", "streamed training")):
+        out = tmp_path / f"out_{stream}.h5ad"
+        result = run_cli(
+            "classify", path, "--label", "y", "--layout", "profile", "--chunk-size", 8,
+            "--hidden", "8", "--epochs", 1, "--stream", stream, "--output", out,
+            "--model-out", tmp_path / f"m_{stream}.h5", "--quiet", "--threads", 1,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert heap.POLICY["name"] == expected
 
 
 # ---------------------------------------------------------------------------------------------

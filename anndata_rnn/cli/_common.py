@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import logging
@@ -54,12 +53,12 @@ def common_options(func):
     @_table_option("overwrite")
     @functools.wraps(func)
     def wrapper(*args, quiet, debug, threads, **kwargs):
+        from .. import heap, timing
         from .. import threads as thread_policy
-        from .. import timing
 
         RUN.warnings = []
         _setup_logging(quiet)
-        bound_heap_growth(func.__name__)
+        heap.set_for_command_line()  # glibc's thresholds (anndata_rnn/heap.py)
         thread_policy.apply(threads)  # explicit --threads, else the environment's (one log line)
         try:
             with warnings.catch_warnings(), terminate_as_interrupt(), timing.recording():
@@ -275,61 +274,6 @@ def _table_option(name: str):
 
     option = BY_NAME[name]
     return click_option(option, next(iter(option.tasks)))
-
-
-#: glibc mallopt parameters
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-#: commands that train: arrays of 1 MB and more get their own mappings (see bound_heap_growth)
-MMAP_THRESHOLD_BYTES = 1 << 20
-#: commands that only apply a model: the network's per-batch buffers stay in the heap
-INFERENCE_COMMANDS = frozenset({"predict"})
-INFERENCE_MMAP_THRESHOLD_BYTES = 256 << 20
-#: ... and up to this much freed heap is kept for the next batch instead of being returned
-INFERENCE_TRIM_THRESHOLD_BYTES = 128 << 20
-
-
-def bound_heap_growth(command: str = "") -> None:
-    """Fix glibc's heap thresholds for this command (a command-line process only).
-
-    Commands that train serve arrays of 1 MB and more from their own mappings, returned to the
-    system when freed. glibc raises its mmap threshold up to 32 MB after such arrays are freed;
-    streamed batches of a few MB then fragment the heap, which kept twice the live memory
-    (measured: 3.7 GB peak RSS for a 300,000-cell ``classify`` whose live memory was 2 GB; 1.9
-    GB with a fixed 1 MB threshold, 3.5 GB with 4 MB, as its batches are ~2 MB).
-
-    ``predict`` has no training batches; its cost is the network's per-batch buffers (an LSTM
-    layer's gates for a whole batch: 512 cells × 63 steps × 4 × 128 units = 66 MB). Mapped
-    afresh for every batch, they are zero-filled by the kernel page by page: 3 million page
-    faults and 7 s of system time in a 100,000-cell ``predict`` that took 33 s. A 256 MB
-    threshold and a 128 MB trim threshold keep them in the heap: 0.1–0.3 million faults, 1.5 s.
-
-    The user's own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` wins; on other C
-    libraries this does nothing.
-    """
-    if not sys.platform.startswith("linux") or any(
-        name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-    ):
-        return
-    if command in INFERENCE_COMMANDS:
-        settings = {
-            M_MMAP_THRESHOLD: INFERENCE_MMAP_THRESHOLD_BYTES,
-            M_TRIM_THRESHOLD: INFERENCE_TRIM_THRESHOLD_BYTES,
-        }
-    else:
-        settings = {M_MMAP_THRESHOLD: MMAP_THRESHOLD_BYTES}
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        for parameter, value in settings.items():
-            libc.mallopt(parameter, value)
-    except (OSError, AttributeError):  # not glibc
-        return
-    log.debug(
-        "glibc heap: mmap threshold %d MB%s",
-        settings[M_MMAP_THRESHOLD] >> 20,
-        f", trim threshold {settings[M_TRIM_THRESHOLD] >> 20} MB"
-        if M_TRIM_THRESHOLD in settings
-        else "",
-    )
 
 
 def _setup_logging(quiet: bool) -> None:
