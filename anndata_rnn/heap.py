@@ -7,9 +7,9 @@ freed; the threshold rises by itself up to 32 MB only. An LSTM's per-batch buffe
 defaults; 8 MB for a training batch of 64, with its backward buffers beside it), so with a low
 threshold every batch maps and faults its memory afresh. Measured on the 2-core machine: a
 default ``classify`` of pbmc68k_reduced 27.7–28.2 s with a 1 MB threshold, 4.2 million page
-faults and 8.5 s of system time; 22.5–22.9 s, 0.12 million and 1.6 s with the thresholds of
-:data:`IN_MEMORY`. A 100,000-cell ``predict``: 2.96–2.98 million faults and 6.7–7.2 s of system
-time against 0.16 million and 1.1–1.8 s.
+faults and 8.5–8.8 s of system time; 22.5–22.9 s, 0.12 million and 1.5–1.6 s with the
+thresholds of :data:`IN_MEMORY`. A 100,000-cell ``predict``: 2.96–2.98 million faults and
+6.7–7.2 s of system time against 0.16 million and 1.1–1.8 s.
 
 Training from streamed batches (:class:`anndata_rnn.streaming.LazyEncoded`) is the exception:
 its batches of a few MB are allocated and freed among long-lived arrays, and served from the

@@ -375,13 +375,13 @@ def fit(
     validation loss or the reported losses); ``n_train`` is the number of training sequences.
     ``val_metric = (name, fn)`` with ``fn(module, batch) -> (loss, total, count)`` (the batch's
     mean loss, as ``loss_fn``'s, and the metric's sum and count, from one forward pass) adds a
-    validation metric to the progress bar and the history. ``initial_candidate=True`` counts the untrained
-    weights as a candidate for the best (a forecaster starting at persistence or a fitted AR, an
-    autoencoder starting at PCA, never ends worse than its start on the validation set; the
-    history then holds ``initial_val_loss``, and ``best_step`` / ``best_epoch`` is 0 when the
-    start was kept). ``reference_loss`` is the loss a model that learned nothing has (default:
-    the loss of the weights given, i.e. ~ln K for a fresh K-class classifier); pass it when the
-    weights are warm-started (e.g. ``ln K``).
+    validation metric to the progress bar and the history. ``initial_candidate=True`` counts
+    the untrained weights as a candidate for the best (a forecaster starting at persistence or
+    a fitted AR, an autoencoder starting at PCA, never ends worse than its start on the
+    validation set; the history then holds ``initial_val_loss``, and ``best_step`` /
+    ``best_epoch`` is 0 when the start was kept). ``reference_loss`` is the loss a model that
+    learned nothing has (default: the loss of the weights given, i.e. ~ln K for a fresh K-class
+    classifier); pass it when the weights are warm-started (e.g. ``ln K``).
 
     The schedule follows ``config.schedule`` (see :class:`TrainConfig`). Returns the training
     history: per evaluation ``train_loss``, ``val_loss`` (and the metric); ``best_epoch``,
